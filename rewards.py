@@ -1,0 +1,245 @@
+"""
+EMO-R3 reward: scores one rollout from its text, its label, and the policy's two reflection answers.
+
+What is scored (see /work/shared/EMO-R3.md, "Reward"):
+- format        1 if the response follows the SET layout <step1>..</step1>..<step2>..</step2>..
+                <step3>..</step3>..\\boxed{..} (or <think>..</think>..\\boxed{..} for the baseline)
+- accuracy      1 if the last brace-balanced \\boxed{...} equals the label, case-insensitively
+- reflect_text  "emotional coherence": the policy read its own step1-step2 text and named an emotion
+- reflect_image "visual-text consistency": the policy said whether its step1 text describes the image
+
+Variants (ablation arms; "code" is the default because it produced the published numbers):
+- "code"           released code: 0.8*acc + 0.1*(reflect_text + reflect_image) + 0.1*format, with the
+                   graded reflection rules (0.5 for "none"/empty/unsure). Range 0 to 1.1.
+- "paper"          paper's formula: 0.8*acc + 0.1*mean(reflect_text, reflect_image) + 0.1*format with
+                   binary reflection scores. Range 0 to 1.
+- "set"            SET without reflection: 0.9*acc + 0.1*format.
+- "coherence"      SET + coherence only: 0.8*acc + 0.1*reflect_text + 0.1*format.
+- "multiplicative" the authors' commented-out form: 0.9*acc*reflect_text*reflect_image + 0.1*format.
+- "think"          plain-GRPO baseline: <think> format, 0.9*acc + 0.1*format.
+
+A reflection answer of None means "reflection switched off" and scores 1 (as in the reference).
+When the step text cannot be extracted, coherence_prompt / consistency_prompt return None and the
+caller records NO_PROMPT_ANSWER ("None") instead of generating; the reference asks the model
+"Answer 'None'" there, and we save that generation.
+
+Quirks of the reference kept on purpose so numbers reproduce: no answer normalisation beyond
+lower-casing and the strip inside \\boxed{} (so \\boxed{\\text{fear}} and \\boxed{fear.} are wrong);
+"I don't know" scores 0 for consistency because it contains "no"; coherence is not stripped.
+
+Pure standard library; nothing is read at import time (templates are read lazily and cached).
+"""
+
+import functools
+import pathlib
+import re
+
+VARIANTS = ("code", "paper", "set", "coherence", "multiplicative", "think")
+NO_PROMPT_ANSWER = "None"  # what the caller records when there is no reflection prompt to ask
+PROMPT_DIR = pathlib.Path(__file__).resolve().parent / "prompts"
+TEMPLATE_NAMES = ("set", "think", "reflect_text", "reflect_image")
+
+# The reference normalises with re.sub(r"\s*(<|>|/)\s*", r"\1", text) (for "< step1 >" from larger
+# Qwen models). That regex is quadratic in whitespace runs (30k spaces take ~6 s) and ~2 s per 10k
+# typical responses. Equivalent linear form: split on the delimiters and strip the whitespace that
+# touches them ("\s" and str.strip() use the same Unicode whitespace set).
+_DELIMITER = re.compile(r"([<>/])")
+_BRACE = re.compile(r"[{}]")
+
+# The format regexes of the reference, as ordered literals: fullmatch of
+# "<step1>.*</step1>.*<step2>.*...\\boxed\{.*\}.*" (DOTALL) holds iff the text starts with the first
+# literal and the rest occur in order without overlap; leftmost search for each is exact and linear,
+# where the regex itself backtracks badly on long adversarial strings.
+_SET_LITERALS = ("<step1>", "</step1>", "<step2>", "</step2>", "<step3>", "</step3>", "\\boxed{", "}")
+_THINK_LITERALS = ("<think>", "</think>", "\\boxed{", "}")
+
+
+def _as_str(value):
+    # rewards must never crash a training step: a non-string response or label scores as empty
+    return value if isinstance(value, str) else ""
+
+
+def normalize_whitespace(text):
+    """Remove whitespace around '<', '>' and '/', exactly like the reference's re.sub."""
+    parts = _DELIMITER.split(text)  # even entries: text between delimiters; odd: the delimiters
+    if len(parts) == 1:
+        return text
+    parts[0] = parts[0].rstrip()
+    parts[-1] = parts[-1].lstrip()
+    for k in range(2, len(parts) - 1, 2):
+        parts[k] = parts[k].strip()
+    return "".join(parts)
+
+
+def _literals_in_order(text, literals):
+    if not text.startswith(literals[0]):
+        return False
+    pos = len(literals[0])
+    for literal in literals[1:]:
+        found = text.find(literal, pos)
+        if found < 0:
+            return False
+        pos = found + len(literal)
+    return True
+
+
+def extract_boxed(text):
+    """Content of the last \\boxed{...}, brace-balanced and stripped; "None" if absent or unclosed.
+
+    Same semantics as mathruler.grader.extract_boxed_content, which the reference uses.
+    """
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return "None"
+    start += len("\\boxed{")
+    depth = 0
+    for brace in _BRACE.finditer(text, start):
+        depth += 1 if brace.group() == "{" else -1
+        if depth == -1:  # the "}" that closes \boxed{
+            return text[start:brace.start()].strip()
+    return "None"  # braces never close: mathruler gives up rather than take the tail
+
+
+def _coherence_score(reflect_text, answer):
+    if reflect_text is None:  # reflection off
+        return 1.0
+    reflect_text = _as_str(reflect_text)
+    if not reflect_text or reflect_text.lower() == "none":  # model declined: half credit
+        return 0.5
+    return 1.0 if reflect_text.lower() == answer.lower() else 0.0  # no strip, as in the reference
+
+
+def _consistency_score(reflect_image):
+    if reflect_image is None:
+        return 1.0
+    reflect_image = _as_str(reflect_image).lower()
+    if "yes" in reflect_image:  # checked first: "yes and no" is a yes
+        return 1.0
+    if "no" in reflect_image:  # substring test, so "I don't know" / "not sure" are a no
+        return 0.0
+    return 0.5
+
+
+def emor3_reward(response, answer, reflect_text=None, reflect_image=None, variant="code"):
+    """Score one response; returns floats overall, format, accuracy, reflect_text, reflect_image."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown reward variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
+    response = normalize_whitespace(_as_str(response))
+    answer = _as_str(answer)
+    literals = _THINK_LITERALS if variant == "think" else _SET_LITERALS
+    format_score = 1.0 if _literals_in_order(response, literals) else 0.0
+    accuracy = 1.0 if extract_boxed(response).lower() == answer.lower() else 0.0
+    if variant == "paper":  # binary reflection scores; None still means reflection off
+        coherence = 1.0 if reflect_text is None or _as_str(reflect_text).lower() == answer.lower() else 0.0
+        consistency = 1.0 if reflect_image is None or "yes" in _as_str(reflect_image).lower() else 0.0
+    else:
+        coherence = _coherence_score(reflect_text, answer)
+        consistency = _consistency_score(reflect_image)
+
+    # Weights as in the reference: its (1 - format_weight - 0.1) with format_weight = 0.1 is exactly
+    # 0.8 in floating point, and (1 - format_weight) is exactly 0.9, so sums match bit for bit.
+    if variant == "code":
+        overall = 0.8 * accuracy + 0.1 * (coherence + consistency) + 0.1 * format_score
+    elif variant == "paper":
+        overall = 0.8 * accuracy + 0.1 * (coherence + consistency) / 2 + 0.1 * format_score
+    elif variant == "coherence":
+        overall = 0.8 * accuracy + 0.1 * coherence + 0.1 * format_score
+    elif variant == "multiplicative":
+        overall = 0.9 * accuracy * coherence * consistency + 0.1 * format_score
+    else:  # "set" and "think": accuracy + format only
+        overall = 0.9 * accuracy + 0.1 * format_score
+    return {
+        "overall": overall,
+        "format": format_score,
+        "accuracy": accuracy,
+        "reflect_text": coherence,
+        "reflect_image": consistency,
+    }
+
+
+def score_batch(responses, answers, reflect_texts=None, reflect_images=None, variant="code"):
+    """emor3_reward over parallel lists; reflect_* = None means reflection off for the whole batch."""
+    n = len(responses)
+    reflect_texts = [None] * n if reflect_texts is None else reflect_texts
+    reflect_images = [None] * n if reflect_images is None else reflect_images
+    if not (len(answers) == len(reflect_texts) == len(reflect_images) == n):
+        raise ValueError(
+            f"score_batch needs lists of equal length: {n} responses, {len(answers)} answers, "
+            f"{len(reflect_texts)} reflect_texts, {len(reflect_images)} reflect_images"
+        )
+    return [
+        emor3_reward(r, a, t, i, variant=variant)
+        for r, a, t, i in zip(responses, answers, reflect_texts, reflect_images)
+    ]
+
+
+# --- prompts -----------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def load_template(name):
+    """Template text of prompts/<name>.txt (the file's single trailing newline is not part of it)."""
+    if name not in TEMPLATE_NAMES:
+        raise ValueError(f"unknown prompt template {name!r}; valid names: {', '.join(TEMPLATE_NAMES)}")
+    text = (PROMPT_DIR / f"{name}.txt").read_text(encoding="utf-8")
+    return text[:-1] if text.endswith("\n") else text
+
+
+def render_template(name, content):
+    """The SET / think prompt around a dataset question, as EasyR1 renders it with jinja:
+    Template(file.strip()).render(content=problem) with "{{ content | trim }}"."""
+    return load_template(name).strip().replace("{content}", content.strip())
+
+
+def load_labels(path_or_name):
+    """Label list: "emoset" / "emotion6" (bundled), or a text file with one label per line."""
+    if path_or_name in ("emoset", "emotion6"):
+        path = PROMPT_DIR / "labels" / f"{path_or_name}.txt"
+    else:
+        path = pathlib.Path(path_or_name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"label file {str(path)!r} not found; pass 'emoset', 'emotion6' or a text file with one label per line"
+        )
+    labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not labels:
+        raise ValueError(f"label file {str(path)!r} has no labels (expected one label per line)")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ValueError(f"label file {str(path)!r} lists these labels more than once: {', '.join(duplicates)}")
+    return labels
+
+
+def _step_text(response, end_literal, include_end):
+    # Same as the reference's re.search(r"(<step1>.*?</step2>)") / r"(<step1>.*?)(?=<step2>)" (DOTALL),
+    # on the raw response (the reference does not normalise whitespace here). The first <step1> is the
+    # match start; if no end marker follows it, none follows any later <step1> either. str.find keeps it
+    # linear where the regex is quadratic on many <step1> tags.
+    response = _as_str(response)
+    start = response.find("<step1>")
+    if start < 0:
+        return ""
+    end = response.find(end_literal, start + len("<step1>"))
+    if end < 0:
+        return ""
+    return response[start:end + len(end_literal) if include_end else end].strip()
+
+
+def coherence_prompt(response, labels):
+    """Text-only reflection prompt over <step1>..</step2>, or None when the steps are missing."""
+    if isinstance(labels, str):  # ", ".join("fear") would silently give "f, e, a, r"
+        raise TypeError("labels must be a list of label strings, e.g. load_labels('emoset')")
+    steps = _step_text(response, "</step2>", include_end=True)
+    if not steps:
+        return None
+    # {labels} first, so a response that happens to contain "{labels}" is left as it is
+    return load_template("reflect_text").replace("{labels}", ", ".join(labels)).replace("{response}", steps)
+
+
+def consistency_prompt(response):
+    """Image + text reflection prompt over <step1> up to <step2>, or None when missing.
+    It begins with "<image>\\n"; the caller puts the image there."""
+    step1 = _step_text(response, "<step2>", include_end=False)
+    if not step1:
+        return None
+    return load_template("reflect_image").replace("{response}", step1)
