@@ -1,0 +1,44 @@
+"""Shared fixtures: the tiny model and the demo data are built once per test session, offline."""
+
+import os
+import sys
+from pathlib import Path
+
+# Offline, quiet, in-process vLLM: set before any test imports transformers or vllm.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """The tiny Qwen2.5-VL folder (random weights, seed 0), built fresh for this session."""
+    import tiny
+    return tiny.build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def processor(tiny_model_dir):
+    from transformers import AutoProcessor
+    return AutoProcessor.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    """A small demo dataset (64 train / 16 test rows) written as a user would bring it."""
+    import data
+    return data.make_demo_dataset(tmp_path_factory.mktemp("demo") / "data", num_train=64, num_test=16, seed=0)
+
+
+def pytest_configure(config):
+    # third-party deprecation noise (torch.jit in transformers, vLLM internals), not ours
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning")
+    config.addinivalue_line("filterwarnings", "ignore::FutureWarning")
