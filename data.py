@@ -1,0 +1,436 @@
+"""Datasets for EMO-R3: load rows, load and resize images once, render prompts, batch, make demo data.
+
+The data layout is EasyR1's (and so EMO-R3's, e.g. fuyyy74/EmoSet2k): one row per image with
+- `images`:  a file path (relative to the data file or `--image-dir`), raw bytes, a `{"bytes", "path"}`
+             dict (the Hugging Face parquet image feature), or a list of those;
+- `problem`: the question; `<image>` marks where the image goes (prepended when absent);
+- `answer`:  the emotion label, one of the label set.
+Supported files: `.jsonl`, `.json` (a list of rows), `.parquet`, a folder of such files (`DIR@split`
+keeps the files whose name contains `split`, like `data/train-00000.parquet`), and a folder with one
+sub-folder of images per class (FI style; the sub-folder name is the label).
+
+The label set comes from `labels=` (a name in prompts/labels/ or a file, one label per line), else a
+`labels.txt` beside the data, else the sorted distinct answers. Nothing here assumes EmoSet's labels.
+
+Each prompt's images are opened and resized exactly once (qwen-vl-utils' smart_resize into
+[min_pixels, max_pixels], multiples of 28), and the resized PIL images are kept on the `Prompt`, so
+the trainer's processor and vLLM see the same pixels. A bad row (unreadable image, label outside the
+set, empty problem, prompt too long) raises `DataError` naming the file and row, or, with
+`skip_bad=True`, is left out and counted in `skipped`.
+
+    python data.py demo --out .cache/demo         # write the embedded demo dataset
+    python data.py check train.jsonl --labels emoset   # validate a dataset, print its statistics
+"""
+
+import argparse
+import io
+import json
+import random
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+import rewards
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+DEFAULT_QUESTION = "<image>What emotion does this image evoke? Choose one of: {labels}."
+DEMO_DIR = Path(__file__).resolve().parent / ".cache" / "demo"
+
+
+class DataError(ValueError):
+    """A problem with the user's data; the message names the file and row."""
+
+
+@dataclass
+class Row:
+    """One dataset row as read from disk (images not opened yet)."""
+    problem: str
+    answer: str
+    images: list  # image sources: paths, bytes, {"bytes", "path"} dicts or PIL images
+    where: str  # "file:row" for error messages
+    base_dir: Path  # relative image paths are resolved against this
+
+
+@dataclass
+class Prompt:
+    """A row made ready for the model: chat text, unexpanded token ids and the resized images."""
+    index: int  # position in the dataset (stable: used as the prompt id in logs and predictions)
+    problem: str
+    answer: str
+    text: str  # the chat-template text; each image is one unexpanded <|image_pad|>
+    prompt_ids: list  # token ids of `text` (what vLLM takes, with `images`)
+    images: list  # resized RGB PIL images, in order of appearance
+    num_tokens: int = 0  # prompt length once the processor expands the image placeholders
+    where: str = ""
+
+
+# --- reading rows -------------------------------------------------------------------------------
+
+def _read_table(path):
+    """Rows of one .jsonl / .json / .parquet file, as dicts with their 1-based row numbers."""
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:
+            raise DataError(f"{path}: cannot read parquet file: {e}") from e
+        return list(enumerate(rows, 1))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start}); re-save the file as UTF-8") from e
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON ({e}); use .jsonl for one row per line") from e
+        if not isinstance(rows, list):
+            raise DataError(f"{path}: expected a JSON list of rows")
+        return list(enumerate(rows, 1))
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not valid JSON: {e}") from e
+    return rows
+
+
+def _class_folder_rows(root):
+    """FI-style layout: root/<label>/<image>. The problem is the default question."""
+    rows = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for image in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            rows.append(Row(None, class_dir.name, [str(image)], str(image), root))
+    return rows
+
+
+def read_rows(path, image_dir=None, prompt_key="problem", answer_key="answer", image_key="images"):
+    """All rows of a data file or folder (see the module docstring for the layouts)."""
+    path, _, split = str(path).partition("@")
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in {".jsonl", ".json", ".parquet"}
+                       and split in p.name and p.name != "labels.json")
+        if not files:
+            rows = _class_folder_rows(path)
+            if not rows:
+                raise DataError(f"{path}: no .jsonl/.json/.parquet files{' matching @' + split if split else ''} "
+                                f"and no class sub-folders with images")
+            return rows
+    else:
+        files = [path]
+    rows = []
+    for file in files:
+        base_dir = Path(image_dir) if image_dir else file.parent
+        for n, raw in _read_table(file):
+            where = f"{file}:{n}"
+            if not isinstance(raw, dict):
+                raise DataError(f"{where}: expected an object with {prompt_key!r}, {answer_key!r}, {image_key!r}")
+            images = raw.get(image_key) or []
+            images = images if isinstance(images, list) else [images]
+            answer = raw.get(answer_key)
+            rows.append(Row(raw.get(prompt_key), "" if answer is None else str(answer), images, where, base_dir))
+    return rows
+
+
+def resolve_labels(rows, labels=None, data_path=None):
+    """The label set: given by name/file, else labels.txt beside the data, else the distinct answers."""
+    if labels:
+        return rewards.load_labels(labels)
+    if data_path is not None:
+        root = Path(str(data_path).partition("@")[0])
+        beside = (root if root.is_dir() else root.parent) / "labels.txt"
+        if beside.exists():
+            return rewards.load_labels(str(beside))
+    found = sorted({row.answer for row in rows if row.answer})
+    if not found:
+        raise DataError(f"{data_path}: no labels: every row's answer is empty")
+    return found
+
+
+# --- images -------------------------------------------------------------------------------------
+
+def open_image(source, base_dir):
+    """Decode one image source to an RGB PIL image (fully loaded, so truncation shows up here)."""
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        if isinstance(source, dict):  # Hugging Face datasets' Image feature in parquet
+            source = source.get("bytes") or source.get("path")
+        if isinstance(source, (bytes, bytearray)):
+            if not source:
+                raise OSError("empty image bytes")
+            file = io.BytesIO(source)
+        elif isinstance(source, str) and source:
+            file = Path(source) if Path(source).is_absolute() else Path(base_dir) / source
+        else:
+            raise OSError(f"unsupported image field {type(source).__name__}: {str(source)[:80]!r}")
+        with warnings.catch_warnings():
+            # a decompression bomb is an error, not a warning that precedes a 10 GB allocation
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(file)
+            image.load()
+    from qwen_vl_utils.vision_process import to_rgb
+    return to_rgb(image)  # RGBA is composed on white like qwen-vl-utils does; other modes converted
+
+
+def resize_image(image, min_pixels, max_pixels):
+    """qwen-vl-utils' resize: both sides multiples of 28, pixel count within [min_pixels, max_pixels]."""
+    from qwen_vl_utils import fetch_image
+    return fetch_image({"image": image, "min_pixels": min_pixels, "max_pixels": max_pixels})
+
+
+# --- prompts ------------------------------------------------------------------------------------
+
+def build_messages(problem, template="set"):
+    """One user turn: the problem inside the template, an image item wherever `<image>` stands.
+
+    Matches EasyR1's RLHFDataset._build_messages: split on "<image>", keep non-empty text pieces.
+    """
+    text = problem if template == "none" else rewards.render_template(template, problem)
+    content = []
+    for i, piece in enumerate(text.split("<image>")):
+        if i:
+            content.append({"type": "image"})
+        if piece:
+            content.append({"type": "text", "text": piece})
+    return [{"role": "user", "content": content}]
+
+
+def render_prompt(processor, problem, template="set"):
+    """Chat-template text of the problem with the generation prompt (image pads not expanded)."""
+    return processor.apply_chat_template(build_messages(problem, template), add_generation_prompt=True,
+                                         tokenize=False)
+
+
+def image_token_count(image, processor):
+    """How many <|image_pad|> tokens the processor expands one resized image into."""
+    patch = processor.image_processor.patch_size
+    merge = processor.image_processor.merge_size
+    return (image.height // patch) * (image.width // patch) // (merge * merge)
+
+
+class PromptDataset:
+    """Rows + label set + prompt settings; `dataset[i]` is a ready `Prompt` (images resized once)."""
+
+    def __init__(self, path, processor, template="set", labels=None, min_pixels=512 * 512,
+                 max_pixels=2048 * 2048, max_prompt_length=2048, image_dir=None, skip_bad=False,
+                 prompt_key="problem", answer_key="answer", image_key="images"):
+        if template not in ("set", "think", "none"):
+            raise ValueError(f"template must be 'set', 'think' or 'none', got {template!r}")
+        if min_pixels > max_pixels:
+            raise ValueError(f"min_pixels ({min_pixels}) is larger than max_pixels ({max_pixels})")
+        # The processor resizes again into its own range; inside that range a 28-multiple image is
+        # left as it is, so ours must lie inside it for "resized once, same pixels everywhere" to hold.
+        floor, ceiling = processor.image_processor.size["shortest_edge"], processor.image_processor.size["longest_edge"]
+        if min_pixels < floor or max_pixels > ceiling:
+            raise ValueError(f"min_pixels/max_pixels ({min_pixels}, {max_pixels}) must lie within the model "
+                             f"processor's range [{floor}, {ceiling}], or the processor would resize images again")
+        self.path, self.processor, self.template = str(path), processor, template
+        self.min_pixels, self.max_pixels, self.max_prompt_length = min_pixels, max_pixels, max_prompt_length
+        self.skip_bad = skip_bad
+        self.skipped = []  # (where, reason) of every row left out, once per row, for the run's log
+        self._failed = set()  # rows whose images failed: skipped without a retry on later epochs
+        rows = read_rows(path, image_dir, prompt_key, answer_key, image_key)
+        self.labels = resolve_labels(rows, labels, path)
+        known = {label.lower() for label in self.labels}
+        self.rows = []
+        for row in rows:  # checks that need no image decoding happen once, up front
+            if row.problem is None and Path(row.where).suffix.lower() in IMAGE_SUFFIXES:
+                row.problem = DEFAULT_QUESTION.replace("{labels}", ", ".join(self.labels))
+            if not isinstance(row.problem, str) or not row.problem.strip():
+                self._bad(row, f"empty or missing {prompt_key!r}")
+            elif row.answer.lower() not in known:
+                self._bad(row, f"label {row.answer!r} is not in the label set {self.labels}")
+            elif not row.images:
+                self._bad(row, f"no image in {image_key!r}")
+            else:
+                self.rows.append(row)
+        if not self.rows:
+            raise DataError(f"{path}: no usable rows" + (f" ({len(self.skipped)} skipped)" if self.skipped else ""))
+
+    def _bad(self, row, reason):
+        if not self.skip_bad:
+            raise DataError(f"{row.where}: {reason} (pass skip_bad / --skip-bad-rows to skip such rows)")
+        self.skipped.append((row.where, reason))
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        """Open, resize and render one row. Raises DataError naming the row on any problem."""
+        row = self.rows[index]
+        images = []
+        for source in row.images:
+            name = source if isinstance(source, str) else f"<{type(source).__name__} image>"
+            try:
+                images.append(resize_image(open_image(source, row.base_dir), self.min_pixels, self.max_pixels))
+            except Exception as e:  # PIL raises many types; all mean "this image is unusable"
+                raise DataError(f"{row.where}: cannot use image {name}: {type(e).__name__}: {e}") from e
+        problem = row.problem if "<image>" in row.problem else "<image>" * len(images) + row.problem
+        if problem.count("<image>") != len(images):
+            raise DataError(f"{row.where}: the problem has {problem.count('<image>')} <image> tags "
+                            f"but the row has {len(images)} images")
+        text = render_prompt(self.processor, problem, self.template)
+        prompt_ids = self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+        num_tokens = len(prompt_ids) + sum(image_token_count(im, self.processor) - 1 for im in images)
+        if num_tokens > self.max_prompt_length:
+            raise DataError(f"{row.where}: prompt is {num_tokens} tokens, more than max_prompt_length="
+                            f"{self.max_prompt_length} (lower max_pixels or raise the limit)")
+        return Prompt(index, row.problem, row.answer, text, prompt_ids, images, num_tokens, row.where)
+
+    def get_batch(self, indices):
+        """Prompts for `indices`; with skip_bad, bad rows are left out and recorded in `skipped`."""
+        batch = []
+        for index in indices:
+            if index in self._failed:
+                continue
+            try:
+                batch.append(self[index])
+            except DataError as e:
+                if not self.skip_bad:
+                    raise
+                self._failed.add(index)
+                self.skipped.append((self.rows[index].where, str(e)))
+        return batch
+
+
+def encode(processor, prompts):
+    """Processor tensors for prompts (input_ids with expanded image pads, pixel_values, grid_thw)."""
+    images = [image for p in prompts for image in p.images]
+    return processor(text=[p.text for p in prompts], images=images or None, padding=True, return_tensors="pt")
+
+
+# --- batching -----------------------------------------------------------------------------------
+
+def epoch_order(num_rows, epoch, seed, shuffle=True):
+    """The row order of one epoch: a permutation that depends only on (seed, epoch)."""
+    order = list(range(num_rows))
+    if shuffle:
+        random.Random(seed * 100003 + epoch).shuffle(order)
+    return order
+
+
+def step_indices(num_rows, batch_size, step, seed, shuffle=True):
+    """Row indices of training step `step` (0-based): consecutive slices of the epoch orders.
+
+    A pure function of its arguments, so a resumed run picks up at the exact same prompt. The tail
+    of an epoch that does not fill a batch is dropped (like EasyR1's drop_last=True).
+    """
+    if num_rows < batch_size:
+        raise DataError(f"the dataset has {num_rows} usable rows, fewer than one batch of {batch_size} prompts")
+    steps_per_epoch = num_rows // batch_size
+    epoch, offset = divmod(step, steps_per_epoch)
+    return epoch_order(num_rows, epoch, seed, shuffle)[offset * batch_size:(offset + 1) * batch_size]
+
+
+def rank_slice(items, rank, world_size):
+    """This rank's contiguous share of a batch (a GRPO group never spans ranks)."""
+    if len(items) % world_size:
+        raise ValueError(f"{len(items)} prompts do not split evenly over {world_size} ranks")
+    share = len(items) // world_size
+    return items[rank * share:(rank + 1) * share]
+
+
+# --- the embedded demo dataset -------------------------------------------------------------------
+
+# Each emotion has a dominant colour, so the label is visually recoverable by a tiny vision tower
+# trained from scratch; random distractor shapes in other colours make it more than a lookup table.
+DEMO_COLOURS = {
+    "amusement": (250, 210, 40), "anger": (210, 30, 30), "awe": (120, 200, 250), "contentment": (60, 170, 70),
+    "disgust": (120, 120, 20), "excitement": (250, 120, 10), "fear": (80, 30, 110), "sadness": (30, 50, 160),
+}
+
+
+def make_demo_image(label, rng, colours=DEMO_COLOURS):
+    """A 56-112 px image whose background is the label's colour (jittered), with 1-3 small shapes."""
+    from PIL import ImageDraw
+    width, height = rng.randint(56, 112), rng.randint(56, 112)
+    base = colours[label]
+    background = tuple(min(255, max(0, c + rng.randint(-20, 20))) for c in base)
+    image = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(1, 3)):
+        w, h = rng.randint(8, width // 3), rng.randint(8, height // 3)
+        x, y = rng.randint(0, width - w), rng.randint(0, height - h)
+        colour = tuple(rng.randint(0, 255) for _ in range(3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x, y, x + w, y + h], fill=colour)
+    return image
+
+
+def make_demo_dataset(out_dir=DEMO_DIR, num_train=256, num_test=64, labels=None, seed=0):
+    """Write the demo dataset as a user would bring it: train.jsonl, test.jsonl, images/, labels.txt.
+
+    Classes are balanced. Returns the folder. Rebuilt only if train.jsonl is missing.
+    """
+    out_dir = Path(out_dir)
+    labels = list(labels or DEMO_COLOURS)
+    if (out_dir / "train.jsonl").exists() and (out_dir / "test.jsonl").exists():
+        return out_dir
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    question = DEFAULT_QUESTION.replace("{labels}", ", ".join(labels))
+    for split, count in (("test", num_test), ("train", num_train)):  # train.jsonl last: it marks "done"
+        split_labels = [labels[i % len(labels)] for i in range(count)]
+        rng.shuffle(split_labels)
+        lines = []
+        for i, label in enumerate(split_labels):
+            name = f"images/{split}_{i:05d}.png"
+            make_demo_image(label, rng).save(out_dir / name)
+            lines.append(json.dumps({"images": [name], "problem": question, "answer": label}))
+        (out_dir / "labels.txt").write_text("\n".join(labels) + "\n")
+        (out_dir / f"{split}.jsonl.tmp").write_text("\n".join(lines) + "\n")
+        (out_dir / f"{split}.jsonl.tmp").rename(out_dir / f"{split}.jsonl")
+    return out_dir
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="write the embedded demo dataset")
+    demo.add_argument("--out", default=str(DEMO_DIR))
+    demo.add_argument("--num-train", type=int, default=256)
+    demo.add_argument("--num-test", type=int, default=64)
+    demo.add_argument("--seed", type=int, default=0)
+    check = sub.add_parser("check", help="load every row and image of a dataset and print statistics")
+    check.add_argument("path")
+    check.add_argument("--model", default=None, help="model folder whose processor renders the prompts "
+                                                     "(default: the tiny model, built if needed)")
+    check.add_argument("--labels", default=None, help="label set: emoset, emotion6 or a file")
+    check.add_argument("--template", default="set", choices=["set", "think", "none"])
+    check.add_argument("--min-pixels", type=int, default=512 * 512)
+    check.add_argument("--max-pixels", type=int, default=2048 * 2048)
+    check.add_argument("--max-prompt-length", type=int, default=2048)
+    check.add_argument("--image-dir", default=None)
+    check.add_argument("--skip-bad-rows", action="store_true", help="count bad rows instead of stopping")
+    args = parser.parse_args()
+    if args.command == "demo":
+        path = make_demo_dataset(args.out, args.num_train, args.num_test, seed=args.seed)
+        print(f"demo dataset at {path}")
+        return
+    from tqdm import tqdm
+    from transformers import AutoProcessor
+    import tiny
+    processor = AutoProcessor.from_pretrained(args.model or tiny.build_tiny_model())
+    dataset = PromptDataset(args.path, processor, args.template, args.labels, args.min_pixels, args.max_pixels,
+                            args.max_prompt_length, args.image_dir, args.skip_bad_rows)
+    lengths = [p.num_tokens for p in dataset.get_batch(tqdm(range(len(dataset)), desc="checking rows"))]
+    print(json.dumps({"rows": len(dataset.rows), "usable": len(lengths), "skipped": len(dataset.skipped),
+                      "labels": dataset.labels, "label_counts": Counter(r.answer for r in dataset.rows),
+                      "prompt_tokens": {"min": min(lengths, default=0), "max": max(lengths, default=0)}}, indent=1))
+    for where, reason in dataset.skipped[:20]:
+        print(f"skipped {where}: {reason}")
+
+
+if __name__ == "__main__":
+    main()
