@@ -72,7 +72,7 @@ class Config:
     max_response_length: int = 2048  # EMO-R3 data.max_response_length
     # rollout
     rollout_batch_size: int = 512  # prompts per step, all ranks together (EMO-R3)
-    n: int = 8  # responses per prompt = GRPO group size (EMO-R3 script: ROLLOUT_NUMBER=8)
+    group_size: int = 8  # responses per prompt, GRPO's n (EMO-R3 script: ROLLOUT_NUMBER=8)
     temperature: float = 1.0  # rollout sampling temperature (EMO-R3); logits are divided by it in training too
     top_p: float = 1.0  # rollout top_p (EMO-R3)
     engine: str = "vllm"  # vllm, or hf (transformers generate; slow, for machines without vLLM)
@@ -86,6 +86,7 @@ class Config:
     reflect_top_p: float = 0.95
     reflect_max_tokens: int = 2048  # the reference lets the answer run to max_response_length; 8 is plenty for one word
     reward: str = "code"  # rewards.py variant: code (released EMO-R3), paper, set, coherence, multiplicative, think
+    reward_fn: str = ""  # path.py:function replacing rewards.emor3_reward (this RUNS that file's code); see load_reward_fn
     # update
     mini_batch_size: int = 256  # prompts per optimizer step, all ranks (EMO-R3 actor.global_batch_size)
     micro_batch_size: int = 4  # sequences per forward/backward per rank (EMO-R3 update micro-batch)
@@ -125,7 +126,7 @@ class Config:
 
 # --demo changes defaults only: anything given on the command line still wins.
 DEMO_DEFAULTS = dict(
-    rollout_batch_size=8, n=4, mini_batch_size=4, micro_batch_size=4, logprob_micro_batch_size=8,
+    rollout_batch_size=8, group_size=4, mini_batch_size=4, micro_batch_size=4, logprob_micro_batch_size=8,
     max_prompt_length=512, max_response_length=48, min_pixels=56 * 56, max_pixels=112 * 112,
     reflect_max_tokens=8, lr=1e-4, max_steps=4, val_freq=2, save_freq=2, epochs=1,
     gradient_checkpointing=False,
@@ -155,8 +156,8 @@ def check_config(cfg):
     problems = []
     if not cfg.demo and not (cfg.model and cfg.train_files):
         problems.append("--model and --train-files are required (or --demo)")
-    if cfg.n < 2:
-        problems.append("--n must be > 1: GRPO normalises rewards within a group of responses")
+    if cfg.group_size < 2:
+        problems.append("--group-size must be > 1: GRPO normalises rewards within a group of responses")
     if cfg.rollout_batch_size % cfg.mini_batch_size:
         problems.append("--rollout-batch-size must be a multiple of --mini-batch-size")
     if cfg.reward not in rewards.VARIANTS:
@@ -171,6 +172,33 @@ def check_config(cfg):
         problems.append("--engine must be vllm or hf")
     if problems:
         raise SystemExit("config error:\n  " + "\n  ".join(problems))
+
+
+def load_reward_fn(cfg):
+    """The reward: rewards.emor3_reward(variant=cfg.reward), or a user function from `path.py:function`.
+
+    A user function is called as fn(response, answer, reflect_text, reflect_image) and returns a float
+    or a dict with at least "overall" (missing components are logged as 0). Loading it executes the
+    file, like any Python import: only point it at code you trust.
+    """
+    if not cfg.reward_fn:
+        return lambda response, answer, rt, ri: rewards.emor3_reward(response, answer, rt, ri, variant=cfg.reward)
+    import importlib.util
+    path, _, name = cfg.reward_fn.rpartition(":")
+    if not path or not Path(path).is_file():
+        raise SystemExit(f"--reward-fn {cfg.reward_fn!r}: expected an existing path.py:function")
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, name, None)):
+        raise SystemExit(f"--reward-fn {cfg.reward_fn!r}: {path} has no function {name!r}")
+    user_fn = getattr(module, name)
+
+    def score(response, answer, rt, ri):
+        result = user_fn(response, answer, rt, ri)
+        result = result if isinstance(result, dict) else {"overall": float(result)}
+        return {k: float(result.get(k, 0.0)) for k in ("overall", "format", "accuracy", "reflect_text", "reflect_image")}
+    return score
 
 
 # --- distributed setup --------------------------------------------------------------------------
@@ -608,13 +636,13 @@ def mean(values):
 
 # --- validation ---------------------------------------------------------------------------------
 
-def validate(engine, val_set, cfg, rank, world_size, tokenizer, step):
+def validate(engine, val_set, cfg, rank, world_size, tokenizer, step, score):
     """Accuracy / format / reward on the validation set, one sample per prompt (EMO-R3: every step)."""
     indices = data.rank_slice(list(range(len(val_set) - len(val_set) % world_size)), rank, world_size)
     prompts = val_set.get_batch(indices)
     outputs = engine.generate([Request(p.text, p.prompt_ids, p.images) for p in prompts], 1, cfg.val_temperature,
                               cfg.val_top_p, cfg.max_response_length, seed=cfg.seed * 7919 + step * 100003 + rank * 1009)
-    scores = [rewards.emor3_reward(tokenizer.decode(o[0][0], skip_special_tokens=True), p.answer, variant=cfg.reward)
+    scores = [score(tokenizer.decode(o[0][0], skip_special_tokens=True), p.answer, None, None)
               for p, o in zip(prompts, outputs)]
     totals = torch.tensor([sum(s[k] for s in scores) for k in ("overall", "accuracy", "format")] + [len(scores)],
                           dtype=torch.float64)
@@ -663,6 +691,7 @@ def main(argv=None):
     train_set = data.PromptDataset(cfg.train_files, processor, **data_kwargs)
     val_set = data.PromptDataset(cfg.val_files, processor, **data_kwargs) if cfg.val_files and cfg.val_freq else None
     labels = train_set.labels
+    score = load_reward_fn(cfg)
     steps_per_epoch = len(train_set) // cfg.rollout_batch_size
     if steps_per_epoch == 0:
         raise SystemExit(f"{cfg.train_files}: {len(train_set)} usable prompts, fewer than --rollout-batch-size {cfg.rollout_batch_size}")
@@ -714,7 +743,7 @@ def main(argv=None):
         with timed(timings, "sync"):
             engine.update_weights(policy)
         with timed(timings, "rollout"):
-            outputs = engine.generate([Request(p.text, p.prompt_ids, p.images) for p in prompts], cfg.n,
+            outputs = engine.generate([Request(p.text, p.prompt_ids, p.images) for p in prompts], cfg.group_size,
                                       cfg.temperature, cfg.top_p, cfg.max_response_length, seed)
         samples = [Sample(i, ids, lps) for i, group in enumerate(outputs) for ids, lps in group]
         texts = [tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in samples]
@@ -743,15 +772,15 @@ def main(argv=None):
 
         # 4. reward  5. advantage (groups are contiguous blocks of n: one prompt's responses)
         with timed(timings, "reward"):
-            scores = [rewards.emor3_reward(t, prompts[s.prompt].answer, rt, ri, variant=cfg.reward)
+            scores = [score(t, prompts[s.prompt].answer, rt, ri)
                       for t, s, rt, ri in zip(texts, samples, reflections["text"], reflections["image"])]
             reward = torch.tensor([sc["overall"] for sc in scores])
-            advantages = grpo_advantages(reward, cfg.n, scale_by_std=cfg.adv_std)
+            advantages = grpo_advantages(reward, cfg.group_size, scale_by_std=cfg.adv_std)
             for s, a in zip(samples, advantages.tolist()):
                 s.advantage = a
             if cfg.online_filter:  # DAPO: groups that are all right or all wrong teach nothing
-                acc = torch.tensor([sc["accuracy"] for sc in scores]).view(-1, cfg.n).mean(1)
-                keep = ((acc > 0) & (acc < 1)).repeat_interleave(cfg.n)
+                acc = torch.tensor([sc["accuracy"] for sc in scores]).view(-1, cfg.group_size).mean(1)
+                keep = ((acc > 0) & (acc < 1)).repeat_interleave(cfg.group_size)
                 for s, k in zip(samples, keep.tolist()):
                     s.weight = float(k)
                 metrics["dapo/kept_groups"] = keep.float().mean().item()
@@ -773,7 +802,7 @@ def main(argv=None):
         # 7. update: mini-batches of this rank's samples, micro-batches inside, global token mean
         update_stats = []
         with timed(timings, "update"):
-            seqs_per_mini = mini_prompts_per_rank * cfg.n
+            seqs_per_mini = mini_prompts_per_rank * cfg.group_size
             for epoch in range(cfg.ppo_epochs):
                 for start in range(0, len(samples), seqs_per_mini):
                     mini = list(range(start, start + seqs_per_mini))
@@ -797,9 +826,9 @@ def main(argv=None):
                                                   cfg.loss_agg, denom)
                         if reference is not None:
                             ref = pad_stack([ref_logp[i] for i in micro], width, device)
-                            kl = aggregate(kl_penalty(logp, ref, cfg.kl_kind), mask, cfg.loss_agg, denom)
-                            loss = loss + cfg.kl_coef * kl
-                            stats["kl"] = kl.item() * denom / max(mask.sum().item(), 1.0) if cfg.loss_agg == "token" else kl.item()
+                            kl_per_token = kl_penalty(logp, ref, cfg.kl_kind)
+                            loss = loss + cfg.kl_coef * aggregate(kl_per_token, mask, cfg.loss_agg, denom)
+                            stats["kl"] = ((kl_per_token * mask).sum() / mask.sum().clamp(min=1)).item()
                         # FSDP averages gradients over ranks; the denominator is already global, so undo it
                         (loss * world_size).backward()
                         stats["loss"] = loss.item()
@@ -828,7 +857,7 @@ def main(argv=None):
         if val_set is not None and ((step + 1) % cfg.val_freq == 0 or step + 1 == total_steps):
             with timed(timings, "validate"):
                 engine.update_weights(policy)
-                metrics.update(validate(engine, val_set, cfg, rank, world_size, tokenizer, step))
+                metrics.update(validate(engine, val_set, cfg, rank, world_size, tokenizer, step, score))
                 engine.sleep()
         metrics.update(timings)
         if train_set.skipped:
@@ -839,7 +868,8 @@ def main(argv=None):
                 s = samples[k]
                 samples_file.write(json.dumps({"step": step + 1, "prompt_index": prompts[s.prompt].index,
                                                "answer": prompts[s.prompt].answer, "response": texts[k],
-                                               "reflect_text": reflections["text"][k], "reflect_image": reflections["image"][k],
+                                               "reflect_text_answer": reflections["text"][k],
+                                               "reflect_image_answer": reflections["image"][k],
                                                **scores[k], "advantage": s.advantage}) + "\n")
             samples_file.flush()
             progress.set_postfix(reward=f"{metrics['reward/overall']:.3f}", acc=f"{metrics['reward/accuracy']:.2f}")

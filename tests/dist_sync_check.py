@@ -1,0 +1,84 @@
+"""Run under torchrun (2 ranks): train the policy a little, sync it into each rank's vLLM engine, and
+write what the engine and the FSDP policy each produce, so tests/test_train.py can compare them.
+
+    torchrun --nproc_per_node 2 tests/dist_sync_check.py MODEL_DIR DATA.jsonl OUT_DIR
+"""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+import data  # noqa: E402
+import train_grpo as tg  # noqa: E402
+
+NEW_TOKENS = 12
+
+
+@torch.no_grad()
+def fsdp_greedy(policy, encoded, pad_id, device):
+    """Greedy decoding with the FSDP2 policy itself: NEW_TOKENS forwards on every rank (in step)."""
+    tokens = []
+    for _ in range(NEW_TOKENS):
+        batch = tg.collate([tg.Sample(0, tokens + [pad_id], [])], encoded, pad_id, device)
+        position_ids, _ = policy.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"],
+                                                      image_grid_thw=batch["image_grid_thw"],
+                                                      attention_mask=batch["attention_mask"])
+        # the last real column is the one before the placeholder pad we appended
+        logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        position_ids=position_ids, pixel_values=batch["pixel_values"],
+                        image_grid_thw=batch["image_grid_thw"], logits_to_keep=2, use_cache=False).logits[0, 0]
+        tokens.append(int(logits.argmax()))
+    return tokens
+
+
+def main():
+    model_dir, train_file, out_dir = sys.argv[1:4]
+    cfg = tg.parse_config(["--demo", "--model", model_dir, "--train-files", train_file, "--val-files", "",
+                           "--kl-coef", "0", "--max-response-length", str(NEW_TOKENS)])
+    rank, world_size, device = tg.setup_distributed()
+    torch.manual_seed(0)
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(model_dir)
+    pad_id = processor.tokenizer.pad_token_id
+    dataset = data.PromptDataset(train_file, processor, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    prompt = dataset[rank]  # a different prompt (and image) on each rank
+    encoded = tg.encode_prompts(processor, [prompt])
+    request = tg.Request(prompt.text, prompt.prompt_ids, prompt.images)
+
+    policy = tg.load_model(cfg, device, trainable=True)
+    engine = tg.VLLMEngine(cfg, model_dir, world_size, processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+    engine.update_weights(policy)
+    before = engine.generate([request], 1, 0.0, 1.0, NEW_TOKENS, seed=0)[0][0][0]
+
+    # a few large updates on sampled responses, so the weights (and the greedy output) really move
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=2e-2)
+    sampled = engine.generate([request], 4, 1.0, 1.0, NEW_TOKENS, seed=1)[0]
+    for _ in range(3):
+        batch = tg.collate([tg.Sample(0, ids, lps) for ids, lps in sampled], encoded, pad_id, device)
+        loss = -(tg.response_logprobs(policy, batch, 1.0) * batch["response_mask"]).sum() / batch["response_mask"].sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    engine.update_weights(policy)
+    after_ids, after_logp = engine.generate([request], 1, 0.0, 1.0, NEW_TOKENS, seed=0)[0][0]
+    policy.eval()
+    fsdp_ids = fsdp_greedy(policy, encoded, pad_id, device)
+    with torch.no_grad():
+        batch = tg.collate([tg.Sample(0, after_ids, after_logp)], encoded, pad_id, device)
+        fsdp_logp = tg.response_logprobs(policy, batch, 1.0)[0].tolist()
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(
+        {"before": before, "after": after_ids, "after_logp": after_logp, "fsdp_greedy": fsdp_ids,
+         "fsdp_logp": fsdp_logp}))
+    engine.close()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
