@@ -285,8 +285,21 @@ class VLLMEngine:
     """vLLM in this process (external_launcher): one engine per rank, or tensor-parallel over ranks."""
 
     def __init__(self, cfg, model_path, world_size, image_pad_id):
-        from vllm import LLM
-        from vllm.platforms import current_platform
+        try:
+            from vllm import LLM
+            from vllm.platforms import current_platform
+        except ImportError as e:
+            raise SystemExit(f"vLLM is not importable ({e}); install it, or use --engine hf (slow)") from e
+        # With tensor parallelism the ranks of a TP group share one engine and must submit the same
+        # requests: each rank's requests are gathered within its group (a gloo group: PIL images travel).
+        tp = cfg.tensor_parallel_size
+        if world_size % tp:
+            raise SystemExit(f"--tensor-parallel-size {tp} does not divide the world size {world_size}")
+        self.tp_group = None
+        for start in range(0, world_size, tp):
+            group = dist.new_group(list(range(start, start + tp)), backend="gloo") if tp > 1 else None
+            if start <= dist.get_rank() < start + tp:
+                self.tp_group = group
 
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine
         self.sleep_mode = current_platform.is_sleep_mode_available()  # rejected on CPU
@@ -338,14 +351,22 @@ class VLLMEngine:
         """n samples per request -> per request a list of (token ids, their sampled log-probs)."""
         from vllm import SamplingParams
 
+        # one seed per request: the same step reproduces the same rollouts (exact resume)
+        seeds = [seed + i for i in range(len(requests))]
+        mine = slice(0, len(requests))
+        if self.tp_group is not None:
+            gathered = [None] * dist.get_world_size(self.tp_group)
+            dist.all_gather_object(gathered, (requests, seeds), group=self.tp_group)
+            offset = sum(len(r) for r, _ in gathered[:dist.get_rank(self.tp_group)])
+            mine = slice(offset, offset + len(requests))
+            requests, seeds = [r for rs, _ in gathered for r in rs], [s for _, ss in gathered for s in ss]
         prompts = [{"prompt_token_ids": r.prompt_ids, **({"multi_modal_data": {"image": r.images}} if r.images else {})}
                    for r in requests]
-        # one seed per request: the same step reproduces the same rollouts (exact resume)
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0,
-                                 logit_bias=self.banned, seed=seed + i) for i in range(len(requests))]
+                                 logit_bias=self.banned, seed=s) for s in seeds]
         outputs = self.llm.generate(prompts, params, use_tqdm=False) if prompts else []
         return [[(list(c.token_ids), [next(iter(lp.values())).logprob for lp in c.logprobs]) for c in out.outputs]
-                for out in outputs]
+                for out in outputs][mine]
 
 
 class HFEngine:
@@ -376,12 +397,14 @@ class HFEngine:
             inputs = self.processor(text=[r.text], images=r.images or None, return_tensors="pt").to(self.device)
             with torch.random.fork_rng(devices=[]):  # per-request seed without touching the trainer's RNG
                 torch.manual_seed(seed + i)
-                out = self.model.generate(**inputs, do_sample=True, temperature=temperature, top_p=top_p,
-                                          max_new_tokens=max_tokens, num_return_sequences=n,
-                                          suppress_tokens=[self.image_pad_id], output_scores=True,
+                # top_k=0: generation_config's default top_k=50 would silently truncate the sampling
+                out = self.model.generate(**inputs, do_sample=temperature > 0, temperature=temperature or None,
+                                          top_p=top_p, top_k=0, max_new_tokens=max_tokens, num_return_sequences=n,
+                                          suppress_tokens=[self.image_pad_id], output_logits=True,
                                           return_dict_in_generate=True)
             new = out.sequences[:, inputs["input_ids"].shape[1]:]
-            logp = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1)  # (n, T, V)
+            # raw (unprocessed) log-probs, like vLLM's default logprobs
+            logp = torch.stack([torch.log_softmax(s.float(), -1) for s in out.logits], 1)  # (n, T, V)
             token_logp = logp.gather(-1, new[:, :logp.shape[1], None]).squeeze(-1)
             samples = []
             for seq, lps in zip(new.tolist(), token_logp.tolist()):
@@ -810,8 +833,10 @@ def main(argv=None):
                     count = torch.tensor([sum(len(samples[i].response_ids) * samples[i].weight for i in mini),
                                           sum(samples[i].weight for i in mini)], dtype=torch.float64)
                     dist.all_reduce(count)
+                    if count[0] == 0:  # every group filtered out (DAPO): no signal, and AdamW must not drift
+                        continue
                     denom = {"token": count[0], "seq": count[1], "drgrpo": count[1] * cfg.max_response_length}[cfg.loss_agg]
-                    denom = max(denom.item(), 1.0)
+                    denom = denom.item()
                     optimizer.zero_grad(set_to_none=True)
                     for mstart in range(0, len(mini), cfg.micro_batch_size):
                         micro = mini[mstart:mstart + cfg.micro_batch_size]
