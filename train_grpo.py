@@ -23,14 +23,16 @@ Every default is EMO-R3's released recipe (examples/config.yaml + qwen2_5_vl_3b_
 Launch:
   torchrun --nproc_per_node 2 train_grpo.py --demo                     # CPU demo, a few minutes
   torchrun --nproc_per_node 1 train_grpo.py --model Qwen/Qwen2.5-VL-3B-Instruct \\
-      --train-files fuyyy74/EmoSet2k@train --val-files fuyyy74/EmoSet2k@test \\
-      --rollout-batch-size 64 --mini-batch-size 32                      # one GPU (80 GB)
+      --train-files EmoSet2k@train --val-files EmoSet2k@test \\
+      --rollout-batch-size 64 --mini-batch-size 32 --gpu-memory-utilization 0.3   # one GPU
   torchrun --nproc_per_node 8 train_grpo.py --model Qwen/Qwen2.5-VL-3B-Instruct \\
       --train-files DATA@train --val-files DATA@test                    # the paper's setup, 8 GPUs
   torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train_grpo.py ...
-Memory (3B, bf16 compute, fp32 master weights + AdamW, FSDP over 8 GPUs): about 6 GB of sharded
-training state per GPU, plus activations (gradient checkpointing) and vLLM's share
-(--gpu-memory-utilization, default 0.6 of the GPU, released while training where sleep mode works).
+Memory (an estimate, not yet measured on GPU): Qwen2.5-VL-3B has 3.75B parameters; fp32 master
+weights + gradients + AdamW states are 16 bytes each = 60 GB, plus 15 GB for the fp32 reference model
+when KL is on, sharded over the GPUs (about 9.4 GB per GPU on 8), plus activations (gradient
+checkpointing) and vLLM's share (--gpu-memory-utilization, 0.6 of the GPU, released while training
+where sleep mode works). On one GPU that needs a 141 GB H200, or --kl-coef 0 and a lower vLLM share.
 """
 
 import argparse
@@ -134,15 +136,20 @@ DEMO_DEFAULTS = dict(
 
 
 def parse_config(argv=None):
-    """Flags come from the Config fields (--rollout-batch-size, --no-reflect-image, ...)."""
+    """Flags come from the Config fields (--rollout-batch-size, --no-reflect-image, ...); each flag's
+    help is the field's comment."""
+    import inspect
+    import re
+    comments = dict(re.findall(r"^\s+(\w+): \w+ = .*?#\s*(.*)$", inspect.getsource(Config), re.M))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
+        help_text = comments.get(f.name, "").replace("%", "%%") + " (default: %(default)s)"
         if f.type is bool or f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            parser.add_argument(flag, type=kind, default=f.default, help=f"(default: {f.default!r})")
+            parser.add_argument(flag, type=kind, default=f.default, help=help_text)
     argv = sys.argv[1:] if argv is None else argv
     if "--demo" in argv:
         parser.set_defaults(**DEMO_DEFAULTS)
