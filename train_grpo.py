@@ -135,14 +135,14 @@ DEMO_DEFAULTS = dict(
 )
 
 
-def parse_config(argv=None):
-    """Flags come from the Config fields (--rollout-batch-size, --no-reflect-image, ...); each flag's
-    help is the field's comment."""
+def config_parser(config_class, description):
+    """An argparse parser with one flag per dataclass field (--rollout-batch-size, --no-reflect-image,
+    ...); each flag's help is the field's comment. Shared by the stage scripts."""
     import inspect
     import re
-    comments = dict(re.findall(r"^\s+(\w+): \w+ = .*?#\s*(.*)$", inspect.getsource(Config), re.M))
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(Config):
+    comments = dict(re.findall(r"^\s+(\w+): \w+ = .*?#\s*(.*)$", inspect.getsource(config_class), re.M))
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(config_class):
         flag = "--" + f.name.replace("_", "-")
         help_text = comments.get(f.name, "").replace("%", "%%") + " (default: %(default)s)"
         if f.type is bool or f.type == "bool":
@@ -150,6 +150,11 @@ def parse_config(argv=None):
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
             parser.add_argument(flag, type=kind, default=f.default, help=help_text)
+    return parser
+
+
+def parse_config(argv=None):
+    parser = config_parser(Config, __doc__)
     argv = sys.argv[1:] if argv is None else argv
     if "--demo" in argv:
         parser.set_defaults(**DEMO_DEFAULTS)
@@ -664,6 +669,28 @@ def mean(values):
     return sum(values) / len(values) if values else 0.0
 
 
+# --- the reflective re-ask ------------------------------------------------------------------------
+
+def ask_reflection(engine, processor, kind, texts, images, labels, cfg, seed):
+    """EMO-R3's re-ask: for each response, the policy's one-word answer to the coherence question
+    (kind "text": which emotion does your step1-step2 text express?) or the consistency question
+    (kind "image": can your step1 text describe this image?). Where the steps cannot be extracted,
+    the answer is "None" without a generation (the reference asks the model "Answer 'None'")."""
+    asks = [rewards.coherence_prompt(t, labels) if kind == "text" else rewards.consistency_prompt(t) for t in texts]
+    todo = [k for k, ask in enumerate(asks) if ask is not None]
+    requests = []
+    for k in todo:  # a plain user turn, no SET template; the image goes where "<image>" stands
+        text = data.render_prompt(processor, asks[k], template="none")
+        requests.append(Request(text, processor.tokenizer(text, add_special_tokens=False)["input_ids"],
+                                images[k] if kind == "image" else []))
+    outputs = engine.generate(requests, 1, cfg.reflect_temperature, cfg.reflect_top_p, cfg.reflect_max_tokens,
+                              seed + 500009 * (1 if kind == "text" else 2))
+    answers = [rewards.NO_PROMPT_ANSWER] * len(texts)
+    for k, out in zip(todo, outputs):
+        answers[k] = processor.tokenizer.decode(out[0][0], skip_special_tokens=True)
+    return answers
+
+
 # --- validation ---------------------------------------------------------------------------------
 
 def validate(engine, val_set, cfg, rank, world_size, tokenizer, step, score):
@@ -780,24 +807,10 @@ def main(argv=None):
 
         # 3. reflect: the same engine and weights judge each response (no prompt -> answer "None")
         with timed(timings, "reflect"):
-            reflections = {}
-            for kind, enabled in (("text", cfg.reflect_text), ("image", cfg.reflect_image)):
-                if not enabled:
-                    reflections[kind] = [None] * len(samples)
-                    continue
-                asks = [rewards.coherence_prompt(t, labels) if kind == "text" else rewards.consistency_prompt(t)
-                        for t in texts]
-                todo = [k for k, a in enumerate(asks) if a is not None]
-                requests = []
-                for k in todo:
-                    images = prompts[samples[k].prompt].images if kind == "image" else []
-                    text = data.render_prompt(processor, asks[k], template="none")
-                    requests.append(Request(text, tokenizer(text, add_special_tokens=False)["input_ids"], images))
-                answers = engine.generate(requests, 1, cfg.reflect_temperature, cfg.reflect_top_p,
-                                          cfg.reflect_max_tokens, seed + 500009 * (1 if kind == "text" else 2))
-                reflections[kind] = [rewards.NO_PROMPT_ANSWER] * len(samples)
-                for k, answer in zip(todo, answers):
-                    reflections[kind][k] = tokenizer.decode(answer[0][0], skip_special_tokens=True)
+            reflections = {kind: ask_reflection(engine, processor, kind, texts,
+                                                [prompts[s.prompt].images for s in samples], labels, cfg, seed)
+                           if enabled else [None] * len(samples)
+                           for kind, enabled in (("text", cfg.reflect_text), ("image", cfg.reflect_image))}
         engine.sleep()
 
         # 4. reward  5. advantage (groups are contiguous blocks of n: one prompt's responses)

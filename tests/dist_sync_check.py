@@ -72,9 +72,15 @@ def main():
     with torch.no_grad():
         batch = tg.collate([tg.Sample(0, after_ids, after_logp)], encoded, pad_id, device)
         fsdp_logp = tg.response_logprobs(policy, batch, 1.0)[0].tolist()
+    # the reflective re-ask through the same engine: a response with SET steps gets real answers,
+    # one without steps gets "None" without a generation
+    texts = ["<step1>A red wall.</step1><step2>It feels tense.</step2><step3>negative, high</step3>\\boxed{anger}",
+             "no steps here \\boxed{anger}"]
+    reflections = {kind: tg.ask_reflection(engine, processor, kind, texts, [prompt.images] * 2, dataset.labels, cfg, 5)
+                   for kind in ("text", "image")}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(
         {"before": before, "after": after_ids, "after_logp": after_logp, "fsdp_greedy": fsdp_ids,
-         "fsdp_logp": fsdp_logp}))
+         "fsdp_logp": fsdp_logp, "reflections": reflections}))
     engine.close()
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -94,6 +94,9 @@ def test_weight_sync_is_real(tiny_model_dir, demo_dir, tmp_path):
         assert result["after"] != result["before"]  # the update changed the greedy output...
         assert result["after"] == result["fsdp_greedy"]  # ...and the engine follows the FSDP policy exactly
         assert torch.allclose(torch.tensor(result["after_logp"]), torch.tensor(result["fsdp_logp"]), atol=1e-4)
+        for kind in ("text", "image"):  # the re-ask generated for the response with steps only
+            answered, skipped = result["reflections"][kind]
+            assert isinstance(answered, str) and answered != "None" and skipped == "None"
 
 
 def test_loop_learns(tiny_model_dir, demo_dir, tmp_path):

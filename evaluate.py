@@ -1,0 +1,362 @@
+"""Evaluate a model on emotion benchmarks, re-score saved predictions, and build the paper's Table 1.
+
+Evaluate: a model (a merged folder, a base model path or hub name, or a training checkpoint, merged
+on the fly) on one or more benchmark files in the data.py layout. For each benchmark it writes, under
+`--out/NAME/`: predictions.jsonl (prompt id, label, full response, parsed answer, format ok, the
+reflection answers with --reflect), metrics.json (accuracy, macro-F1, per-class precision / recall /
+accuracy, confusion matrix, format rate, share of unparseable answers, and with --reflect the rates at
+which the model's own reflection agrees with the label and with its answer), report.md and
+confusion.png. Sampling: the paper's evaluation sampling (temperature 0.6, top_p 0.95, one sample) by
+default, --greedy for greedy decoding.
+
+    python evaluate.py --model merged/ --data EmoSet2k@test,Emotion6/test.jsonl,WebEmo/test7.jsonl \\
+        --names emoset,emotion6,webemo --out eval/emor3-emoset --method "EMO-R3 n=8" --train-domain emoset
+    torchrun --nproc_per_node 8 evaluate.py ...           # data parallel: each rank takes a share
+    python evaluate.py --model Qwen/Qwen2.5-VL-3B-Instruct --template none --parse lenient ...  # zero-shot
+
+Re-score (no model): python evaluate.py --predictions eval/x/emoset/predictions.jsonl
+Table 1:             python evaluate.py --table eval/emor3-emoset,eval/emor3-emotion6 --out eval/table
+  Each folder is one evaluate.py output (its run.json names --method and --train-domain); the table
+  has per method one block per training domain: the in-domain column first, then the other datasets
+  (EmoSet, Emotion6, WebEmo order), then the in-domain mean, out-of-domain mean and overall mean.
+"""
+
+import csv
+import dataclasses
+import json
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import data
+import rewards
+
+DOMAIN_ORDER = ["emoset", "emotion6", "webemo"]  # Table 1's column order within a block
+
+
+@dataclass
+class Config:
+    model: str = ""  # merged folder, base model path / hub name, or a training checkpoint (merged on the fly)
+    data: str = ""  # benchmark files (data.py layout), comma separated
+    names: str = ""  # a name per benchmark, comma separated (default: the file names); emoset/emotion6/webemo for --table
+    labels: str = ""  # label set for every benchmark (default: each benchmark's own labels.txt / answers)
+    out: str = "eval"  # output folder: one sub-folder per benchmark
+    method: str = ""  # method name for --table (default: the model's folder name)
+    train_domain: str = ""  # the dataset the model was trained on (emoset, emotion6), for --table
+    template: str = "set"  # prompt template: set, think, none (zero-shot baselines)
+    parse: str = "boxed"  # boxed: the last \\boxed{} (as the reward); lenient: else a bare label in the response
+    greedy: bool = False  # greedy decoding instead of the paper's evaluation sampling
+    temperature: float = 0.6  # EMO-R3 val_override_config
+    top_p: float = 0.95
+    max_response_length: int = 2048  # EMO-R3
+    max_prompt_length: int = 2048
+    min_pixels: int = 512 * 512  # EMO-R3
+    max_pixels: int = 2048 * 2048
+    reflect: bool = False  # also ask the two reflection questions about each response
+    reflect_max_tokens: int = 16  # reflection answers are one word
+    reflect_temperature: float = 0.6  # EMO-R3's re-ask sampling
+    reflect_top_p: float = 0.95
+    max_samples: int = 0  # evaluate the first k rows of each benchmark (0 = all)
+    batch_size: int = 256  # prompts per generate call (progress granularity)
+    engine: str = "vllm"  # vllm or hf
+    tensor_parallel_size: int = 1  # vLLM TP
+    gpu_memory_utilization: float = 0.8
+    cpu_kv_cache_gb: float = 1.0
+    seed: int = 1
+    skip_bad_rows: bool = False  # skip and count broken rows instead of stopping
+    predictions: str = ""  # re-score this predictions.jsonl (no model needed)
+    table: str = ""  # build Table 1 from these evaluate.py output folders, comma separated
+
+
+# --- parsing and metrics (pure Python: re-scoring needs no torch) ---------------------------------
+
+def parse_answer(response, labels, mode="boxed"):
+    """The predicted label (as spelled in `labels`) or None. `boxed` is exactly the reward's rule."""
+    by_lower = {label.lower(): label for label in labels}
+    boxed = rewards.extract_boxed(rewards.normalize_whitespace(response or ""))
+    if boxed != "None" or mode == "boxed":
+        return by_lower.get(boxed.lower()), boxed
+    bare = re.sub(r"[^\w\s-]", "", response or "").strip().lower()  # "Sadness." -> "sadness"
+    if bare in by_lower:
+        return by_lower[bare], bare
+    mentioned = [label for label in labels if re.search(rf"\b{re.escape(label.lower())}\b", (response or "").lower())]
+    return (mentioned[0], mentioned[0]) if len(mentioned) == 1 else (None, "None")
+
+
+def compute_metrics(rows, labels):
+    """Accuracy, macro-F1, per-class metrics and the confusion matrix from prediction rows.
+
+    rows: dicts with "label", "prediction" (a label or None), "format_ok", optional "reflect_*".
+    Classes that never occur or are never predicted still count in macro-F1 (with F1 = 0).
+    """
+    n = len(rows)
+    columns = labels + ["(unparseable)"]
+    confusion = {t: {p: 0 for p in columns} for t in labels}
+    for r in rows:
+        confusion[r["label"]][r["prediction"] if r["prediction"] is not None else "(unparseable)"] += 1
+    per_class = {}
+    for c in labels:
+        tp = confusion[c][c]
+        predicted = sum(confusion[t][c] for t in labels)
+        support = sum(confusion[c].values())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[c] = {"precision": precision, "recall": recall, "f1": f1, "accuracy": recall, "support": support,
+                        "predicted": predicted}
+    correct = sum(r["prediction"] == r["label"] for r in rows)
+    metrics = {
+        "count": n, "labels": labels,
+        "accuracy": correct / n if n else 0.0,
+        "macro_f1": sum(p["f1"] for p in per_class.values()) / len(labels),
+        "format_rate": sum(bool(r.get("format_ok")) for r in rows) / n if n else 0.0,
+        "unparseable_rate": sum(r["prediction"] is None for r in rows) / n if n else 0.0,
+        "per_class": per_class,
+        "confusion_matrix": {"rows_true": labels, "columns_predicted": columns,
+                             "counts": [[confusion[t][p] for p in columns] for t in labels]},
+    }
+    asked = [r for r in rows if r.get("reflect_text") is not None]
+    if asked:  # the model judging its own reasoning
+        metrics["reflect_text_matches_label"] = sum(r["reflect_text"].strip().lower() == r["label"].lower() for r in asked) / len(asked)
+        metrics["reflect_text_matches_answer"] = sum(r["prediction"] is not None and r["reflect_text"].strip().lower() == r["prediction"].lower() for r in asked) / len(asked)
+        metrics["reflect_image_yes"] = sum("yes" in r["reflect_image"].lower() for r in asked) / len(asked)
+    return metrics
+
+
+def rescore(path, labels=None, parse="boxed", template="set"):
+    """Recompute every metric from a predictions.jsonl (responses are parsed again)."""
+    path = Path(path)
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if labels:
+        labels = rewards.load_labels(labels)
+    elif (path.parent / "labels.txt").exists():
+        labels = rewards.load_labels(str(path.parent / "labels.txt"))
+    else:
+        labels = sorted({r["label"] for r in rows})
+    unknown = sorted({r["label"] for r in rows} - set(labels))
+    if unknown:
+        raise SystemExit(f"{path}: labels {unknown} are not in the label set {labels}")
+    variant = "think" if template == "think" else "code"
+    for r in rows:
+        r["prediction"], r["parsed"] = parse_answer(r["response"], labels, parse)
+        r["format_ok"] = rewards.emor3_reward(r["response"], r["label"], variant=variant)["format"] == 1.0
+    return rows, compute_metrics(rows, labels)
+
+
+# --- outputs: report, picture, table --------------------------------------------------------------
+
+def write_report(out, name, metrics, model):
+    lines = [f"# {name}: {model}", "", f"{metrics['count']} prompts", "",
+             "| metric | value |", "|---|---|"]
+    for key in ("accuracy", "macro_f1", "format_rate", "unparseable_rate", "reflect_text_matches_label",
+                "reflect_text_matches_answer", "reflect_image_yes"):
+        if key in metrics:
+            lines.append(f"| {key} | {metrics[key]:.4f} |")
+    lines += ["", "| class | precision | recall (accuracy) | F1 | support |", "|---|---|---|---|---|"]
+    for c, p in metrics["per_class"].items():
+        lines.append(f"| {c} | {p['precision']:.4f} | {p['recall']:.4f} | {p['f1']:.4f} | {p['support']} |")
+    cm = metrics["confusion_matrix"]
+    lines += ["", "Confusion matrix (rows: true label, columns: prediction)", "",
+              "| | " + " | ".join(cm["columns_predicted"]) + " |", "|---" * (len(cm["columns_predicted"]) + 1) + "|"]
+    lines += [f"| {t} | " + " | ".join(map(str, row)) + " |" for t, row in zip(cm["rows_true"], cm["counts"])]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def draw_confusion(path, metrics, title=""):
+    """The confusion matrix as a PNG heat map (row-normalised shade, counts written in the cells)."""
+    from PIL import Image, ImageDraw, ImageFont
+    cm = metrics["confusion_matrix"]
+    rows, cols, counts = cm["rows_true"], cm["columns_predicted"], cm["counts"]
+    font = ImageFont.load_default()
+    cell, left, top = 56, 12 + 7 * max(len(r) for r in rows), 40 + 7 * max(len(c) for c in cols)
+    image = Image.new("RGB", (left + cell * len(cols) + 12, top + cell * len(rows) + 30), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((8, 6), title + "  (rows: true, columns: predicted)", fill="black", font=font)
+    for j, c in enumerate(cols):  # column labels, rotated to read bottom-up
+        label = Image.new("RGB", (7 * len(c) + 4, 12), "white")
+        ImageDraw.Draw(label).text((2, 0), c, fill="black", font=font)
+        label = label.rotate(90, expand=True)
+        image.paste(label, (left + j * cell + cell // 2 - 6, top - 4 - label.height))
+    for i, (r, row) in enumerate(zip(rows, counts)):
+        draw.text((8, top + i * cell + cell // 2 - 5), r, fill="black", font=font)
+        total = max(sum(row), 1)
+        for j, value in enumerate(row):
+            shade = int(255 * (1 - value / total))
+            box = [left + j * cell, top + i * cell, left + (j + 1) * cell - 1, top + (i + 1) * cell - 1]
+            draw.rectangle(box, fill=(shade, shade, 255), outline="grey")
+            draw.text((box[0] + 6, box[1] + cell // 2 - 5), str(value), fill="black" if shade > 110 else "white", font=font)
+    image.save(path)
+
+
+def build_table(folders, out):
+    """Table 1 from evaluate.py outputs: per method, per training domain, in/out-of-domain and overall means."""
+    entries = {}  # method -> train domain -> dataset -> accuracy (%)
+    for folder in folders:
+        folder = Path(folder)
+        if not (folder / "run.json").exists():
+            raise SystemExit(f"{folder}: no run.json; --table takes folders written by evaluate.py")
+        run = json.loads((folder / "run.json").read_text())
+        if run["train_domain"] not in DOMAIN_ORDER:
+            raise SystemExit(f"{folder}/run.json: train_domain {run['train_domain']!r} must be one of {DOMAIN_ORDER} "
+                             f"(evaluate.py --train-domain)")
+        by_dataset = entries.setdefault(run["method"], {}).setdefault(run["train_domain"], {})
+        for metrics_file in sorted(folder.glob("*/metrics.json")):
+            name = metrics_file.parent.name
+            if name not in DOMAIN_ORDER:
+                raise SystemExit(f"{metrics_file}: benchmark {name!r} is not one of {DOMAIN_ORDER} "
+                                 f"(name benchmarks with evaluate.py --names emoset,emotion6,webemo)")
+            if name in by_dataset:
+                raise SystemExit(f"{metrics_file}: a second {name} result for method {run['method']!r} trained on "
+                                 f"{run['train_domain']}; give each run its own --method")
+            by_dataset[name] = 100 * json.loads(metrics_file.read_text())["accuracy"]
+    domains = [d for d in DOMAIN_ORDER if any(d in m for m in entries.values())]
+    header, table = ["Method"], []
+    for train in domains:
+        header += [f"{d} ({'in' if d == train else 'out'}, trained on {train})" for d in [train] + [x for x in DOMAIN_ORDER if x != train]]
+    header += ["In-domain mean", "Out-of-domain mean", "Overall"]
+    for method, by_train in entries.items():
+        row, inside, outside = [method], [], []
+        for train in domains:
+            for d in [train] + [x for x in DOMAIN_ORDER if x != train]:
+                value = by_train.get(train, {}).get(d)
+                row.append(value)
+                if value is not None:
+                    (inside if d == train else outside).append(value)
+        means = [sum(v) / len(v) if v else None for v in (inside, outside, inside + outside)]
+        table.append(row + means)
+    def fmt(v):  # half-up on the decimal value, so 50.775 prints 50.78 whatever its float error
+        return "-" if v is None else str(Decimal(f"{v:.9f}").quantize(Decimal("0.01"), ROUND_HALF_UP))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join([row[0]] + [fmt(v) for v in row[1:]]) + " |" for row in table]
+    (out / "table1.md").write_text("\n".join(md) + "\n")
+    with open(out / "table1.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows([[row[0]] + ["" if v is None else round(v, 4) for v in row[1:]] for row in table])
+    return header, table
+
+
+def write_outputs(out, name, rows, metrics, model):
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "predictions.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    (out / "labels.txt").write_text("\n".join(metrics["labels"]) + "\n")
+    (out / "metrics.json").write_text(json.dumps({"dataset": name, "model": model, **metrics}, indent=1))
+    write_report(out, name, metrics, model)
+    draw_confusion(out / "confusion.png", metrics, f"{name}: accuracy {metrics['accuracy']:.3f}")
+
+
+# --- evaluation with a model ----------------------------------------------------------------------
+
+def evaluate(cfg):
+    import torch
+    import torch.distributed as dist
+    from tqdm import tqdm
+    from transformers import AutoProcessor
+
+    import train_grpo as tg
+
+    rank, world_size, device = tg.setup_distributed()
+    model_path = cfg.model
+    if Path(model_path, "trainer_state.json").exists() or Path(model_path, "checkpoints").is_dir():
+        import merge  # a training checkpoint: merge it once (rank 0) into a temporary HF folder
+        merged = [str(Path(tempfile.mkdtemp(prefix="emo-r3-eval-")) / "model")]
+        if rank == 0:
+            merge.merge(model_path, merged[0], dtype="float32" if device.type == "cpu" else None)
+        dist.broadcast_object_list(merged, src=0)
+        dist.barrier()
+        model_path = merged[0]
+    processor = AutoProcessor.from_pretrained(model_path)
+    tokenizer = processor.tokenizer
+    image_pad_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    # the engines read the sampling/memory fields of Config, which carry train_grpo's names
+    engine = (tg.VLLMEngine(cfg, model_path, world_size, image_pad_id) if cfg.engine == "vllm"
+              else tg.HFEngine(cfg, model_path, processor, device, image_pad_id))
+    temperature = 0.0 if cfg.greedy else cfg.temperature
+
+    files = [f for f in cfg.data.split(",") if f]
+    names = [n for n in cfg.names.split(",") if n] or [Path(f.partition("@")[0]).stem + (f"-{f.partition('@')[2]}" if "@" in f else "") for f in files]
+    if len(names) != len(files):
+        raise SystemExit(f"--names has {len(names)} entries for {len(files)} --data files")
+    out_root = Path(cfg.out)
+    summary = {}
+    for file, name in zip(files, names):
+        dataset = data.PromptDataset(file, processor, template=cfg.template, labels=cfg.labels or None,
+                                     min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
+                                     max_prompt_length=cfg.max_prompt_length, skip_bad=cfg.skip_bad_rows)
+        count = min(len(dataset), cfg.max_samples or len(dataset))
+        mine = list(range(count))[rank::world_size]  # strided share: every rank gets ~count / world
+        rows = []
+        bar = tqdm(total=len(mine), desc=f"{name} (rank 0's share)", disable=rank != 0)
+        # every rank calls generate the same number of times (TP groups must stay in step)
+        num_batches = -(-(-(-count // world_size)) // cfg.batch_size)
+        for start in range(0, num_batches * cfg.batch_size, cfg.batch_size):
+            prompts = dataset.get_batch(mine[start:start + cfg.batch_size])
+            requests = [tg.Request(p.text, p.prompt_ids, p.images) for p in prompts]
+            outputs = engine.generate(requests, 1, temperature, cfg.top_p, cfg.max_response_length, cfg.seed + start)
+            texts = [tokenizer.decode(o[0][0], skip_special_tokens=True) for o in outputs]
+            reflect_text = reflect_image = [None] * len(texts)
+            if cfg.reflect:
+                images = [p.images for p in prompts]
+                reflect_text, reflect_image = (tg.ask_reflection(engine, processor, kind, texts, images, dataset.labels,
+                                                                 cfg, cfg.seed + start) for kind in ("text", "image"))
+            for p, text, rt, ri in zip(prompts, texts, reflect_text, reflect_image):
+                prediction, parsed = parse_answer(text, dataset.labels, cfg.parse)
+                rows.append({"id": p.index, "where": p.where, "label": p.answer, "response": text, "parsed": parsed,
+                             "prediction": prediction,
+                             "format_ok": rewards.emor3_reward(text, p.answer, variant="think" if cfg.template == "think" else "code")["format"] == 1.0,
+                             "reflect_text": rt, "reflect_image": ri})
+            bar.update(len(prompts))
+        bar.close()
+        gathered = [None] * world_size
+        dist.all_gather_object(gathered, rows)
+        if rank == 0:
+            rows = sorted((r for part in gathered for r in part), key=lambda r: r["id"])
+            labels_by_case = {label.lower(): label for label in dataset.labels}
+            for r in rows:  # answers are matched case-insensitively; count them under the label's spelling
+                r["label"] = labels_by_case[r["label"].lower()]
+            metrics = compute_metrics(rows, dataset.labels)
+            if dataset.skipped:
+                metrics["skipped_rows"] = len(dataset.skipped)
+            write_outputs(out_root / name, name, rows, metrics, cfg.model)
+            summary[name] = metrics["accuracy"]
+            print(f"{name}: accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
+                  f"format {metrics['format_rate']:.3f}  -> {out_root / name}")
+    if rank == 0:
+        (out_root / "run.json").write_text(json.dumps({"method": cfg.method or Path(cfg.model).name,
+                                                        "train_domain": cfg.train_domain, "model": cfg.model,
+                                                        "config": dataclasses.asdict(cfg), "accuracy": summary}, indent=1))
+    engine.close()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return summary
+
+
+def main(argv=None):
+    import train_grpo as tg
+    cfg = Config(**vars(tg.config_parser(Config, __doc__).parse_args(sys.argv[1:] if argv is None else argv)))
+    if cfg.parse not in ("boxed", "lenient") or cfg.template not in ("set", "think", "none"):
+        raise SystemExit("--parse must be boxed or lenient; --template set, think or none")
+    if cfg.predictions:
+        rows, metrics = rescore(cfg.predictions, cfg.labels or None, cfg.parse, cfg.template)
+        print(json.dumps({k: v for k, v in metrics.items() if k != "confusion_matrix"}, indent=1))
+        out = Path(cfg.predictions).parent
+        (out / "metrics.rescored.json").write_text(json.dumps(metrics, indent=1))
+        return metrics
+    if cfg.table:
+        header, table = build_table([f for f in cfg.table.split(",") if f], cfg.out)
+        print((Path(cfg.out) / "table1.md").read_text())
+        return table
+    if not (cfg.model and cfg.data):
+        raise SystemExit("give --model and --data (or --predictions FILE, or --table FOLDERS)")
+    return evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Run under torchrun (2 ranks): compare a training checkpoint, loaded into the FSDP2 policy, with the
+merged Hugging Face folder loaded by transformers and by vLLM. Rank 0 writes what each produced.
+
+    torchrun --nproc_per_node 2 tests/dist_merge_check.py BASE_MODEL CHECKPOINT MERGED DATA.jsonl OUT.pt
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+import data  # noqa: E402
+import train_grpo as tg  # noqa: E402
+from dist_sync_check import NEW_TOKENS, fsdp_greedy  # noqa: E402
+
+
+def logits_for(model, batch):
+    """Full-vocabulary logits at the response positions (fp32)."""
+    position_ids, _ = model.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"],
+                                                 image_grid_thw=batch["image_grid_thw"],
+                                                 attention_mask=batch["attention_mask"])
+    width = batch["response_ids"].shape[1]
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=position_ids,
+                 pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                 logits_to_keep=width + 1, use_cache=False).logits[:, :-1].float()
+
+
+@torch.no_grad()
+def main():
+    base, checkpoint, merged, train_file, out_file = sys.argv[1:6]
+    cfg = tg.parse_config(["--demo", "--model", base, "--train-files", train_file, "--val-files", "",
+                           "--max-response-length", str(NEW_TOKENS)])
+    rank, world_size, device = tg.setup_distributed()
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    processor = AutoProcessor.from_pretrained(base)
+    pad_id = processor.tokenizer.pad_token_id
+    prompt = data.PromptDataset(train_file, processor, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)[0]
+    encoded = tg.encode_prompts(processor, [prompt])
+
+    # the trained policy, as training would resume it: FSDP2 shards loaded from the checkpoint
+    policy = tg.load_model(cfg, device, trainable=True)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
+    tg.load_checkpoint(policy, optimizer, Path(checkpoint), rank)
+    policy.eval()
+    greedy = fsdp_greedy(policy, encoded, pad_id, device)
+    batch = tg.collate([tg.Sample(0, greedy, [])], encoded, pad_id, device)
+    policy_logits = logits_for(policy, batch)
+
+    # the merged folder, in plain transformers and in vLLM
+    hf = AutoModelForImageTextToText.from_pretrained(merged, dtype=torch.float32).eval()
+    merged_logits = logits_for(hf, batch)
+    engine = tg.VLLMEngine(cfg, merged, world_size, processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+    vllm_greedy = engine.generate([tg.Request(prompt.text, prompt.prompt_ids, prompt.images)], 1, 0.0, 1.0,
+                                  NEW_TOKENS, seed=0)[0][0][0]
+    if rank == 0:
+        torch.save({"policy_greedy": greedy, "policy_logits": policy_logits, "merged_logits": merged_logits,
+                    "vllm_greedy": vllm_greedy}, out_file)
+    engine.close()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Tests for evaluate.py without a model: re-scoring a hand-written predictions file, and Table 1 rebuilt
+from the paper's own numbers (/work/shared/EMO-R3.md, "Results to compare against"). Every expected
+value is worked out by hand in the comment beside it."""
+
+import csv
+import json
+
+import pytest
+
+import evaluate
+
+LABELS = ["anger", "fear", "joy", "sadness"]
+
+
+def set_response(answer_tail):
+    """A full SET response whose steps mention no label word, ending with `answer_tail`."""
+    return ("<step1>A person stands in a dark street.</step1>\n"
+            "<step2>Viewers would feel uneasy.</step2>\n"
+            "<step3>Negative valence, high arousal.</step3>\n" + answer_tail)
+
+
+# id, true label, response -> what the boxed rule should make of it (worked out by hand)
+ROWS = [
+    (1, "anger", set_response("\\boxed{anger}")),  # correct; format ok
+    (2, "anger", set_response("\\boxed{fear}")),  # wrong (fear); format ok
+    (3, "anger", "\\boxed{anger}"),  # correct; no steps -> format fails
+    (4, "fear", set_response("\\boxed{Fear}")),  # correct despite the capital; format ok
+    (5, "fear", set_response("The answer is \\boxed{fear}.")),  # correct; format ok
+    (6, "fear", set_response("The answer is fear.")),  # no \boxed: unparseable; format fails
+    (7, "fear", set_response("\\boxed{anger}")),  # wrong (anger); format ok
+    (8, "sadness", set_response("\\boxed{joy}")),  # wrong (joy, never a true label); format ok
+    (9, "sadness", set_response("\\boxed{surprise}")),  # outside the label set: unparseable; format ok
+    (10, "sadness", "< step1 >a</ step1 >< step2 >b</step2 ><step3>c</step3>\\boxed{ JOY }"),  # joy after
+    # whitespace normalisation and the strip inside \boxed{}; format ok after normalisation
+]
+# sadness is a true label (3 rows) but never predicted; joy is predicted (2 rows) but never true.
+
+
+def write_predictions(folder, rows=ROWS, labels=LABELS):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "predictions.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "label": y, "response": r}) + "\n" for i, y, r in rows))
+    if labels is not None:
+        (folder / "labels.txt").write_text("\n".join(labels) + "\n")
+    return path
+
+
+def check_hand_metrics(metrics):
+    """The metrics of ROWS over LABELS, as computed by hand."""
+    assert metrics["count"] == 10
+    assert metrics["labels"] == LABELS
+    assert metrics["accuracy"] == pytest.approx(0.4, abs=1e-12)  # rows 1, 3, 4, 5 correct: 4/10
+    # row 6 (no \boxed) and row 9 (\boxed{surprise}): 2/10
+    assert metrics["unparseable_rate"] == pytest.approx(0.2, abs=1e-12)
+    # rows 3 (no steps) and 6 (no \boxed) fail the SET layout: 8/10
+    assert metrics["format_rate"] == pytest.approx(0.8, abs=1e-12)
+    cm = metrics["confusion_matrix"]
+    assert cm["rows_true"] == LABELS
+    assert cm["columns_predicted"] == LABELS + ["(unparseable)"]
+    assert cm["counts"] == [
+        # anger fear joy sadness (unparseable)
+        [2, 1, 0, 0, 0],  # anger: rows 1, 3 -> anger; row 2 -> fear
+        [1, 2, 0, 0, 1],  # fear: row 7 -> anger; rows 4, 5 -> fear; row 6 unparseable
+        [0, 0, 0, 0, 0],  # joy: never a true label
+        [0, 0, 2, 0, 1],  # sadness: rows 8, 10 -> joy; row 9 (surprise) unparseable
+    ]
+    pc = metrics["per_class"]
+    # anger: tp 2, predicted 3 (rows 1, 3, 7), support 3 -> P = R = 2/3, F1 = 2/3
+    # fear: tp 2, predicted 3 (rows 2, 4, 5), support 4 -> P = 2/3, R = 1/2, F1 = 2*(1/3)/(7/6) = 4/7
+    # joy: tp 0, predicted 2, support 0 -> P = R = F1 = 0
+    # sadness: tp 0, predicted 0, support 3 -> P = R = F1 = 0
+    expected = {"anger": (2 / 3, 2 / 3, 2 / 3, 3, 3), "fear": (2 / 3, 1 / 2, 4 / 7, 4, 3),
+                "joy": (0.0, 0.0, 0.0, 0, 2), "sadness": (0.0, 0.0, 0.0, 3, 0)}
+    assert list(pc) == LABELS
+    for label, (precision, recall, f1, support, predicted) in expected.items():
+        got = pc[label]
+        assert got["precision"] == pytest.approx(precision, abs=1e-12), label
+        assert got["recall"] == pytest.approx(recall, abs=1e-12), label
+        assert got["accuracy"] == pytest.approx(recall, abs=1e-12), label  # per-class accuracy = recall
+        assert got["f1"] == pytest.approx(f1, abs=1e-12), label
+        assert (got["support"], got["predicted"]) == (support, predicted), label
+    # mean over all four labels, the two F1 = 0 classes included: (2/3 + 4/7 + 0 + 0)/4 = (26/21)/4 = 13/42
+    assert metrics["macro_f1"] == pytest.approx(13 / 42, abs=1e-12)
+
+
+def test_rescore_hand_written_predictions(tmp_path):
+    """Re-scored metrics would disagree with a hand count (accuracy, macro-F1 over unseen classes,
+    per-class numbers, confusion matrix, format and unparseable rates) if this failed."""
+    rows, metrics = evaluate.rescore(write_predictions(tmp_path / "emotion6"))
+    check_hand_metrics(metrics)
+    assert [r["prediction"] for r in rows] == [
+        "anger", "fear", "anger", "fear", "fear", None, "anger", "joy", None, "joy"]
+    assert [r["format_ok"] for r in rows] == [True, True, False, True, True, False, True, True, True, True]
+    assert rows[8]["parsed"] == "surprise"  # the out-of-set answer is kept as written, for reading
+
+
+def test_rescore_cli_writes_metrics_beside_the_file(tmp_path):
+    """`evaluate.py --predictions FILE` would not re-score or would not save metrics.rescored.json if this failed."""
+    path = write_predictions(tmp_path / "emotion6")
+    returned = evaluate.main(["--predictions", str(path)])
+    saved = json.loads((tmp_path / "emotion6" / "metrics.rescored.json").read_text())
+    check_hand_metrics(saved)
+    check_hand_metrics(returned)
+
+
+def test_labels_argument_overrides_labels_txt(tmp_path):
+    """An explicit label set would be ignored in favour of labels.txt if this failed."""
+    path = write_predictions(tmp_path / "emotion6")
+    five = tmp_path / "five.txt"
+    five.write_text("anger\nfear\njoy\nsadness\nsurprise\n")
+    for metrics in (evaluate.rescore(path, labels=str(five))[1],
+                    evaluate.main(["--predictions", str(path), "--labels", str(five)])):
+        assert metrics["labels"] == LABELS + ["surprise"]
+        # row 9's \boxed{surprise} is now a (wrong) prediction: only row 6 is unparseable, 1/10
+        assert metrics["unparseable_rate"] == pytest.approx(0.1, abs=1e-12)
+        assert metrics["accuracy"] == pytest.approx(0.4, abs=1e-12)  # still rows 1, 3, 4, 5
+        assert metrics["confusion_matrix"]["counts"][3] == [0, 0, 2, 0, 1, 0]  # sadness: 2 joy, 1 surprise
+        assert metrics["per_class"]["surprise"]["predicted"] == 1
+        assert metrics["per_class"]["surprise"]["support"] == 0
+        # (2/3 + 4/7 + 0 + 0 + 0)/5 = (26/21)/5 = 26/105
+        assert metrics["macro_f1"] == pytest.approx(26 / 105, abs=1e-12)
+
+
+def test_without_labels_txt_the_true_labels_are_the_label_set(tmp_path):
+    """Re-scoring a predictions file with no labels.txt beside it would use a wrong label set if this failed."""
+    _, metrics = evaluate.rescore(write_predictions(tmp_path / "x", labels=None))
+    assert metrics["labels"] == ["anger", "fear", "sadness"]  # sorted distinct true labels; joy is absent
+    # joy is out of set now, so rows 8 and 10 are unparseable too: rows 6, 8, 9, 10 -> 4/10
+    assert metrics["unparseable_rate"] == pytest.approx(0.4, abs=1e-12)
+    assert metrics["accuracy"] == pytest.approx(0.4, abs=1e-12)
+    assert metrics["confusion_matrix"]["counts"] == [[2, 1, 0, 0], [1, 2, 0, 1], [0, 0, 0, 3]]
+    # anger and fear as before, sadness 0: (2/3 + 4/7 + 0)/3 = (26/21)/3 = 26/63
+    assert metrics["macro_f1"] == pytest.approx(26 / 63, abs=1e-12)
+
+
+def test_true_label_outside_label_set_stops_with_its_name(tmp_path):
+    """A row with a label outside the label set would be miscounted silently instead of stopping if this failed."""
+    path = write_predictions(tmp_path / "x", rows=ROWS + [(11, "disgust", set_response("\\boxed{disgust}"))])
+    with pytest.raises(SystemExit, match="disgust"):
+        evaluate.rescore(path)
+
+
+def test_lenient_parse_reads_a_bare_label():
+    """Zero-shot baselines that answer without \\boxed{} would be scored wrongly if this failed."""
+    parse = evaluate.parse_answer
+    assert parse("Sadness.", LABELS, "lenient")[0] == "sadness"  # the whole answer, punctuation dropped
+    assert parse("Sadness.", LABELS, "boxed")[0] is None  # the reward's rule needs \boxed{}
+    assert parse("I think it is fear", LABELS, "lenient")[0] == "fear"  # exactly one label mentioned
+    assert parse("fear or joy", LABELS, "lenient")[0] is None  # two labels mentioned: no answer
+    assert parse("I feel fearful", LABELS, "lenient")[0] is None  # whole words only
+    assert parse("it looks like joy, but \\boxed{Fear}", LABELS, "lenient")[0] == "fear"  # boxed wins
+    assert parse("it looks like joy, \\boxed{surprise}", LABELS, "lenient")[0] is None  # out-of-set boxed wins too
+
+
+def test_rescore_lenient(tmp_path):
+    """`--parse lenient` would not reach re-scoring if this failed."""
+    path = write_predictions(tmp_path / "x")
+    metrics = evaluate.main(["--predictions", str(path), "--parse", "lenient"])
+    # row 6 ("The answer is fear.", steps name no label) now reads as fear: rows 1, 3, 4, 5, 6 -> 5/10
+    assert metrics["accuracy"] == pytest.approx(0.5, abs=1e-12)
+    assert metrics["unparseable_rate"] == pytest.approx(0.1, abs=1e-12)  # row 9 only (boxed surprise)
+    assert metrics["format_rate"] == pytest.approx(0.8, abs=1e-12)  # the format rule does not change
+
+
+# --- Table 1 from the paper's own numbers ----------------------------------------------------------
+
+# EMO-R3.md Table 1: trained on EmoSet -> (EmoSet in, Emotion6, WebEmo);
+# trained on Emotion6 -> (Emotion6 in, EmoSet, WebEmo); then the paper's Overall.
+PAPER = {
+    "Zero-shot": ((51.55, 50.00, 40.65), (50.00, 51.55, 40.65), "47.40"),
+    "SFT": ((77.15, 34.51, 17.75), (69.53, 26.45, 37.65), "43.84"),
+    "GRPO n=4": ((74.60, 60.10, 49.50), (70.88, 59.90, 44.85), "59.97"),
+    "DAPO n=4": ((68.99, 56.90, 49.80), (68.56, 59.95, 45.50), "58.28"),
+    "EMO-R3 n=4": ((75.50, 60.44, 50.45), (70.71, 60.70, 45.20), "60.50"),
+    "GRPO n=8": ((75.45, 57.91, 49.40), (69.87, 60.30, 42.05), "59.16"),
+    "DAPO n=8": ((70.21, 55.72, 48.80), (62.39, 58.05, 46.30), "56.91"),
+    "EMO-R3 n=8": ((76.40, 59.26, 49.70), (71.72, 61.80, 43.65), "60.42"),
+}
+# In-domain mean = (EmoSet-trained EmoSet + Emotion6-trained Emotion6)/2; out-of-domain mean = the other four / 4;
+# Overall = all six / 6.
+HAND_MEANS = {
+    "Zero-shot": (50.775, 45.7125, 47.40),  # (51.55+50.00)/2; (50.00+40.65+51.55+40.65)/4 = 182.85/4; 284.40/6
+    "SFT": (73.34, 29.09, 43.84),  # 146.68/2; (34.51+17.75+26.45+37.65)/4 = 116.36/4; 263.04/6
+    "GRPO n=4": (72.74, 53.5875, 359.83 / 6),  # 145.48/2; (60.10+49.50+59.90+44.85)/4 = 214.35/4; 59.9716..
+    "DAPO n=4": (68.775, 53.0375, 349.70 / 6),  # 137.55/2; (56.90+49.80+59.95+45.50)/4 = 212.15/4; 58.2833..
+    "EMO-R3 n=4": (73.105, 54.1975, 60.50),  # 146.21/2; (60.44+50.45+60.70+45.20)/4 = 216.79/4; 363.00/6
+    "GRPO n=8": (72.66, 52.415, 354.98 / 6),  # 145.32/2; (57.91+49.40+60.30+42.05)/4 = 209.66/4; 59.1633..
+    "DAPO n=8": (66.30, 52.2175, 341.47 / 6),  # 132.60/2; (55.72+48.80+58.05+46.30)/4 = 208.87/4; 56.9116..
+    "EMO-R3 n=8": (74.06, 53.6025, 362.53 / 6),  # 148.12/2; (59.26+49.70+61.80+43.65)/4 = 214.41/4; 60.4216..
+}
+# table1.csv keeps 4 decimals (round(v, 4)); the in/out-of-domain means above need no more, Overall does:
+CSV_OVERALL = {"Zero-shot": 47.40, "SFT": 43.84, "GRPO n=4": 59.9717, "DAPO n=4": 58.2833, "EMO-R3 n=4": 60.50,
+               "GRPO n=8": 59.1633, "DAPO n=8": 56.9117, "EMO-R3 n=8": 60.4217}
+HEADER = ["Method",
+          "emoset (in, trained on emoset)", "emotion6 (out, trained on emoset)", "webemo (out, trained on emoset)",
+          "emotion6 (in, trained on emotion6)", "emoset (out, trained on emotion6)",
+          "webemo (out, trained on emotion6)",
+          "In-domain mean", "Out-of-domain mean", "Overall"]
+
+
+def write_fake_runs(root):
+    """Two evaluate.py output folders per method, holding only what build_table reads."""
+    folders = []
+    for k, (method, (on_emoset, on_emotion6, _)) in enumerate(PAPER.items()):
+        for train, values in (("emoset", dict(zip(["emoset", "emotion6", "webemo"], on_emoset))),
+                              ("emotion6", dict(zip(["emotion6", "emoset", "webemo"], on_emotion6)))):
+            folder = root / f"run{k}-{train}"
+            folder.mkdir(parents=True)
+            (folder / "run.json").write_text(json.dumps({"method": method, "train_domain": train}))
+            for dataset, value in values.items():
+                (folder / dataset).mkdir()
+                (folder / dataset / "metrics.json").write_text(json.dumps({"accuracy": value / 100}))
+            folders.append(str(folder))
+    return folders
+
+
+def check_table(out):
+    md = (out / "table1.md").read_text().splitlines()
+    assert md[0] == "| " + " | ".join(HEADER) + " |"
+    cells = {line.split(" | ")[0].lstrip("| "): [c.strip(" |") for c in line.split(" | ")[1:]] for line in md[2:]}
+    assert list(cells) == list(PAPER)
+    with open(out / "table1.csv", newline="") as f:
+        csv_rows = list(csv.reader(f))
+    assert csv_rows[0] == HEADER
+    assert [r[0] for r in csv_rows[1:]] == list(PAPER)
+    for row in csv_rows[1:]:
+        method = row[0]
+        on_emoset, on_emotion6, overall_text = PAPER[method]
+        # each paper number lands in its own column, as the paper prints it
+        assert cells[method][:6] == [f"{v:.2f}" for v in on_emoset + on_emotion6], method
+        assert cells[method][8] == overall_text, method  # the paper's Overall, to the printed two decimals
+        values = [float(v) for v in row[1:]]
+        assert values[:6] == pytest.approx(list(on_emoset + on_emotion6), abs=1e-9), method
+        in_mean, out_mean, _ = HAND_MEANS[method]
+        assert values[6:] == pytest.approx([in_mean, out_mean, CSV_OVERALL[method]], abs=1e-9), method
+
+
+def test_table_reproduces_paper_means(tmp_path):
+    """Table 1 would put numbers in the wrong columns or average the wrong ones if the paper's own
+    per-dataset accuracies did not give back its Overall column and the hand in/out-of-domain means."""
+    folders = write_fake_runs(tmp_path / "eval")
+    header, table = evaluate.build_table(folders, tmp_path / "table")
+    assert header == HEADER
+    for row in table:
+        assert row[7:] == pytest.approx(list(HAND_MEANS[row[0]]), abs=1e-9), row[0]
+    check_table(tmp_path / "table")
+
+
+def test_table_cli(tmp_path):
+    """`evaluate.py --table FOLDERS --out DIR` would not build Table 1 if this failed."""
+    folders = write_fake_runs(tmp_path / "eval")
+    evaluate.main(["--table", ",".join(folders), "--out", str(tmp_path / "table")])
+    check_table(tmp_path / "table")

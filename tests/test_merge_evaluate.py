@@ -1,0 +1,64 @@
+"""merge.py and evaluate.py on the tiny model: checkpoint -> HF folder -> transformers / vLLM / reports."""
+
+import json
+import subprocess
+import sys
+
+import torch
+from PIL import Image
+
+import merge
+from test_train import REPO, read_jsonl, torchrun
+
+
+def test_round_trip_checkpoint_to_hf_folder(tiny_model_dir, demo_dir, tmp_path):
+    """A merged model would not be the trained policy (wrong names, stale tied weights, lost shards)."""
+    run = tmp_path / "run"
+    torchrun("train_grpo.py", "--demo", "--model", tiny_model_dir, "--train-files", demo_dir / "train.jsonl",
+             "--val-files", "", "--output-dir", run, "--max-steps", "1", "--lr", "1e-2")
+    merged = merge.merge(run, tmp_path / "merged")  # a run folder: its newest checkpoint (step_1)
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+                 "processor_config.json", "chat_template.jinja", "emo_r3_training.json"):
+        assert (merged / name).exists(), name
+    torchrun("tests/dist_merge_check.py", tiny_model_dir, run / "checkpoints" / "step_1", merged,
+             demo_dir / "train.jsonl", tmp_path / "outputs.pt")
+    out = torch.load(tmp_path / "outputs.pt", weights_only=True)
+    assert torch.allclose(out["merged_logits"], out["policy_logits"], atol=1e-5)
+    assert out["vllm_greedy"] == out["policy_greedy"]
+    # and the update really changed the model, so this compares trained weights, not the base ones
+    from safetensors.torch import load_file
+    base, trained = load_file(tiny_model_dir / "model.safetensors"), load_file(merged / "model.safetensors")
+    assert set(base) == set(trained)
+    assert any(not torch.equal(base[k], trained[k]) for k in base)
+
+
+def test_evaluate_writes_every_output(tiny_model_dir, demo_dir, tmp_path):
+    """evaluate.py would not produce the predictions, metrics, report and picture a paper needs."""
+    out = tmp_path / "eval"
+    result = subprocess.run(
+        [sys.executable, "evaluate.py", "--model", str(tiny_model_dir), "--data", str(demo_dir / "test.jsonl"),
+         "--names", "demo", "--out", str(out), "--min-pixels", "3136", "--max-pixels", "12544",
+         "--max-response-length", "32", "--reflect", "--method", "tiny", "--train-domain", "emoset"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = read_jsonl(out / "demo" / "predictions.jsonl")
+    assert len(rows) == 16 and [r["id"] for r in rows] == list(range(16))
+    assert {"id", "label", "response", "parsed", "prediction", "format_ok", "reflect_text", "reflect_image"} <= set(rows[0])
+    metrics = json.loads((out / "demo" / "metrics.json").read_text())
+    for key in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "format_rate", "unparseable_rate",
+                "reflect_text_matches_label", "reflect_image_yes"):
+        assert key in metrics, key
+    assert sum(map(sum, metrics["confusion_matrix"]["counts"])) == 16
+    assert "| accuracy |" in (out / "demo" / "report.md").read_text()
+    picture = Image.open(out / "demo" / "confusion.png")
+    picture.load()
+    assert picture.width > 300 and picture.height > 300
+    # 8 x 9 cells are drawn: the picture is far from blank
+    assert len(set(picture.convert("RGB").getdata())) > 3
+    assert json.loads((out / "run.json").read_text())["method"] == "tiny"
+    # re-scoring the saved predictions reproduces the metrics without a model
+    rescored = subprocess.run([sys.executable, "evaluate.py", "--predictions", str(out / "demo" / "predictions.jsonl")],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert rescored.returncode == 0, rescored.stderr[-2000:]
+    again = json.loads((out / "demo" / "metrics.rescored.json").read_text())
+    assert again["accuracy"] == metrics["accuracy"] and again["confusion_matrix"] == metrics["confusion_matrix"]
