@@ -54,6 +54,7 @@ class Row:
     images: list  # image sources: paths, bytes, {"bytes", "path"} dicts or PIL images
     where: str  # "file:row" for error messages
     base_dir: Path  # relative image paths are resolved against this
+    response: str = None  # optional target response (the `response` column), for sft.py
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Prompt:
     images: list  # resized RGB PIL images, in order of appearance
     num_tokens: int = 0  # prompt length once the processor expands the image placeholders
     where: str = ""
+    response: str = None  # the row's target response, if it has one (sft.py)
 
 
 # --- reading rows -------------------------------------------------------------------------------
@@ -139,7 +141,8 @@ def read_rows(path, image_dir=None, prompt_key="problem", answer_key="answer", i
             images = raw.get(image_key) or []
             images = images if isinstance(images, list) else [images]
             answer = raw.get(answer_key)
-            rows.append(Row(raw.get(prompt_key), "" if answer is None else str(answer), images, where, base_dir))
+            rows.append(Row(raw.get(prompt_key), "" if answer is None else str(answer), images, where, base_dir,
+                            raw.get("response")))
     return rows
 
 
@@ -287,7 +290,7 @@ class PromptDataset:
         if num_tokens > self.max_prompt_length:
             raise DataError(f"{row.where}: prompt is {num_tokens} tokens, more than max_prompt_length="
                             f"{self.max_prompt_length} (lower max_pixels or raise the limit)")
-        return Prompt(index, row.problem, row.answer, text, prompt_ids, images, num_tokens, row.where)
+        return Prompt(index, row.problem, row.answer, text, prompt_ids, images, num_tokens, row.where, row.response)
 
     def get_batch(self, indices):
         """Prompts for `indices`; with skip_bad, bad rows are left out and recorded in `skipped`."""
@@ -352,6 +355,18 @@ DEMO_COLOURS = {
 }
 
 
+DEMO_COLOUR_NAMES = {"amusement": "yellow", "anger": "red", "awe": "light blue", "contentment": "green",
+                     "disgust": "olive", "excitement": "orange", "fear": "purple", "sadness": "dark blue"}
+POSITIVE = {"amusement", "awe", "contentment", "excitement"}  # Mikels valence (EMO-R3.md)
+
+
+def demo_response(label):
+    """A short SET answer for a demo image: the reasoning a cold start can imitate (sft.py)."""
+    return (f"<step1>The image is mostly {DEMO_COLOUR_NAMES[label]}.</step1>\n"
+            f"<step2>A viewer would feel {label}.</step2>\n"
+            f"<step3>The emotion is {'positive' if label in POSITIVE else 'negative'}.</step3>\n\\boxed{{{label}}}")
+
+
 def make_demo_image(label, rng, colours=DEMO_COLOURS):
     """A 56-112 px image whose background is the label's colour (jittered), with 1-3 small shapes."""
     from PIL import ImageDraw
@@ -368,29 +383,40 @@ def make_demo_image(label, rng, colours=DEMO_COLOURS):
     return image
 
 
+# Four emotions by default: with a tiny model trained from random weights, GRPO learns 4 colours in the
+# demo's time budget (a few minutes of CPU); 8 classes need several times longer.
+DEMO_LABELS = ["amusement", "anger", "contentment", "sadness"]
+
+
 def make_demo_dataset(out_dir=DEMO_DIR, num_train=256, num_test=64, labels=None, seed=0):
     """Write the demo dataset as a user would bring it: train.jsonl, test.jsonl, images/, labels.txt.
 
-    Classes are balanced. Returns the folder. Rebuilt only if train.jsonl is missing.
+    Classes are balanced. Returns the folder; rebuilt only when missing or made with other settings.
     """
     out_dir = Path(out_dir)
-    labels = list(labels or DEMO_COLOURS)
-    if (out_dir / "train.jsonl").exists() and (out_dir / "test.jsonl").exists():
-        return out_dir
+    labels = list(labels or DEMO_LABELS)
+    recipe = {"labels": labels, "num_train": num_train, "num_test": num_test, "seed": seed, "version": 2}
+    if (out_dir / "demo.json").exists() and json.loads((out_dir / "demo.json").read_text()) == recipe:
+        return out_dir  # already built with these settings
+    if out_dir.exists():  # built by other settings or an older version: rebuild from scratch
+        for name in ("train.jsonl", "test.jsonl", "labels.txt", "demo.json"):
+            (out_dir / name).unlink(missing_ok=True)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     question = DEFAULT_QUESTION.replace("{labels}", ", ".join(labels))
-    for split, count in (("test", num_test), ("train", num_train)):  # train.jsonl last: it marks "done"
+    for split, count in (("test", num_test), ("train", num_train)):  # demo.json, written last, marks "done"
         split_labels = [labels[i % len(labels)] for i in range(count)]
         rng.shuffle(split_labels)
         lines = []
         for i, label in enumerate(split_labels):
             name = f"images/{split}_{i:05d}.png"
             make_demo_image(label, rng).save(out_dir / name)
-            lines.append(json.dumps({"images": [name], "problem": question, "answer": label}))
+            lines.append(json.dumps({"images": [name], "problem": question, "answer": label,
+                                     "response": demo_response(label)}))
         (out_dir / "labels.txt").write_text("\n".join(labels) + "\n")
         (out_dir / f"{split}.jsonl.tmp").write_text("\n".join(lines) + "\n")
         (out_dir / f"{split}.jsonl.tmp").rename(out_dir / f"{split}.jsonl")
+    (out_dir / "demo.json").write_text(json.dumps(recipe))  # written last: marks the folder complete
     return out_dir
 
 

@@ -191,6 +191,46 @@ def draw_confusion(path, metrics, title=""):
     image.save(path)
 
 
+CURVE_KEYS = ["reward/overall", "reward/accuracy", "reward/format", "reward/reflect_text", "reward/reflect_image",
+              "val/accuracy"]
+CURVE_COLOURS = [(0, 0, 0), (214, 39, 40), (31, 119, 180), (44, 160, 44), (255, 127, 14), (148, 103, 189)]
+
+
+def draw_curves(metrics_file, path, keys=CURVE_KEYS):
+    """Training curves (reward and its components per step, validation accuracy) as a PNG line chart."""
+    from PIL import Image, ImageDraw, ImageFont
+    rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
+    series = {k: [(r["step"], r[k]) for r in rows if k in r] for k in keys}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    font = ImageFont.load_default()
+    width, height, left, top, bottom = 720, 420, 50, 20, 40
+    plot_w, plot_h = width - left - 170, height - top - bottom
+    last_step = max(step for v in series.values() for step, _ in v)
+    high = max(1.0, max(value for v in series.values() for _, value in v))  # EMO-R3's reward reaches 1.1
+    x = lambda step: left + plot_w * (step - 1) / max(1, last_step - 1)  # noqa: E731
+    y = lambda value: top + plot_h * (1 - value / high)  # noqa: E731
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    for tick in range(0, int(high * 10) + 1, 2):  # horizontal grid every 0.2
+        draw.line([(left, y(tick / 10)), (left + plot_w, y(tick / 10))], fill=(225, 225, 225))
+        draw.text((8, y(tick / 10) - 5), f"{tick / 10:.1f}", fill="black", font=font)
+    draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
+    draw.text((left, height - 28), f"step 1 .. {last_step}", fill="black", font=font)
+    for i, (key, points) in enumerate(series.items()):
+        colour = CURVE_COLOURS[i % len(CURVE_COLOURS)]
+        coords = [(x(step), y(value)) for step, value in points]
+        if len(coords) > 1:
+            draw.line(coords, fill=colour, width=2)
+        for cx, cy in coords if len(coords) < 40 else []:
+            draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=colour)
+        draw.line([(left + plot_w + 12, top + 14 * i + 6), (left + plot_w + 30, top + 14 * i + 6)], fill=colour, width=3)
+        draw.text((left + plot_w + 36, top + 14 * i), key, fill="black", font=font)
+    image.save(path)
+    return path
+
+
 def build_table(folders, out):
     """Table 1 from evaluate.py outputs: per method, per training domain, in/out-of-domain and overall means."""
     entries = {}  # method -> train domain -> dataset -> accuracy (%)

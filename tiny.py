@@ -71,6 +71,8 @@ def _tokenizer_corpus():
     texts += [words] * 20
     tags = "<step1> </step1> <step2> </step2> <step3> </step3> <think> </think> \\boxed{} yes no None"
     texts += [tags] * 20
+    import data  # the demo's target responses, so the demo's rollouts are short
+    texts += [data.demo_response(label) for label in data.DEMO_COLOURS] * 20
     texts.append("The quick brown fox jumps over the lazy dog. 0123456789 !?.,;:'\"()[]{}<>/\\|-_+=*&^%$#@~`")
     return texts
 
@@ -106,7 +108,12 @@ def build_tiny_model(out_dir=DEFAULT_DIR, seed=0, init_std=0.2, overwrite=False)
                               Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
 
     out_dir = Path(out_dir)
-    if (out_dir / "model.safetensors").exists() and (out_dir / "processor_config.json").exists() and not overwrite:
+    # the recipe (architecture, seed, tokenizer corpus) is recorded; a folder built from another
+    # recipe (an older version of this file) is rebuilt rather than silently reused
+    import hashlib
+    recipe = hashlib.sha256(json.dumps([TEXT, VISION, seed, init_std, _tokenizer_corpus()]).encode()).hexdigest()[:16]
+    done = out_dir / "tiny.json"
+    if done.exists() and json.loads(done.read_text()).get("recipe") == recipe and not overwrite:
         return out_dir
     tmp_dir = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +142,7 @@ def build_tiny_model(out_dir=DEFAULT_DIR, seed=0, init_std=0.2, overwrite=False)
         pad_token_id=ids["<|endoftext|>"], do_sample=False)
     model.save_pretrained(tmp_dir)
     processor.save_pretrained(tmp_dir)
-    (tmp_dir / "tiny.json").write_text(json.dumps({"seed": seed, "init_std": init_std, "built_by": "tiny.py",
+    (tmp_dir / "tiny.json").write_text(json.dumps({"seed": seed, "init_std": init_std, "recipe": recipe, "built_by": "tiny.py",
                                                    "parameters": sum(p.numel() for p in model.parameters())}))
     if out_dir.exists():  # overwrite: swap the finished folder in
         import shutil

@@ -510,13 +510,17 @@ def test_rank_slice():
 
 def test_demo_dataset_layout_and_loading(demo_dir, processor):
     """The CPU demo would not run, or could not be learnt, if its files, balance or labels were wrong."""
-    assert (demo_dir / "labels.txt").read_text() == "\n".join(EMOSET) + "\n"
+    demo_labels = ["amusement", "anger", "contentment", "sadness"]  # four Mikels emotions
+    assert (demo_dir / "labels.txt").read_text() == "\n".join(demo_labels) + "\n"
     train = [json.loads(line) for line in (demo_dir / "train.jsonl").read_text().splitlines()]
     test = [json.loads(line) for line in (demo_dir / "test.jsonl").read_text().splitlines()]
-    assert Counter(row["answer"] for row in train) == {label: 8 for label in EMOSET}
-    assert Counter(row["answer"] for row in test) == {label: 2 for label in EMOSET}
+    assert Counter(row["answer"] for row in train) == {label: 16 for label in demo_labels}
+    assert Counter(row["answer"] for row in test) == {label: 4 for label in demo_labels}
+    # every row carries the SET answer a cold start imitates, naming its own label last
+    assert all(row["response"].endswith("\\boxed{" + row["answer"] + "}") for row in train)
     dataset = load(demo_dir / "train.jsonl", processor, labels=None, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
-    assert dataset.labels == EMOSET
+    assert dataset.labels == demo_labels
+    assert dataset[0].response == train[0]["response"]
     assert len(dataset) == 64
     check_prompt_matches_processor(processor, dataset[0])
     assert len(load(demo_dir / "test.jsonl", processor, labels=None)) == 16

@@ -62,7 +62,7 @@ def test_demo_runs_every_phase_and_resumes(tiny_model_dir, demo_dir, tmp_path):
               "--val-files", demo_dir / "test.jsonl", "--output-dir", out, "--val-freq", "2", "--save-freq", "2"]
     torchrun(*common, "--max-steps", "2")
     config = json.loads((out / "config.json").read_text())
-    assert config["group_size"] == 4 and config["model"] == str(tiny_model_dir)
+    assert config["group_size"] == 8 and config["model"] == str(tiny_model_dir)
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2]
     for m in metrics:
