@@ -29,8 +29,8 @@ def find_checkpoint(path):
     path = Path(path)
     if (path / "trainer_state.json").exists():
         return path
-    steps = sorted((p for p in (path / "checkpoints").glob("step_*") if p.name[5:].isdigit()
-                    and (p / "trainer_state.json").exists()), key=lambda p: int(p.name[5:]))
+    import train_grpo  # one definition of "complete checkpoint": the trainer's
+    steps = train_grpo.checkpoint_dirs(path)
     if not steps:
         raise SystemExit(f"{path}: neither a checkpoint (no trainer_state.json) nor a run with complete "
                          f"checkpoints under {path / 'checkpoints'}")

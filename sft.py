@@ -117,19 +117,15 @@ def build_examples(prompts, labels, cfg, rng):
 
 
 def encode_examples(processor, examples):
-    """Processor tensors of each prompt plus the target's token ids (ending in <|im_end|>)."""
+    """Processor tensors of each prompt (the trainer's encode_prompts) plus the target's token ids,
+    ending in <|im_end|>. Reflection questions are plain user turns, rendered here."""
     tokenizer = processor.tokenizer
-    encoded, samples = [], []
-    for i, ex in enumerate(examples):
-        text = ex.text if ex.text.startswith("<|im_start|>") else data.render_prompt(processor, ex.text, "none")
-        t = processor(text=[text], images=ex.images or None, return_tensors="pt")
-        item = {"input_ids": t["input_ids"][0], "mm_token_type_ids": t["mm_token_type_ids"][0]}
-        if ex.images:
-            item.update(pixel_values=t["pixel_values"], image_grid_thw=t["image_grid_thw"])
-        encoded.append(item)
-        ids = tokenizer(ex.target, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-        samples.append(tg.Sample(i, ids, []))
-    return encoded, samples
+    rendered = [ex if ex.text.startswith("<|im_start|>")
+                else dataclasses.replace(ex, text=data.render_prompt(processor, ex.text, "none")) for ex in examples]
+    end = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    samples = [tg.Sample(i, tokenizer(ex.target, add_special_tokens=False)["input_ids"] + end, [])
+               for i, ex in enumerate(examples)]
+    return tg.encode_prompts(processor, rendered), samples
 
 
 def main(argv=None):

@@ -519,9 +519,11 @@ def encode_prompts(processor, prompts):
     """Processor tensors for each prompt, once: the n responses and every log-prob pass reuse them."""
     encoded = []
     for p in prompts:
-        t = processor(text=[p.text], images=p.images, return_tensors="pt")
-        encoded.append({"input_ids": t["input_ids"][0], "mm_token_type_ids": t["mm_token_type_ids"][0],
-                        "pixel_values": t["pixel_values"], "image_grid_thw": t["image_grid_thw"]})
+        t = processor(text=[p.text], images=p.images or None, return_tensors="pt")
+        item = {"input_ids": t["input_ids"][0], "mm_token_type_ids": t["mm_token_type_ids"][0]}
+        if p.images:  # text-only prompts (sft.py's coherence examples) carry no pixels
+            item.update(pixel_values=t["pixel_values"], image_grid_thw=t["image_grid_thw"])
+        encoded.append(item)
     return encoded
 
 
