@@ -62,6 +62,7 @@ class Config:
     max_samples: int = 0  # evaluate the first k rows of each benchmark (0 = all)
     batch_size: int = 256  # prompts per generate call (progress granularity)
     engine: str = "vllm"  # vllm or hf
+    trust_remote_code: bool = False  # let transformers/vLLM run Python code shipped with the model folder
     tensor_parallel_size: int = 1  # vLLM TP
     gpu_memory_utilization: float = 0.8
     cpu_kv_cache_gb: float = 1.0
@@ -312,7 +313,7 @@ def evaluate(cfg):
         dist.broadcast_object_list(merged, src=0)
         dist.barrier()
         model_path = merged[0]
-    processor = AutoProcessor.from_pretrained(model_path)
+    processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
     tokenizer = processor.tokenizer
     image_pad_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
     # the engines read the sampling/memory fields of Config, which carry train_grpo's names

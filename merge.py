@@ -45,7 +45,7 @@ def load_trained_model(checkpoint, base_model=None, dtype=None):
     checkpoint = find_checkpoint(checkpoint)
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     base = base_model or state["config"]["model"]
-    model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
     # The checkpoint holds the model under "model" (and the optimizer, not read here) with the
     # same parameter names as this model's state_dict; DCP reshards from any world size.
     model_state = model.state_dict()

@@ -39,6 +39,7 @@ class Config:
     train_files: str = ""  # data.py layout; rows with a `response` column use it as the target
     labels: str = ""  # label set: emoset, emotion6 or a file (default: labels.txt beside the data)
     template: str = "set"  # prompt template: set, think, none
+    trust_remote_code: bool = False  # let transformers run Python code shipped with the model folder
     target: str = "<step1>The scene carries cues of {label}.</step1>\n<step2>A viewer would feel {label}.</step2>\n<step3>The emotion is {label}.</step3>\n\\boxed{{label}}"  # label-only target (our choice: no public recipe)
     reflection_examples: bool = False  # also train the coherence / consistency answers on the targets
     shuffle_targets: bool = False  # format-only warm-up: targets go to random rows, teaching the answer structure but not the task
@@ -149,7 +150,7 @@ def main(argv=None):
 
     from tqdm import tqdm
     from transformers import AutoProcessor
-    processor = AutoProcessor.from_pretrained(cfg.model)
+    processor = AutoProcessor.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
     pad_id = processor.tokenizer.pad_token_id
     dataset = data.PromptDataset(cfg.train_files, processor, template=cfg.template, labels=cfg.labels or None,
                                  min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
@@ -168,7 +169,8 @@ def main(argv=None):
         raise SystemExit(f"{len(samples)} examples, --batch-size {cfg.batch_size}, world size {world_size}: the batch must "
                          f"fit the data and split evenly over the ranks")
 
-    model_cfg = tg.Config(model=cfg.model, gradient_checkpointing=cfg.gradient_checkpointing,
+    model_cfg = tg.Config(model=cfg.model, trust_remote_code=cfg.trust_remote_code,
+                          gradient_checkpointing=cfg.gradient_checkpointing,
                           freeze_vision=cfg.freeze_vision)
     policy = tg.load_model(model_cfg, device, trainable=True)
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,

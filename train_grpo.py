@@ -66,6 +66,7 @@ class Config:
     train_files: str = ""  # data.py layout; DIR@split selects files of one split
     val_files: str = ""  # validation set (empty: no validation)
     labels: str = ""  # label set: emoset, emotion6 or a file; empty: labels.txt beside the data, else the answers
+    trust_remote_code: bool = False  # let transformers/vLLM run Python code shipped with the model folder
     image_dir: str = ""  # base folder for relative image paths (default: the data file's folder)
     skip_bad_rows: bool = False  # skip and count broken rows instead of stopping (data.py)
     template: str = "set"  # prompt template: set (EMO-R3), think (plain GRPO baseline), none
@@ -87,13 +88,14 @@ class Config:
     reflect_image: bool = True  # ask the consistency question
     reflect_temperature: float = 0.6  # EMO-R3 uses the validation sampling for the re-ask
     reflect_top_p: float = 0.95
-    reflect_max_tokens: int = 2048  # the reference lets the answer run to max_response_length; 8 is plenty for one word
+    reflect_max_tokens: int = 16  # the answer is one word; the reference lets it run to max_response_length (2048)
     reward: str = "code"  # rewards.py variant: code (released EMO-R3), paper, set, coherence, multiplicative, think
     reward_fn: str = ""  # path.py:function replacing rewards.emor3_reward (this RUNS that file's code); see load_reward_fn
     # update
     mini_batch_size: int = 256  # prompts per optimizer step, all ranks (EMO-R3 actor.global_batch_size)
-    micro_batch_size: int = 4  # sequences per forward/backward per rank (EMO-R3 update micro-batch)
-    logprob_micro_batch_size: int = 16  # sequences per forward for old/ref log-probs (EMO-R3)
+    micro_batch_size: int = 4  # at most this many sequences per forward/backward per rank (EMO-R3 update micro-batch)
+    logprob_micro_batch_size: int = 16  # at most this many sequences per forward for old/ref log-probs (EMO-R3)
+    micro_batch_tokens: int = 16384  # and at most this many padded tokens (sequences x longest); 0 = no token budget
     ppo_epochs: int = 1  # passes over each rollout batch (EMO-R3)
     lr: float = 2e-6  # AdamW (EMO-R3)
     weight_decay: float = 1e-2  # (EMO-R3)
@@ -119,7 +121,8 @@ class Config:
     val_temperature: float = 0.6  # (EMO-R3 val_override_config)
     val_top_p: float = 0.95
     save_freq: int = 5  # checkpoint every k steps (EMO-R3); 0 = only at the end
-    save_limit: int = 0  # keep the newest k checkpoints (0 = all)
+    save_limit: int = 0  # keep the newest k checkpoints, deleting older ones once the new one is complete (0 = all)
+    max_bad_updates: int = 3  # stop after this many consecutive updates with a non-finite loss or grad norm
     output_dir: str = ""  # config.json, metrics.jsonl, samples.jsonl, checkpoints/ (default: runs/emo-r3-DATE-TIME)
     resume: bool = False  # continue from the newest complete checkpoint in output_dir
     samples_per_step: int = 4  # rollouts written to samples.jsonl per step (rank 0)
@@ -261,7 +264,8 @@ def load_model(cfg, device, trainable):
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from transformers import AutoModelForImageTextToText
 
-    model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=torch.float32,
+    model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=torch.float32, use_safetensors=True,
+                                                        trust_remote_code=cfg.trust_remote_code,
                                                         attn_implementation=attention_implementation())
     model.config.use_cache = False  # training forward passes never need the KV cache
     if trainable and cfg.gradient_checkpointing:
@@ -322,7 +326,7 @@ class VLLMEngine:
         self.sleep_mode = current_platform.is_sleep_mode_available()  # rejected on CPU
         on_cpu = not torch.cuda.is_available()
         self.llm = LLM(
-            model_path, dtype="float32" if on_cpu else "bfloat16", seed=cfg.seed,
+            model_path, dtype="float32" if on_cpu else "bfloat16", seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
             distributed_executor_backend="external_launcher",
             tensor_parallel_size=cfg.tensor_parallel_size,
             # data_parallel_size=1: each rank's engine (or TP group) is independent. With vLLM's own
@@ -394,7 +398,8 @@ class HFEngine:
 
     def __init__(self, cfg, model_path, processor, device, image_pad_id):
         from transformers import AutoModelForImageTextToText
-        self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32).to(device).eval()
+        self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32, use_safetensors=True,
+                                                                 trust_remote_code=cfg.trust_remote_code).to(device).eval()
         self.processor, self.device, self.image_pad_id = processor, device, image_pad_id
         self.eos = set(self.model.generation_config.eos_token_id or [])
 
@@ -556,33 +561,78 @@ def collate(samples, encoded, pad_id, device):
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def response_logprobs(model, batch, temperature):
+LOGPROB_CHUNK = 1024  # response tokens per LM-head chunk: at most (1024, vocab) fp32 logits exist at once
+
+
+def response_logprobs(model, batch, temperature, chunk=LOGPROB_CHUNK):
     """Log-probs (B, R) of the response tokens under `model`, logits divided by the temperature.
 
     mrope position ids are always computed and passed: without them transformers 5 silently falls
     back to 1-D positions and the log-probs are wrong. `logits_to_keep` sends only the last R + 1
-    columns through the LM head: the prompt's (B, P, vocab) logits are never materialised.
+    columns to the LM head, and the head computes log-probs, not logits: `chunk` tokens at a time,
+    each chunk recomputed in backward (checkpointed), so full-vocabulary fp32 logits exist for one
+    chunk only, never for the micro-batch. The head runs inside the model's forward because that is
+    where FSDP2 has gathered its (tied) weight.
     """
     position_ids, _ = model.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"],
                                                  image_grid_thw=batch["image_grid_thw"],
                                                  attention_mask=batch["attention_mask"])
-    resp_len = batch["response_ids"].shape[1]
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=position_ids,
-                   pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
-                   logits_to_keep=resp_len + 1, use_cache=False).logits[:, :-1]
-    logp = torch.log_softmax(logits.float() / temperature, -1)
-    return logp.gather(-1, batch["response_ids"][..., None]).squeeze(-1)
+    targets = batch["response_ids"]
+    head = model.lm_head
+
+    def chunk_logprobs(hidden, weight, ids):
+        logits = F.linear(hidden, weight).float() / temperature
+        return torch.log_softmax(logits, -1).gather(-1, ids[:, None]).squeeze(-1)
+
+    def head_logprobs(hidden):  # (B, R + 1, H): column k predicts response token k; the last predicts nothing
+        hidden, ids = hidden[:, :-1].reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+        parts = []
+        for i in range(0, len(ids), chunk):
+            args = (hidden[i:i + chunk], head.weight, ids[i:i + chunk])
+            parts.append(torch.utils.checkpoint.checkpoint(chunk_logprobs, *args, use_reentrant=False)
+                         if torch.is_grad_enabled() else chunk_logprobs(*args))
+        return torch.cat(parts).view(targets.shape).clone()  # not a view: FSDP2 hooks the output for backward
+
+    head.forward = head_logprobs  # for this call only; `del` restores nn.Linear.forward
+    try:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=position_ids,
+                     pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                     logits_to_keep=targets.shape[1] + 1, use_cache=False).logits
+    finally:
+        del head.forward
+
+
+def micro_batches(samples, encoded, indices, max_size, max_tokens):
+    """Split `indices` into micro-batches of at most `max_size` sequences and (if max_tokens) at most
+    `max_tokens` padded tokens (sequences x longest prompt + response), sorted by length so that
+    little padding is computed. Every rank must run the same number of forwards (FSDP2 gathers the
+    weights in each), so all take the largest count and split their biggest micro-batches to match.
+    """
+    length = {i: len(encoded[samples[i].prompt]["input_ids"]) + len(samples[i].response_ids) for i in indices}
+    batches = [[]]
+    for i in sorted(indices, key=length.get):  # ascending: the last sequence of a batch is its longest
+        full = len(batches[-1]) == max_size or (max_tokens and (len(batches[-1]) + 1) * length[i] > max_tokens)
+        if batches[-1] and full:
+            batches.append([])
+        batches[-1].append(i)
+    count = torch.tensor(len(batches))
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    while len(batches) < count:  # count <= len(indices), the same on every rank: a batch of 2+ exists
+        k = max(range(len(batches)), key=lambda b: len(batches[b]) * length[batches[b][-1]])
+        half = len(batches[k]) // 2
+        batches[k:k + 1] = [batches[k][:half], batches[k][half:]]
+    return batches
 
 
 @torch.no_grad()
-def batched_logprobs(model, samples, encoded, micro_batch_size, pad_id, device, temperature):
-    """Log-probs for all samples in micro-batches; a list of 1-D tensors (one per sample), on CPU."""
-    out = []
-    for start in range(0, len(samples), micro_batch_size):
-        chunk = samples[start:start + micro_batch_size]
-        batch = collate(chunk, encoded, pad_id, device)
-        logp = response_logprobs(model, batch, temperature)
-        out += [logp[i, :len(s.response_ids)].cpu() for i, s in enumerate(chunk)]
+def batched_logprobs(model, samples, encoded, micro_batch_size, micro_batch_tokens, pad_id, device, temperature):
+    """Log-probs for all samples, in micro-batches; a list of 1-D tensors (one per sample, in order), on CPU."""
+    out = [None] * len(samples)
+    for micro in micro_batches(samples, encoded, range(len(samples)), micro_batch_size, micro_batch_tokens):
+        chunk = [samples[i] for i in micro]
+        logp = response_logprobs(model, collate(chunk, encoded, pad_id, device), temperature)
+        for k, i in enumerate(micro):
+            out[i] = logp[k, :len(samples[i].response_ids)].cpu()
     return out
 
 
@@ -628,8 +678,12 @@ def checkpoint_dirs(out):
                   key=lambda p: int(p.name[5:]))
 
 
-def save_checkpoint(model, optimizer, step, cfg, out, rank):
-    """Sharded model + optimizer (torch.distributed.checkpoint), step, RNG states; atomic per folder."""
+def save_checkpoint(model, optimizer, step, cfg, out, rank, scheduler=None):
+    """Sharded model + optimizer (torch.distributed.checkpoint), step, LR schedule, RNG states.
+
+    Written into step_N.tmp and renamed to step_N when complete: a kill mid-save leaves the previous
+    checkpoints as they were. With save_limit, older checkpoints are deleted only after the rename.
+    """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -644,7 +698,12 @@ def save_checkpoint(model, optimizer, step, cfg, out, rank):
     torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / f"rng_rank{rank}.pt")
     dist.barrier()
     if rank == 0:
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "config": dataclasses.asdict(cfg)}))
+        state = {"step": step, "config": dataclasses.asdict(cfg)}
+        if scheduler is not None:
+            state["scheduler"] = scheduler.state_dict()
+        (tmp / "trainer_state.json").write_text(json.dumps(state))
+        if final.exists():  # the same step saved again (a resumed run that ends there): the new one wins
+            shutil.rmtree(final)
         tmp.rename(final)  # only now does the checkpoint count as complete
         if cfg.save_limit:
             for old in checkpoint_dirs(out)[:-cfg.save_limit]:
@@ -662,7 +721,8 @@ def load_weights(model, path):
     set_model_state_dict(model, state["model"])
 
 
-def load_checkpoint(model, optimizer, path, rank):
+def load_checkpoint(model, optimizer, path, rank, scheduler=None):
+    """Restore a save_checkpoint folder written at any world size; returns its step."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -672,10 +732,38 @@ def load_checkpoint(model, optimizer, path, rank):
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     rng_file = path / f"rng_rank{rank}.pt"
     if rng_file.exists():  # absent when resuming at a larger world size: seeds then come from the step
-        rng = torch.load(rng_file, weights_only=False)  # our own file: a torch ByteTensor and a tuple
+        rng = torch.load(rng_file, weights_only=True)  # a ByteTensor and a tuple of ints: no pickled code
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
-    return json.loads((path / "trainer_state.json").read_text())["step"]
+    state = json.loads((path / "trainer_state.json").read_text())
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    return state["step"]
+
+
+def truncate_log(path, step):
+    """Keep the lines of a jsonl log up to `step`: a resumed run redoes the later ones. A line cut
+    short by a kill is dropped too. The file is replaced atomically."""
+    def keep(line):
+        try:
+            return json.loads(line)["step"] <= step
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return False
+    if path.exists():
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line if line.endswith("\n") else line + "\n" for line in lines if keep(line)]
+        if kept != lines:
+            path.with_suffix(".tmp").write_text("".join(kept))
+            path.with_suffix(".tmp").replace(path)
+
+
+def stop_if_any_rank_failed(error):
+    """All ranks call this at the same point; if any passes an error message, all stop with it."""
+    errors = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    failed = [e for e in errors if e]
+    if failed:
+        raise SystemExit(failed[0])
 
 
 @contextmanager
@@ -717,7 +805,11 @@ def ask_reflection(engine, processor, kind, texts, images, labels, cfg, seed):
 def validate(engine, val_set, cfg, rank, world_size, tokenizer, step, score):
     """Accuracy / format / reward on the validation set, one sample per prompt (EMO-R3: every step)."""
     indices = data.rank_slice(list(range(len(val_set) - len(val_set) % world_size)), rank, world_size)
-    prompts = val_set.get_batch(indices)
+    try:
+        prompts, error = val_set.get_batch(indices), None
+    except data.DataError as e:
+        prompts, error = [], str(e)
+    stop_if_any_rank_failed(error)
     outputs = engine.generate([Request(p.text, p.prompt_ids, p.images) for p in prompts], 1, cfg.val_temperature,
                               cfg.val_top_p, cfg.max_response_length, seed=cfg.seed * 7919 + step * 100003 + rank * 1009)
     scores = [score(tokenizer.decode(o[0][0], skip_special_tokens=True), p.answer, None, None)
@@ -759,7 +851,7 @@ def main(argv=None):
 
     # --- data and processor
     from transformers import AutoProcessor
-    processor = AutoProcessor.from_pretrained(cfg.model)
+    processor = AutoProcessor.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
     tokenizer = processor.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     image_pad_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
@@ -794,12 +886,15 @@ def main(argv=None):
         engine = HFEngine(cfg, cfg.model, processor, device, image_pad_id)
 
     start_step = 0
-    if cfg.resume and checkpoint_dirs(out):
-        start_step = load_checkpoint(policy, optimizer, checkpoint_dirs(out)[-1], rank)
-        scheduler.last_epoch = start_step * (cfg.rollout_batch_size // cfg.mini_batch_size) * cfg.ppo_epochs
+    if cfg.resume and checkpoint_dirs(out):  # the newest complete one; a half-written step_N.tmp never counts
+        start_step = load_checkpoint(policy, optimizer, checkpoint_dirs(out)[-1], rank, scheduler)
         print0(f"resumed from {checkpoint_dirs(out)[-1]} (step {start_step})")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.jsonl", "samples.jsonl"):  # drop what was logged after the checkpoint: it is redone
+            truncate_log(out / name, start_step)
+        for tmp in (out / "checkpoints").glob("step_*.tmp"):  # left by a kill during a save
+            shutil.rmtree(tmp)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
         print(json.dumps(dataclasses.asdict(cfg), indent=1))
         tracker = Tracker(cfg, out)
@@ -808,19 +903,24 @@ def main(argv=None):
     progress = tqdm(total=total_steps, initial=start_step, desc="steps", disable=rank != 0, dynamic_ncols=True)
 
     prompts_per_rank = cfg.rollout_batch_size // world_size
+    bad_updates = 0  # consecutive updates skipped for a non-finite loss or grad norm
     mini_prompts_per_rank = cfg.mini_batch_size // world_size
     for step in range(start_step, total_steps):
         timings, metrics = {}, {}
+        step_start = time.perf_counter()
         seed = cfg.seed * 7919 + step * 100003 + rank * 1009  # per-step, per-rank sampling seed
 
         # 1. prompts: this rank's contiguous share of the step's prompts
         indices = data.rank_slice(data.step_indices(len(train_set), cfg.rollout_batch_size, step, cfg.seed),
                                   rank, world_size)
-        prompts = train_set.get_batch(indices)
-        if len(prompts) != prompts_per_rank:  # skipped rows: repeat good ones so ranks stay in step
-            prompts = (prompts * prompts_per_rank)[:prompts_per_rank] if prompts else None
-            if prompts is None:
-                raise SystemExit(f"step {step}: every prompt of rank {rank}'s share was unusable")
+        try:
+            prompts, error = train_set.get_batch(indices), None
+            if not prompts:
+                error = f"step {step + 1}: every prompt of rank {rank}'s share was unusable"
+        except data.DataError as e:  # a bad row without --skip-bad-rows
+            prompts, error = [], str(e)
+        stop_if_any_rank_failed(error)  # every rank stops together: none is left waiting in a collective
+        prompts = (prompts * prompts_per_rank)[:prompts_per_rank]  # skipped rows: repeat good ones, ranks stay in step
         encoded = encode_prompts(processor, prompts)
 
         # 2. rollout: fresh weights into the engine, n responses per prompt
@@ -859,10 +959,9 @@ def main(argv=None):
         num_updates = (cfg.rollout_batch_size // cfg.mini_batch_size) * cfg.ppo_epochs
         with timed(timings, "logprobs"):
             policy.eval()
-            old_logp = (batched_logprobs(policy, samples, encoded, cfg.logprob_micro_batch_size, pad_id, device,
-                                         cfg.temperature) if num_updates > 1 else None)
-            ref_logp = (batched_logprobs(reference, samples, encoded, cfg.logprob_micro_batch_size, pad_id, device,
-                                         cfg.temperature) if reference is not None else None)
+            sizes = (cfg.logprob_micro_batch_size, cfg.micro_batch_tokens, pad_id, device, cfg.temperature)
+            old_logp = batched_logprobs(policy, samples, encoded, *sizes) if num_updates > 1 else None
+            ref_logp = batched_logprobs(reference, samples, encoded, *sizes) if reference is not None else None
             policy.train()
         if old_logp is not None:  # how far the engine's sampling distribution is from the trainer's
             gaps = [(lp - torch.tensor(s.rollout_logp[:len(lp)])).abs() for lp, s in zip(old_logp, samples)]
@@ -870,7 +969,7 @@ def main(argv=None):
             gaps = []
 
         # 7. update: mini-batches of this rank's samples, micro-batches inside, global token mean
-        update_stats = []
+        update_stats, losses = [], []
         with timed(timings, "update"):
             seqs_per_mini = mini_prompts_per_rank * cfg.group_size
             for epoch in range(cfg.ppo_epochs):
@@ -885,8 +984,8 @@ def main(argv=None):
                     denom = {"token": count[0], "seq": count[1], "drgrpo": count[1] * cfg.max_response_length}[cfg.loss_agg]
                     denom = denom.item()
                     optimizer.zero_grad(set_to_none=True)
-                    for mstart in range(0, len(mini), cfg.micro_batch_size):
-                        micro = mini[mstart:mstart + cfg.micro_batch_size]
+                    mini_loss = 0.0  # this rank's share of the mini-batch loss
+                    for micro in micro_batches(samples, encoded, mini, cfg.micro_batch_size, cfg.micro_batch_tokens):
                         chunk = [samples[i] for i in micro]
                         batch = collate(chunk, encoded, pad_id, device)
                         mask = batch["response_mask"] * torch.tensor([s.weight for s in chunk], device=device)[:, None]
@@ -907,15 +1006,27 @@ def main(argv=None):
                             loss = loss + cfg.kl_coef * aggregate(kl_per_token, mask, cfg.loss_agg, denom)
                             stats["kl"] = ((kl_per_token * mask).sum() / mask.sum().clamp(min=1)).item()
                         # FSDP averages gradients over ranks; the denominator is already global, so undo it
-                        (loss * world_size).backward()
-                        stats["loss"] = loss.item()
+                        (loss * world_size).backward()  # even when non-finite: every rank runs the same collectives
+                        mini_loss += loss.item()
                         update_stats.append(stats)
                     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
                     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-                    if torch.isfinite(grad_norm):
+                    mini_loss = torch.tensor(mini_loss, dtype=torch.float64)
+                    dist.all_reduce(mini_loss)  # the mini-batch's loss; NaN if any rank's was
+                    losses.append(mini_loss.item())
+                    # the same decision on every rank: both numbers are global
+                    if math.isfinite(losses[-1]) and math.isfinite(grad_norm.item()):
                         optimizer.step()
+                        bad_updates = 0
                     else:
-                        print0(f"step {step}: non-finite grad norm, update skipped")
+                        bad_updates += 1
+                        metrics["update/skipped"] = metrics.get("update/skipped", 0) + 1
+                        print0(f"step {step + 1}: non-finite loss or grad norm ({grad_norm.item()}), update skipped "
+                               f"({bad_updates} in a row)")
+                        if bad_updates >= cfg.max_bad_updates:
+                            raise SystemExit(f"step {step + 1}: {bad_updates} consecutive updates with a non-finite "
+                                             f"loss or grad norm (--max-bad-updates {cfg.max_bad_updates}); stopping. "
+                                             f"Check the rewards (NaN?), lower --lr, or resume from the last checkpoint.")
                     scheduler.step()
                     metrics["grad_norm"] = grad_norm.item()
 
@@ -931,7 +1042,9 @@ def main(argv=None):
                         "reward/format": totals[2].item() / n_all, "reward/reflect_text": totals[3].item() / n_all,
                         "reward/reflect_image": totals[4].item() / n_all, "response_length": totals[5].item() / n_all,
                         "advantage/abs_mean": advantages.abs().mean().item(), "lr": scheduler.get_last_lr()[0]})
-        for key in ("loss", "kl", "clip_frac_high", "clip_frac_low", "ppo_kl"):
+        if losses:
+            metrics["loss"] = mean(losses)
+        for key in ("kl", "clip_frac_high", "clip_frac_low", "ppo_kl"):
             if update_stats and key in update_stats[0]:
                 metrics[key] = mean(s[key] for s in update_stats)
         if val_set is not None and ((step + 1) % cfg.val_freq == 0 or step + 1 == total_steps):
@@ -940,6 +1053,10 @@ def main(argv=None):
                 metrics.update(validate(engine, val_set, cfg, rank, world_size, tokenizer, step, score))
                 engine.sleep()
         metrics.update(timings)
+        metrics["time/step"] = time.perf_counter() - step_start  # the whole step, validation included
+        if device.type == "cuda":
+            metrics["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            torch.cuda.reset_peak_memory_stats()
         if train_set.skipped:
             metrics["data/skipped_rows"] = len(train_set.skipped)
         if rank == 0:
@@ -956,7 +1073,7 @@ def main(argv=None):
         progress.update(1)
         if (cfg.save_freq and (step + 1) % cfg.save_freq == 0) or step + 1 == total_steps:
             with timed(timings, "checkpoint"):
-                save_checkpoint(policy, optimizer, step + 1, cfg, out, rank)
+                save_checkpoint(policy, optimizer, step + 1, cfg, out, rank, scheduler)
 
     progress.close()
     if rank == 0:  # the curves of the whole run (a resumed run included), next to metrics.jsonl

@@ -55,7 +55,7 @@ def test_bad_config_fails_at_start():
         train_grpo.parse_config([])
 
 
-def test_demo_runs_every_phase_and_resumes(tiny_model_dir, demo_dir, tmp_path):
+def test_demo_runs_every_phase(tiny_model_dir, demo_dir, tmp_path):
     """The CPU demo would not run rollout, reflection, update and sync for real, or lose its outputs."""
     out = tmp_path / "run"
     common = ["train_grpo.py", "--demo", "--model", tiny_model_dir, "--train-files", demo_dir / "train.jsonl",
@@ -77,13 +77,10 @@ def test_demo_runs_every_phase_and_resumes(tiny_model_dir, demo_dir, tmp_path):
     assert len(samples) == 8 and {"response", "reflect_text_answer", "reflect_image_answer", "overall"} <= set(samples[0])
     assert (out / "checkpoints" / "step_2" / "trainer_state.json").exists()
 
-    # a second launch without --resume refuses to mix two runs; with --resume it continues at step 3
+    # a second launch without --resume refuses to mix two runs (tests/test_resume.py tests --resume)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *map(str, common), "--max-steps", "3"]
     refused = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "--resume" in refused.stdout + refused.stderr
-    torchrun(*common, "--max-steps", "3", "--resume")
-    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
-    assert (out / "checkpoints" / "step_3").exists()
 
 
 def test_weight_sync_is_real(tiny_model_dir, demo_dir, tmp_path):

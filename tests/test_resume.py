@@ -1,0 +1,146 @@
+"""Reliability of long runs: exact resume after SIGKILL, a kill during a checkpoint write, resuming at
+another world size, keep-last-K, and non-finite updates. Real torchrun + FSDP2 + vLLM on CPU."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+from test_train import REPO, read_jsonl, torchrun
+
+# 8 prompts x 4 responses per step, two optimizer steps per rollout (old log-probs are used), a
+# warm-up so the LR schedule changes every update, and validation: every piece of state that a
+# resume must restore shows up in the metrics.
+SMALL = ["--rollout-batch-size", "8", "--group-size", "4", "--mini-batch-size", "4", "--micro-batch-size", "4",
+         "--max-response-length", "32", "--lr-warmup-ratio", "0.5", "--val-freq", "2", "--save-freq", "2",
+         "--max-steps", "4"]
+
+
+def run_args(tiny_model_dir, demo_dir, out):
+    return ["train_grpo.py", "--demo", "--model", tiny_model_dir, "--train-files", demo_dir / "train.jsonl",
+            "--val-files", demo_dir / "test.jsonl", "--output-dir", out, *SMALL]
+
+
+def without_timings(metrics):
+    return [{k: v for k, v in m.items() if not k.startswith(("time/", "memory/"))} for m in metrics]
+
+
+def checkpoint_tensors(path, tmp_file):
+    """Everything in a DCP checkpoint (model weights and AdamW state), flattened to {key: tensor}."""
+    dcp_to_torch_save(path, tmp_file)
+    flat = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}/{k}", v)
+        elif isinstance(value, (list, tuple)):
+            for k, v in enumerate(value):
+                walk(f"{prefix}/{k}", v)
+        else:
+            flat[prefix] = value
+    walk("", torch.load(tmp_file, weights_only=True))
+    return flat
+
+
+def kill_during_checkpoint_write(cmd, tmp_dir, timeout=600):
+    """Start `cmd` (torchrun) and SIGKILL its whole process group the moment `tmp_dir` (a checkpoint
+    being written) appears: the real crash, no cooperation from the trainer."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + timeout
+    while not tmp_dir.exists():
+        assert proc.poll() is None, f"the run ended before writing {tmp_dir}:\n{proc.stderr.read()[-4000:]}"
+        assert time.time() < deadline, "timed out waiting for the checkpoint write"
+        time.sleep(0.002)
+    for pid in [proc.pid, *descendants(proc.pid)]:  # torchrun starts its workers in sessions of their own
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def descendants(pid):
+    """The pids of all processes below `pid`, read from /proc (Linux)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def test_exact_resume_after_kill_mid_save_and_at_another_world_size(tiny_model_dir, demo_dir, tmp_path):
+    """A run killed while writing a checkpoint would lose work, resume from a broken checkpoint, or
+    continue differently (data order, RNG, LR schedule, optimizer) from the run that was not killed."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    torchrun(*run_args(tiny_model_dir, demo_dir, straight))
+
+    # SIGKILL while step_4 is being written: steps 3 and 4 are logged but their checkpoint is not complete
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           *map(str, run_args(tiny_model_dir, demo_dir, killed))]
+    kill_during_checkpoint_write(cmd, killed / "checkpoints" / "step_4.tmp")
+    assert not (killed / "checkpoints" / "step_4").exists()
+    assert (killed / "checkpoints" / "step_2" / "trainer_state.json").exists()  # the previous one is intact
+    assert [m["step"] for m in read_jsonl(killed / "metrics.jsonl")][-1] >= 3
+
+    # resume: from step_2 (the .tmp is ignored and removed), redo steps 3-4, keep only the newest checkpoint
+    result = torchrun(*run_args(tiny_model_dir, demo_dir, killed), "--resume", "--save-limit", "1")
+    assert "resumed from" in result.stdout and "step_2" in result.stdout
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step_4"]
+
+    # identical metrics (rewards, losses, grad norms, LR, validation: same data, sampling and state)...
+    assert without_timings(read_jsonl(killed / "metrics.jsonl")) == without_timings(read_jsonl(straight / "metrics.jsonl"))
+    # ...the same prompts and responses, each step's once...
+    assert read_jsonl(killed / "samples.jsonl") == read_jsonl(straight / "samples.jsonl")
+    # ...and bit-identical weights and optimizer state
+    a = checkpoint_tensors(straight / "checkpoints" / "step_4", tmp_path / "a.pt")
+    b = checkpoint_tensors(killed / "checkpoints" / "step_4", tmp_path / "b.pt")
+    assert a.keys() == b.keys() and any("optimizer" in k and "exp_avg" in k for k in a)
+    different = [k for k in a if not (torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k])]
+    assert not different, different[:5]
+
+    # the world-size-2 checkpoint resumes at world size 1 and trains on
+    one = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
+           *map(str, run_args(tiny_model_dir, demo_dir, killed)), "--resume", "--max-steps", "5"]
+    result = subprocess.run(one, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "step_4" in result.stdout
+    metrics = read_jsonl(killed / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
+    assert metrics[-1]["rollout/logp_gap_max"] < 1e-3  # the engine serves the resumed weights
+
+
+def test_non_finite_updates_are_skipped_then_stop_the_run(tiny_model_dir, demo_dir, tmp_path):
+    """A NaN reward or loss would corrupt the weights silently, or a run of them would go on forever.
+
+    tests/reward_nan_steps.py returns NaN on every step but step 2. Each step has 2 updates
+    (--max-bad-updates 3): step 1 skips 2 and goes on, step 2 updates and resets the count, step 3
+    skips 2, and the first update of step 4 is the third in a row: the run stops with a message.
+    """
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           *map(str, run_args(tiny_model_dir, demo_dir, out)), "--reward-fn", "tests/reward_nan_steps.py:reward",
+           "--val-freq", "0", "--max-steps", "6", "--max-bad-updates", "3", "--kl-coef", "0"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    assert "step 4: 3 consecutive updates with a non-finite loss or grad norm" in result.stderr
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert [m.get("update/skipped", 0) for m in metrics] == [2, 0, 2]
+    assert torch.isfinite(torch.tensor(metrics[1]["grad_norm"])) and metrics[1]["loss"] == metrics[1]["loss"]
