@@ -33,6 +33,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 import rewards
@@ -40,6 +41,7 @@ import rewards
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DEFAULT_QUESTION = "<image>What emotion does this image evoke? Choose one of: {labels}."
 DEMO_DIR = Path(__file__).resolve().parent / ".cache" / "demo"
+SKIP_HINT = "(pass skip_bad / --skip-bad-rows to skip such rows)"
 
 
 class DataError(ValueError):
@@ -75,7 +77,7 @@ class Prompt:
 
 def _read_table(path):
     """Rows of one .jsonl / .json / .parquet file, as dicts with their 1-based row numbers."""
-    if path.suffix == ".parquet":
+    if path.suffix.lower() == ".parquet":
         try:
             import pyarrow.parquet as pq
             rows = pq.read_table(path).to_pylist()
@@ -85,6 +87,8 @@ def _read_table(path):
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
+        if path.read_bytes()[:4] == b"PAR1":  # parquet's magic number
+            raise DataError(f"{path}: is a parquet file; rename it to {path.stem}.parquet") from e
         line = path.read_bytes()[:e.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start}); re-save the file as UTF-8") from e
     if path.suffix == ".json":
@@ -121,7 +125,7 @@ def read_rows(path, image_dir=None, prompt_key="problem", answer_key="answer", i
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in {".jsonl", ".json", ".parquet"}
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in {".jsonl", ".json", ".parquet"}
                        and split in p.name and p.name != "labels.json")
         if not files:
             rows = _class_folder_rows(path)
@@ -143,6 +147,8 @@ def read_rows(path, image_dir=None, prompt_key="problem", answer_key="answer", i
             answer = raw.get(answer_key)
             rows.append(Row(raw.get(prompt_key), "" if answer is None else str(answer), images, where, base_dir,
                             raw.get("response")))
+    if not rows:  # said here, or an empty file would surface later as "no labels" or "no usable rows"
+        raise DataError(f"{path}: no rows" + ("" if files == [path] else f" in its {len(files)} data file(s)"))
     return rows
 
 
@@ -170,26 +176,63 @@ def open_image(source, base_dir):
     else:
         if isinstance(source, dict):  # Hugging Face datasets' Image feature in parquet
             source = source.get("bytes") or source.get("path")
+        if not source:  # "", None, b"", or a dict with neither bytes nor path
+            raise OSError(f"empty image field {source!r}: no path and no bytes")
         if isinstance(source, (bytes, bytearray)):
-            if not source:
-                raise OSError("empty image bytes")
             file = io.BytesIO(source)
-        elif isinstance(source, str) and source:
+        elif isinstance(source, str):
             file = Path(source) if Path(source).is_absolute() else Path(base_dir) / source
+            if not file.is_file():  # a folder, or a named pipe that would block open() forever
+                raise OSError(f"not a file: {file}" if file.exists() else f"no such file: {file}")
+            if file.stat().st_size == 0:  # PIL would only say "cannot identify image file"
+                raise OSError(f"empty file (0 bytes): {file}")
         else:
             raise OSError(f"unsupported image field {type(source).__name__}: {str(source)[:80]!r}")
         with warnings.catch_warnings():
-            # a decompression bomb is an error, not a warning that precedes a 10 GB allocation
+            # Image.open reads only the header and refuses more than 2 * MAX_IMAGE_PIXELS; between 1x and
+            # 2x it only warns, and load() would then decode it: make that an error too, before decoding
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(file)
             image.load()
-    from qwen_vl_utils.vision_process import to_rgb
-    return to_rgb(image)  # RGBA is composed on white like qwen-vl-utils does; other modes converted
+    return to_rgb(image)
+
+
+def to_rgb(image):
+    """RGB pixels as a viewer shows them: transparency composed on white, 16-bit grey scaled to 8 bits.
+
+    qwen-vl-utils' to_rgb composes only RGBA on white and converts the rest with PIL, which drops the
+    alpha of LA and of palette images with transparency (showing the hidden colour), and clips 16-bit
+    grey (I;16, and I as Pillow opens 16-bit files) at 255, so a 16-bit photo comes out all white.
+    """
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        grey = np.asarray(image).astype(np.float64) / 257  # 0..65535 -> 0..255
+        image = Image.fromarray(np.clip(np.round(grey), 0, 255).astype(np.uint8), "L")
+    if image.has_transparency_data:  # RGBA, LA, PA, or a palette / grey / RGB image with a transparent colour
+        rgba = image.convert("RGBA")
+        white = Image.new("RGB", rgba.size, (255, 255, 255))
+        white.paste(rgba, mask=rgba.getchannel("A"))
+        return white
+    return image.convert("RGB")  # also CMYK, P without transparency, L, 1, YCbCr
 
 
 def resize_image(image, min_pixels, max_pixels):
-    """qwen-vl-utils' resize: both sides multiples of 28, pixel count within [min_pixels, max_pixels]."""
+    """qwen-vl-utils' resize: both sides multiples of 28, pixel count within [min_pixels, max_pixels].
+
+    Tiny images (1x1, 3x500) are scaled up to whole 28-pixel patches. Thin ones are refused here,
+    naming their size: qwen-vl-utils refuses an aspect ratio over 200 itself, but shrinking a thin image
+    can floor its short side to 0 px, and rounding the sides to multiples of 28 can push the ratio past
+    200 (11900x60 -> 11900x56), which the processor would refuse later, in the trainer, naming no row.
+    """
     from qwen_vl_utils import fetch_image
+    from qwen_vl_utils.vision_process import MAX_RATIO, smart_resize
+    width, height = image.size
+    too_thin = f"too thin for Qwen2.5-VL (sides >= 28 px, aspect ratio <= {MAX_RATIO}): crop or pad it"
+    if min(width, height) == 0 or max(width, height) / min(width, height) > MAX_RATIO:
+        raise ValueError(f"image is {width}x{height} pixels, {too_thin}")
+    new_height, new_width = smart_resize(height, width, 28, min_pixels, max_pixels)
+    if min(new_width, new_height) < 28 or max(new_width, new_height) / min(new_width, new_height) > MAX_RATIO:
+        raise ValueError(f"image is {width}x{height} pixels, {new_width}x{new_height} once resized into "
+                         f"[min_pixels, max_pixels], {too_thin}")
     return fetch_image({"image": image, "min_pixels": min_pixels, "max_pixels": max_pixels})
 
 
@@ -253,6 +296,8 @@ class PromptDataset:
                 row.problem = DEFAULT_QUESTION.replace("{labels}", ", ".join(self.labels))
             if not isinstance(row.problem, str) or not row.problem.strip():
                 self._bad(row, f"empty or missing {prompt_key!r}")
+            elif not row.answer.strip():
+                self._bad(row, f"empty or missing {answer_key!r}")
             elif row.answer.lower() not in known:
                 self._bad(row, f"label {row.answer!r} is not in the label set {self.labels}")
             elif not row.images:
@@ -264,7 +309,7 @@ class PromptDataset:
 
     def _bad(self, row, reason):
         if not self.skip_bad:
-            raise DataError(f"{row.where}: {reason} (pass skip_bad / --skip-bad-rows to skip such rows)")
+            raise DataError(f"{row.where}: {reason} {SKIP_HINT}")
         self.skipped.append((row.where, reason))
 
     def __len__(self):
@@ -275,7 +320,7 @@ class PromptDataset:
         row = self.rows[index]
         images = []
         for source in row.images:
-            name = source if isinstance(source, str) else f"<{type(source).__name__} image>"
+            name = source if isinstance(source, str) and source else f"<{type(source).__name__} image>"
             try:
                 images.append(resize_image(open_image(source, row.base_dir), self.min_pixels, self.max_pixels))
             except Exception as e:  # PIL raises many types; all mean "this image is unusable"
@@ -302,9 +347,10 @@ class PromptDataset:
                 batch.append(self[index])
             except DataError as e:
                 if not self.skip_bad:
-                    raise
+                    raise DataError(f"{e} {SKIP_HINT}") from e
                 self._failed.add(index)
-                self.skipped.append((self.rows[index].where, str(e)))
+                where = self.rows[index].where
+                self.skipped.append((where, str(e).removeprefix(f"{where}: ")))  # (where, reason) as for _bad
         return batch
 
 
@@ -708,9 +754,12 @@ def main():
     from transformers import AutoProcessor
     import tiny
     processor = AutoProcessor.from_pretrained(args.model or tiny.build_tiny_model())
-    dataset = PromptDataset(args.path, processor, args.template, args.labels, args.min_pixels, args.max_pixels,
-                            args.max_prompt_length, args.image_dir, args.skip_bad_rows)
-    lengths = [p.num_tokens for p in dataset.get_batch(tqdm(range(len(dataset)), desc="checking rows"))]
+    try:
+        dataset = PromptDataset(args.path, processor, args.template, args.labels, args.min_pixels, args.max_pixels,
+                                args.max_prompt_length, args.image_dir, args.skip_bad_rows)
+        lengths = [p.num_tokens for p in dataset.get_batch(tqdm(range(len(dataset)), desc="checking rows"))]
+    except DataError as e:  # a message for the person, not a traceback
+        raise SystemExit(f"error: {e}") from None
     print(json.dumps({"rows": len(dataset.rows), "usable": len(lengths), "skipped": len(dataset.skipped),
                       "labels": dataset.labels, "label_counts": Counter(r.answer for r in dataset.rows),
                       "prompt_tokens": {"min": min(lengths, default=0), "max": max(lengths, default=0)}}, indent=1))
