@@ -441,9 +441,10 @@ class HFEngine:
                                           suppress_tokens=[self.image_pad_id], output_logits=True,
                                           return_dict_in_generate=True)
             new = out.sequences[:, inputs["input_ids"].shape[1]:]
-            # raw (unprocessed) log-probs, like vLLM's default logprobs
-            logp = torch.stack([torch.log_softmax(s.float(), -1) for s in out.logits], 1)  # (n, T, V)
-            token_logp = logp.gather(-1, new[:, :logp.shape[1], None]).squeeze(-1)
+            # raw (unprocessed) log-probs, like vLLM's default logprobs; one position at a time, never (n, T, V)
+            token_logp = torch.stack([torch.log_softmax(s.float(), -1).gather(-1, new[:, k, None]).squeeze(-1)
+                                      for k, s in enumerate(out.logits)], 1)
+            del out
             samples = []
             for seq, lps in zip(new.tolist(), token_logp.tolist()):
                 end = next((k + 1 for k, t in enumerate(seq) if t in self.eos), len(seq))
@@ -498,11 +499,10 @@ def policy_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.3, c
     per_token = torch.where(adv < 0, loss_low, loss_high)
     m = mask.to(logp.dtype)
     count = m.sum().clamp(min=1)
-    metrics = {  # token means over this call's tokens, for logging
-        "clip_frac_high": ((loss_unclipped < loss_clipped).to(m.dtype) * m).sum().item() / count.item(),
-        "clip_frac_low": ((loss_high > loss_dual) & (adv < 0)).to(m.dtype).mul(m).sum().item() / count.item(),
-        "ppo_kl": ((old_logp - logp) * m).sum().item() / count.item(),
-    }
+    with torch.no_grad():  # token means over this call's tokens, for logging; tensors: no device sync here
+        metrics = {"clip_frac_high": ((loss_unclipped < loss_clipped).to(m.dtype) * m).sum() / count,
+                   "clip_frac_low": ((loss_high > loss_dual) & (adv < 0)).to(m.dtype).mul(m).sum() / count,
+                   "ppo_kl": ((old_logp - logp) * m).sum() / count}
     return aggregate(per_token, mask, agg, denom), metrics
 
 
@@ -639,13 +639,14 @@ def micro_batches(samples, encoded, indices, max_size, max_tokens):
 
 @torch.no_grad()
 def batched_logprobs(model, samples, encoded, micro_batch_size, micro_batch_tokens, pad_id, device, temperature):
-    """Log-probs for all samples, in micro-batches; a list of 1-D tensors (one per sample, in order), on CPU."""
+    """Log-probs for all samples, in micro-batches; a list of 1-D tensors (one per sample, in order), left
+    on the device: the update reads them there."""
     out = [None] * len(samples)
     for micro in micro_batches(samples, encoded, range(len(samples)), micro_batch_size, micro_batch_tokens):
         chunk = [samples[i] for i in micro]
         logp = response_logprobs(model, collate(chunk, encoded, pad_id, device), temperature)
         for k, i in enumerate(micro):
-            out[i] = logp[k, :len(samples[i].response_ids)].cpu()
+            out[i] = logp[k, :len(samples[i].response_ids)]
     return out
 
 
@@ -977,7 +978,7 @@ def main(argv=None):
             ref_logp = batched_logprobs(reference, samples, encoded, *sizes) if reference is not None else None
             policy.train()
         if old_logp is not None:  # how far the engine's sampling distribution is from the trainer's
-            gaps = [(lp - torch.tensor(s.rollout_logp[:len(lp)])).abs() for lp, s in zip(old_logp, samples)]
+            gaps = [(lp - torch.tensor(s.rollout_logp, device=device)).abs() for lp, s in zip(old_logp, samples)]
         else:  # one update per step: the first forward of the update sees the rollout's weights (below)
             gaps = []
 
@@ -997,7 +998,7 @@ def main(argv=None):
                     denom = {"token": count[0], "seq": count[1], "drgrpo": count[1] * cfg.max_response_length}[cfg.loss_agg]
                     denom = denom.item()
                     optimizer.zero_grad(set_to_none=True)
-                    mini_loss = 0.0  # this rank's share of the mini-batch loss
+                    mini_loss = torch.zeros((), device=device)  # this rank's share of the mini-batch loss
                     for micro in micro_batches(samples, encoded, mini, cfg.micro_batch_size, cfg.micro_batch_tokens):
                         chunk = [samples[i] for i in micro]
                         batch = collate(chunk, encoded, pad_id, device)
@@ -1006,7 +1007,7 @@ def main(argv=None):
                         width = logp.shape[1]
                         if old_logp is None:  # on-policy: old = current, and it is the gap's FSDP side
                             old = logp.detach()
-                            gaps += [(old[k, :len(s.response_ids)].cpu() - torch.tensor(s.rollout_logp)).abs()
+                            gaps += [(old[k, :len(s.response_ids)] - torch.tensor(s.rollout_logp, device=device)).abs()
                                      for k, s in enumerate(chunk)]
                         else:
                             old = pad_stack([old_logp[i] for i in micro], width, device)
@@ -1017,14 +1018,13 @@ def main(argv=None):
                             ref = pad_stack([ref_logp[i] for i in micro], width, device)
                             kl_per_token = kl_penalty(logp, ref, cfg.kl_kind)
                             loss = loss + cfg.kl_coef * aggregate(kl_per_token, mask, cfg.loss_agg, denom)
-                            stats["kl"] = ((kl_per_token * mask).sum() / mask.sum().clamp(min=1)).item()
+                            stats["kl"] = (kl_per_token.detach() * mask).sum() / mask.sum().clamp(min=1)
                         # FSDP averages gradients over ranks; the denominator is already global, so undo it
                         (loss * world_size).backward()  # even when non-finite: every rank runs the same collectives
-                        mini_loss += loss.item()
+                        mini_loss += loss.detach()
                         update_stats.append(stats)
                     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
                     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-                    mini_loss = torch.tensor(mini_loss, dtype=torch.float64)
                     dist.all_reduce(mini_loss)  # the mini-batch's loss; NaN if any rank's was
                     losses.append(mini_loss.item())
                     # the same decision on every rank: both numbers are global
@@ -1059,7 +1059,7 @@ def main(argv=None):
             metrics["loss"] = mean(losses)
         for key in ("kl", "clip_frac_high", "clip_frac_low", "ppo_kl"):
             if update_stats and key in update_stats[0]:
-                metrics[key] = mean(s[key] for s in update_stats)
+                metrics[key] = torch.stack([s[key] for s in update_stats]).mean().item()
         if val_set is not None and ((step + 1) % cfg.val_freq == 0 or step + 1 == total_steps):
             with timed(timings, "validate"):
                 engine.update_weights(policy)
