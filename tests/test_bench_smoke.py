@@ -1,0 +1,73 @@
+"""The benchmark scripts run end to end on CPU and report what they claim (bench/gpu_step.py --smoke,
+a very small bench/phases.py rollout comparison). About a minute together."""
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PHASES = ("rollout", "reflect", "reward", "logprobs", "update", "sync", "other")
+
+
+def run_script(*args, timeout=240):
+    """Run a bench script; fail with its output if it fails. One thread: CI machines are small and shared."""
+    cmd = [sys.executable, *map(str, args)]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "VLLM_LOGGING_LEVEL": "ERROR"})
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+def benchmarks_digest():
+    return hashlib.sha256((REPO / "BENCHMARKS.md").read_bytes()).hexdigest()
+
+
+def test_gpu_step_smoke_reports_phases_throughput_and_mfu(tiny_model_dir, tmp_path):
+    """bench/gpu_step.py would hand the lent GPU a broken run, or report figures that are not its run's."""
+    before = benchmarks_digest()
+    out = run_script("bench/gpu_step.py", "--smoke", "--work-dir", tmp_path, "--tokenizer-from", tiny_model_dir,
+                     "--json", tmp_path / "result.json", "--section", tmp_path / "section.md", "--peak-tflops", "1")
+    assert "HF rollout path" in out and "not vLLM" in out  # says which rollout engine the figures are from
+    result = json.loads((tmp_path / "result.json").read_text())
+    summary = result["phases"]
+    assert summary["steps"] == [2]  # step 1 is warm-up and left out
+    assert list(summary["phases"]) == list(PHASES)
+    for name, phase in summary["phases"].items():
+        assert math.isfinite(phase["s"]) and phase["s"] >= 0, name
+        assert f"| {name} | {phase['s']:.3f} |" in out  # the printed table is the measured one
+    assert summary["phases"]["rollout"]["s"] > 0 and summary["phases"]["update"]["s"] > 0
+    assert abs(sum(p["share"] for p in summary["phases"].values()) - 1) < 1e-6  # "other" closes the step
+    # the run really was the smoke config: 2 prompts x 4 responses, old + reference log-prob passes
+    assert result["sequences_per_step"] == 8 and result["logprob_passes"] == ["old", "reference"]
+    assert result["params"] == result["trainable_params"] > 0
+    assert 0 < result["response_tokens_mean"] <= 16 and result["prompt_tokens"] > 16  # image tokens included
+    for key in ("rollout_tokens_per_s", "update_tokens_per_s", "update_mfu", "logprob_mfu"):
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    # update tokens/s counts prompt + response tokens of every sequence, over the update's time
+    tokens = 8 * (result["prompt_tokens"] + result["response_tokens_mean"])
+    assert math.isclose(result["update_tokens_per_s"], tokens / summary["phases"]["update"]["s"], rel_tol=1e-9)
+    assert math.isclose(result["update_mfu"], 6 * result["params"] * result["update_tokens_per_s"] / 1e12, rel_tol=1e-9)
+    assert result["peak_memory_gib"] is None  # CPU: no GPU memory figure is invented
+    assert not list(tmp_path.glob("run-*/checkpoints"))  # the trainer's final checkpoint is skipped / removed
+    section = (tmp_path / "section.md").read_text()  # what the lead appends to BENCHMARKS.md after a GPU run
+    assert "HF rollout path" in section and "| update | " in section and "| update MFU" in section
+    assert benchmarks_digest() == before  # appends nothing unless asked
+
+
+def test_phases_rollout_smoke_compares_both_engines(tmp_path):
+    """bench/phases.py could not run vLLM and HF generate side by side, or would report empty runs."""
+    before = benchmarks_digest()
+    out = run_script("bench/phases.py", "--part", "rollout", "--prompts", "2", "--group-size", "2", "--max-tokens", "8",
+                     "--repeats", "1", "--no-append", "--json", tmp_path / "result.json")
+    rollout = json.loads((tmp_path / "result.json").read_text())["rollout"]
+    assert set(rollout) == {"hf", "vllm"}
+    for engine in rollout.values():
+        assert 2 * 2 <= engine["tokens"] <= 2 * 2 * 8  # 4 responses of 1..8 tokens
+        assert math.isfinite(engine["tokens_per_s"]) and engine["tokens_per_s"] > 0
+        assert math.isclose(engine["tokens_per_s"], engine["tokens"] / engine["seconds"])
+    assert "| vLLM (VLLMEngine) |" in out and "| HF generate (HFEngine) |" in out
+    assert benchmarks_digest() == before
