@@ -545,12 +545,15 @@ def encode_prompts(processor, prompts):
     return encoded
 
 
-def collate(samples, encoded, pad_id, device):
+def collate(samples, encoded, pad_id, device, dedupe_images=True):
     """[left pad | prompt | response | right pad] sequences, their images and mrope inputs.
 
     Prompts are left-padded so that every response starts at the same column P: the logits at
     columns P-1 .. P+R-2 predict the R response tokens (the usual off-by-one), a single slice for
-    the whole micro-batch.
+    the whole micro-batch. The n responses to one prompt share its image: with dedupe_images, pixel
+    values hold each distinct prompt's images once (`unique_grid_thw`), `image_index` maps every
+    image placeholder run (`image_grid_thw`, in sequence order) to its row, and response_logprobs
+    runs the vision tower once per image instead of n times.
     """
     prompt_len = max(len(encoded[s.prompt]["input_ids"]) for s in samples)
     resp_len = max(len(s.response_ids) for s in samples)
@@ -566,10 +569,17 @@ def collate(samples, encoded, pad_id, device):
         input_ids[i, prompt_len:prompt_len + r] = torch.tensor(s.response_ids, dtype=torch.long)
         attention_mask[i, prompt_len - p:prompt_len + r] = 1
         response_mask[i, :r] = 1
+    # text-only prompts (sft.py's coherence examples) have no pixels
+    with_images = [s.prompt for s in samples if "pixel_values" in encoded[s.prompt]]
+    distinct = list(dict.fromkeys(with_images)) if dedupe_images else with_images
+    images = [len(encoded[p]["image_grid_thw"]) for p in distinct]  # images per prompt (usually 1)
+    first = dict(zip(distinct, [sum(images[:k]) for k in range(len(distinct))]))  # prompt -> its first image's row
     batch = dict(input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_types,
-                 # text-only prompts (sft.py's coherence examples) have no pixels; the rest concatenate in order
-                 pixel_values=torch.cat([encoded[s.prompt]["pixel_values"] for s in samples if "pixel_values" in encoded[s.prompt]]),
-                 image_grid_thw=torch.cat([encoded[s.prompt]["image_grid_thw"] for s in samples if "image_grid_thw" in encoded[s.prompt]]),
+                 pixel_values=torch.cat([encoded[p]["pixel_values"] for p in distinct]),
+                 unique_grid_thw=torch.cat([encoded[p]["image_grid_thw"] for p in distinct]),
+                 image_grid_thw=torch.cat([encoded[p]["image_grid_thw"] for p in with_images]),
+                 image_index=torch.tensor([first[p] + j for p in with_images for j in range(len(encoded[p]["image_grid_thw"]))])
+                 if dedupe_images else torch.arange(sum(images)),
                  response_ids=input_ids[:, prompt_len:], response_mask=response_mask)
     return {k: v.to(device) for k, v in batch.items()}
 
@@ -606,13 +616,22 @@ def response_logprobs(model, batch, temperature, chunk=LOGPROB_CHUNK):
                          if torch.is_grad_enabled() else chunk_logprobs(*args))
         return torch.cat(parts).view(targets.shape).clone()  # not a view: FSDP2 hooks the output for backward
 
-    head.forward = head_logprobs  # for this call only; `del` restores nn.Linear.forward
+    vlm = model.model
+    image_features = vlm.get_image_features
+
+    def shared_image_features(pixel_values, image_grid_thw=None, **kwargs):  # each distinct image once
+        out = image_features(pixel_values, batch["unique_grid_thw"], **kwargs)
+        out.pooler_output = tuple(out.pooler_output[k] for k in batch["image_index"].tolist())
+        return out
+
+    # for this call only; `del` restores the class methods
+    head.forward, vlm.get_image_features = head_logprobs, shared_image_features
     try:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=position_ids,
-                     pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
-                     logits_to_keep=targets.shape[1] + 1, use_cache=False).logits
+                     pixel_values=batch["pixel_values"],
+                     image_grid_thw=batch["image_grid_thw"], logits_to_keep=targets.shape[1] + 1, use_cache=False).logits
     finally:
-        del head.forward
+        del head.forward, vlm.get_image_features
 
 
 def micro_batches(samples, encoded, indices, max_size, max_tokens):

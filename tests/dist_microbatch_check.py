@@ -1,11 +1,13 @@
 """Run under torchrun (2 ranks): the trainer's update loss and gradients on the tiny Qwen2.5-VL (FSDP2,
 fp32), computed two ways, written for tests/test_grpo_math.py to compare:
 
-  plain   each rank's sequences in ONE padded micro-batch, in their original order, log-probs from
-          the model's full logits (log_softmax over the whole vocabulary, the textbook way)
+  plain   each rank's sequences in ONE padded micro-batch, in their original order, every sequence
+          with its own copy of its image, log-probs from the model's full logits (log_softmax over
+          the whole vocabulary, the textbook way)
   budget  train_grpo.micro_batches: length-sorted micro-batches under a token budget, a different
           natural count on each rank (rank 1's responses are longer) equalised across ranks, and
-          train_grpo.response_logprobs' chunked, checkpointed LM head (chunks of 7 tokens)
+          train_grpo.response_logprobs' chunked, checkpointed LM head (chunks of 7 tokens), and each
+          prompt's image through the vision tower once for its 3 responses
 
     torchrun --nproc_per_node 2 tests/dist_microbatch_check.py MODEL_DIR DATA.jsonl OUT.pt
 """
@@ -36,13 +38,13 @@ def plain_logprobs(model, batch):
     return torch.log_softmax(logits.float(), -1).gather(-1, batch["response_ids"][..., None]).squeeze(-1)
 
 
-def loss_and_grads(policy, samples, encoded, batches, old, ref, denom, logprobs, pad_id, device, world_size):
+def loss_and_grads(policy, samples, encoded, batches, old, ref, denom, logprobs, pad_id, device, world_size, dedupe):
     """The trainer's step 7 for one mini-batch: sum of micro-batch losses (global), full gradients."""
     policy.zero_grad(set_to_none=True)
     total = torch.zeros((), dtype=torch.float64)
     for micro in batches:
         chunk = [samples[i] for i in micro]
-        batch = tg.collate(chunk, encoded, pad_id, device)
+        batch = tg.collate(chunk, encoded, pad_id, device, dedupe_images=dedupe)
         logp = logprobs(policy, batch)
         width = logp.shape[1]
         adv = torch.tensor([s.advantage for s in chunk])
@@ -81,10 +83,11 @@ def main():
     everything = list(range(len(samples)))
 
     plain = loss_and_grads(policy, samples, encoded, [everything], old, ref, denom, plain_logprobs, pad_id, device,
-                           world_size)
+                           world_size, dedupe=False)
     budget_batches = tg.micro_batches(samples, encoded, everything, 64, TOKEN_BUDGET)
     budget = loss_and_grads(policy, samples, encoded, budget_batches, old, ref, denom,
-                            lambda m, b: tg.response_logprobs(m, b, 1.0, chunk=7), pad_id, device, world_size)
+                            lambda m, b: tg.response_logprobs(m, b, 1.0, chunk=7), pad_id, device, world_size,
+                            dedupe=True)
     length = {i: len(encoded[samples[i].prompt]["input_ids"]) + len(samples[i].response_ids) for i in everything}
     padded = [len(b) * max(length[i] for i in b) for b in budget_batches]  # tokens each micro-batch computes
     shapes = [None] * world_size
