@@ -1,0 +1,268 @@
+"""Benchmark: one training step of ours (train_grpo.py) vs TRL's GRPOTrainer, same work, same machine.
+
+Same work on both sides: the tiny Qwen2.5-VL after the demo's cold start (sft.py --demo, merged;
+rebuilt each run in ~30 s: a random model never writes the SET steps, so ours would never re-ask and
+rewards would have no variance), the demo data, and the settings of `train_grpo.py --demo` read from
+its DEMO_DEFAULTS: 16 prompts x 8 responses per step, the same prompts in the same step (TRL gets
+our order, unshuffled), one optimizer step per rollout, micro-batches of 16 sequences, responses up
+to 64 tokens at temperature 1 (top-p 1, no top-k, the image placeholder banned), the SET prompt
+(checked equal), KL 0.05 (k3, a reference model on both sides), lr 1e-3, clip 0.2 / 0.3, token-mean
+loss, fp32, no gradient checkpointing. The reward is rewards.emor3_reward: TRL cannot re-ask the
+policy, so it scores accuracy + format with the reflection terms off, exactly as ours does with
+--no-reflect-text --no-reflect-image. Ours runs both ways: re-ask off (like for like) and on
+(EMO-R3's real workload, more work). TRL's vLLM importance-sampling correction is off: it costs a
+forward pass that ours does not make.
+
+Step time = wall time of one whole step, median over the steps after --warmup: ours from
+metrics.jsonl `time/step` (2 processes, vLLM); TRL's from on_step_begin to on_step_end of a
+TrainerCallback (generation, reward, reference log-probs, update). TRL runs in every setup of
+--trl-setups (transformers generate `hf` or vLLM colocate `vllm`; 1 process, or 2 on gloo) and the
+ratio is taken against its fastest, so TRL is not handicapped by our choice of its setup.
+
+TRL is installed by this script, never into .venv: `pip install --target bench/.trl-site --no-deps`
+of TRL and the few packages .venv lacks, once; TRL runs in subprocesses with that folder on PYTHONPATH.
+
+    .venv/bin/python bench/vs_trl.py                         # all runs, figures appended to BENCHMARKS.md
+    .venv/bin/python bench/vs_trl.py --steps 4 --no-append   # a quick look, printed only
+"""
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SITE = REPO / "bench" / ".trl-site"
+# TRL 1.16 supports transformers 5.x; the others are what TRL needs and .venv lacks (pinned as tested)
+TRL_PACKAGES = ["trl==1.16.0", "accelerate==1.15.0", "datasets==5.2.0", "pandas==3.1.1", "python-dateutil==4.0.0",
+                "tzdata==2026.6", "xxhash==4.1.0", "multiprocess==0.70.19"]
+# the vLLM settings ours uses on CPU (in-process engine, 1 GiB of KV cache per process); quiet logs on both sides
+VLLM_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "ERROR"}
+sys.path.insert(0, str(REPO))
+
+
+def install_trl():
+    """TRL and its missing dependencies into bench/.trl-site, once: skipped when that exact list is there."""
+    stamp = SITE / "packages.txt"
+    if stamp.exists() and stamp.read_text().split() == TRL_PACKAGES:
+        return
+    print(f"installing {' '.join(TRL_PACKAGES)} into {SITE} (not into .venv)", flush=True)
+    tmp = SITE.with_name(SITE.name + ".tmp")  # renamed when complete: an interrupted install is redone
+    shutil.rmtree(tmp, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(tmp), "--no-deps",
+                    *TRL_PACKAGES], check=True)
+    (tmp / "packages.txt").write_text("\n".join(TRL_PACKAGES) + "\n")
+    shutil.rmtree(SITE, ignore_errors=True)
+    tmp.rename(SITE)
+
+
+def launch(nproc, args, env=None):
+    """python, or `torchrun --standalone` (a free port: never collides with a test run) for 2 processes."""
+    bin_dir = Path(sys.executable).parent
+    cmd = [sys.executable, *args] if nproc == 1 else [str(bin_dir / "torchrun"), "--standalone",
+                                                      f"--nproc_per_node={nproc}", *args]
+    print("$ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, check=True)
+
+
+def measured(times, warmup):
+    """The steps that count: all but the first `warmup` (start-up costs land there on both sides)."""
+    if len(times) <= warmup:
+        raise SystemExit(f"only {len(times)} steps measured, not more than --warmup {warmup}: raise --steps")
+    return times[warmup:]
+
+
+def mean(values):
+    return sum(values) / max(len(values), 1)
+
+
+# --- our side -----------------------------------------------------------------------------------
+
+def cold_start(out):
+    """The demo's format-only warm-up (sft.py --demo), merged into a Hugging Face folder both sides load."""
+    launch(2, ["sft.py", "--demo", "--output-dir", str(out / "sft")])
+    launch(1, ["merge.py", str(out / "sft"), "--out", str(out / "model")])
+    return out / "model"
+
+
+def run_ours(model, steps, out, reflect, warmup):
+    flags = [] if reflect else ["--no-reflect-text", "--no-reflect-image"]
+    # --save-freq 0 saves once, after the last step's timer; --val-freq 0: no validation inside steps
+    launch(2, ["train_grpo.py", "--demo", "--model", str(model), "--max-steps", str(steps), "--val-freq", "0",
+               "--save-freq", "0", "--output-dir", str(out), *flags], VLLM_ENV)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    kept = measured(lines, warmup)
+    phases = {key[5:]: statistics.median(m.get(key, 0.0) for m in kept)
+              for key in lines[-1] if key.startswith("time/") and key != "time/step"}
+    return {"times": [m["time/step"] for m in lines], "length": mean([m["response_length"] for m in lines]),
+            "phases": ", ".join(f"{name} {t:.2f}" for name, t in sorted(phases.items(), key=lambda kv: -kv[1]))}
+
+
+# --- TRL's side (runs in the TRL subprocess) ------------------------------------------------------
+
+def trl_worker(model_dir, steps, generator, out_file):
+    """TRL GRPOTrainer on our demo settings; rank 0 writes the step times to out_file as JSON."""
+    from datasets import Dataset
+    from transformers import AutoProcessor, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+    from trl.data_utils import prepare_multimodal_messages
+
+    import data
+    import rewards
+    import train_grpo
+
+    demo = train_grpo.Config(**{**vars(train_grpo.Config()), **train_grpo.DEMO_DEFAULTS})
+    processor = AutoProcessor.from_pretrained(model_dir)
+    train_set = data.PromptDataset(data.make_demo_dataset() / "train.jsonl", processor, template=demo.template,
+                                   min_pixels=demo.min_pixels, max_pixels=demo.max_pixels,
+                                   max_prompt_length=demo.max_prompt_length)
+    # our steps' prompts in our order; TRL does not shuffle, so its step s gets our step s's prompts
+    order = [i for s in range(steps) for i in data.step_indices(len(train_set), demo.rollout_batch_size, s, demo.seed)]
+    prompts = train_set.get_batch(order)
+    dataset = Dataset.from_dict({"prompt": [data.build_messages(p.problem, demo.template) for p in prompts],
+                                 "images": [p.images for p in prompts],  # resized by data.py, as ours
+                                 "answer": [p.answer for p in prompts]})
+    rendered = processor.apply_chat_template(prepare_multimodal_messages(dataset[0]["prompt"], dataset[0]["images"]),
+                                             add_generation_prompt=True, tokenize=False)
+    assert rendered == prompts[0].text, f"TRL's prompt differs from ours:\n{rendered}\n---\n{prompts[0].text}"
+
+    def emor3_accuracy_format(completions, answer, **kwargs):
+        # reflection answers None = reflection off: the score ours gives with --no-reflect-*
+        return [rewards.emor3_reward(c[0]["content"], a, None, None, variant=demo.reward)["overall"]
+                for c, a in zip(completions, answer)]
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter() - self.start)
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    micro = demo.micro_batch_size  # sequences per forward/backward per process, as ours
+    image_pad_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    # ours bans the image placeholder (an emitted one breaks Qwen2.5-VL's forward): same ban, each engine's way
+    ban = {"logit_bias": {image_pad_id: -100.0}} if generator == "vllm" else {"suppress_tokens": [image_pad_id]}
+    config = GRPOConfig(
+        output_dir=str(Path(out_file).parent / "trl-run"), use_cpu=True, seed=demo.seed, max_steps=steps,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=demo.rollout_batch_size * demo.group_size // (micro * world_size),
+        num_generations=demo.group_size, num_iterations=demo.ppo_epochs, shuffle_dataset=False,
+        max_completion_length=demo.max_response_length, temperature=demo.temperature, top_p=demo.top_p, top_k=0,
+        generation_kwargs=ban, beta=demo.kl_coef, epsilon=demo.clip_low, epsilon_high=demo.clip_high,
+        loss_type="dapo",  # dapo: token mean over the whole accumulated batch and all processes, as ours
+        scale_rewards="group" if demo.adv_std else "none", learning_rate=demo.lr, weight_decay=demo.weight_decay,
+        adam_beta1=demo.beta1, adam_beta2=demo.beta2, max_grad_norm=demo.grad_clip, lr_scheduler_type="constant",
+        gradient_checkpointing=demo.gradient_checkpointing, bf16=False, logging_steps=1, save_strategy="no",
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # True (the default here) walks the autograd graph again every backward
+        use_vllm=generator == "vllm", vllm_mode="colocate", vllm_importance_sampling_correction=False)
+    timer = StepTimer()
+    trainer = GRPOTrainer(model=model_dir, reward_funcs=emor3_accuracy_format, args=config, train_dataset=dataset,
+                          processing_class=processor, callbacks=[timer])
+    trainer.train()
+    lengths = [log["completions/mean_length"] for log in trainer.state.log_history if "completions/mean_length" in log]
+    if trainer.accelerator.is_main_process:
+        Path(out_file).write_text(json.dumps({"times": timer.times, "response_length": mean(lengths)}))
+
+
+def run_trl(model, steps, out, generator, procs):
+    out_file = out / f"trl-{generator}-{procs}.json"
+    env = {"PYTHONPATH": os.pathsep.join([str(SITE), str(REPO)]), **VLLM_ENV}
+    launch(procs, [str(Path(__file__).resolve()), "--trl-worker", str(out_file), "--trl-generator", generator,
+                   "--trl-model", str(model), "--steps", str(steps)], env)
+    result = json.loads(out_file.read_text())
+    return {"times": result["times"], "length": result["response_length"], "phases": "not logged by TRL"}
+
+
+# --- report -------------------------------------------------------------------------------------
+
+def version(*names):
+    """The installed version of the first of `names` found in bench/.trl-site or .venv (nothing imported)."""
+    for name in names:
+        for dist in importlib.metadata.distributions(name=name, path=[str(SITE), *sys.path]):
+            return dist.version
+    return "?"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=12, help="training steps per run (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=2, help="first steps left out (default: %(default)s)")
+    parser.add_argument("--trl-setups", default="hf:1,hf:2,vllm:1,vllm:2",
+                        help="TRL runs as GENERATOR:PROCESSES, generator hf or vllm (default: %(default)s)")
+    parser.add_argument("--no-append", action="store_true", help="print the figures, do not append to BENCHMARKS.md")
+    parser.add_argument("--trl-worker", metavar="OUT_FILE", help=argparse.SUPPRESS)  # internal: the TRL subprocess
+    parser.add_argument("--trl-generator", default="hf", help=argparse.SUPPRESS)
+    parser.add_argument("--trl-model", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.trl_worker:
+        return trl_worker(args.trl_model, args.steps, args.trl_generator, args.trl_worker)
+    setups = [(g, int(p)) for g, p in (s.split(":") for s in args.trl_setups.split(","))]
+    if any(g not in ("hf", "vllm") or p not in (1, 2) for g, p in setups):
+        raise SystemExit(f"--trl-setups {args.trl_setups!r}: expected GENERATOR:PROCESSES items, "
+                         "generator hf or vllm, 1 or 2 processes, e.g. hf:1,vllm:2")
+
+    started, load = time.time(), os.getloadavg()[0]
+    install_trl()
+    runs = {}  # name -> {"times": step times, "length": mean response tokens, "phases": where ours spends it}
+    total = len(setups) + 3
+    with tempfile.TemporaryDirectory(prefix="vs_trl-") as tmp:
+        print(f"\n== [1/{total}] the cold start both sides begin from (sft.py --demo, merge.py)", flush=True)
+        model = cold_start(Path(tmp) / "cold-start")
+        for k, (generator, procs) in enumerate(setups, 2):
+            name = (f"TRL, {'transformers generate' if generator == 'hf' else 'vLLM colocate'}, "
+                    f"{procs} process{'es' if procs > 1 else ''}")
+            print(f"\n== [{k}/{total}] {name}, {args.steps} steps", flush=True)
+            runs[name] = run_trl(model, args.steps, Path(tmp), generator, procs)
+        for k, reflect in ((total - 1, False), (total, True)):
+            name = "ours, 2 processes, " + ("EMO-R3 re-ask on" if reflect else "re-ask off (like for like)")
+            print(f"\n== [{k}/{total}] {name}, {args.steps} steps", flush=True)
+            runs[name] = run_ours(model, args.steps, Path(tmp) / f"ours-{k}", reflect, args.warmup)
+
+    for run in runs.values():
+        run["kept"] = measured(run["times"], args.warmup)
+        run["median"] = statistics.median(run["kept"])
+    trl_best = min(run["median"] for name, run in runs.items() if name.startswith("TRL"))
+    ratio = runs["ours, 2 processes, re-ask off (like for like)"]["median"] / trl_best
+    table = ["| run | median step (s) | min - max (s) | / fastest TRL | mean response tokens | median phases (s) |",
+             "|---|---|---|---|---|---|"]
+    for name, run in runs.items():
+        table.append(f"| {name} | {run['median']:.2f} | {min(run['kept']):.2f} - {max(run['kept']):.2f} | "
+                     f"{run['median'] / trl_best:.2f} | {run['length']:.1f} | {run['phases']} |")
+    command = " ".join([".venv/bin/python bench/vs_trl.py", *sys.argv[1:]])
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU")
+    section = "\n".join([
+        f"\n## Ours vs TRL GRPOTrainer, one training step on CPU ({datetime.date.today()})\n",
+        f"Machine: {cpu}, {os.cpu_count()} cores, no GPU; load average {load:.2f} at the start, "
+        f"{os.getloadavg()[0]:.2f} at the end (other work on the machine makes step times noisy). "
+        f"torch {version('torch')}, transformers {version('transformers')}, vllm {version('vllm-cpu', 'vllm')}, "
+        f"trl {version('trl')} (accelerate {version('accelerate')}; both installed by the script in bench/.trl-site).",
+        f"Command: `{command}` ({(time.time() - started) / 60:.1f} min in all). Same work in every run: the demo's "
+        "cold start, then `train_grpo.py --demo` settings (16 prompts x 8 responses of <= 64 tokens, one optimizer "
+        "step per rollout, KL 0.05, the same prompts in each step, the accuracy + format reward); the docstring of "
+        f"bench/vs_trl.py lists what is matched. Median over steps {args.warmup + 1}-{args.steps}.\n",
+        *table, "",
+        f"Acceptance target, ours (re-ask off) / fastest TRL <= 0.5: **{ratio:.2f}, "
+        f"{'met' if ratio <= 0.5 else 'not met'}**.", ""])
+    print(section)
+    if not args.no_append:
+        with open(REPO / "BENCHMARKS.md", "a") as f:
+            f.write(section)
+        print(f"appended to {REPO / 'BENCHMARKS.md'}")
+
+
+if __name__ == "__main__":
+    main()
