@@ -16,7 +16,8 @@ What one step does (EMO-R3.md has the math, DESIGN.md the data flow):
                 token-mean over the whole mini-batch across micro-batches and ranks; grad clip; AdamW
   8. log        metrics.jsonl, samples.jsonl, progress bar; validation; sharded checkpoint
 
-What it deliberately is not: no critic, no sequence packing, no Ulysses, no pipeline parallelism.
+What it deliberately is not: no critic, no Ulysses, no pipeline parallelism, and no packed sequences
+(micro-batches are length-sorted under a token budget instead: packing needs flash-attn varlen).
 Every default is EMO-R3's released recipe (examples/config.yaml + qwen2_5_vl_3b_emor3.sh);
 `--demo` switches to the tiny model and the demo data on CPU.
 
