@@ -1068,7 +1068,8 @@ def main(argv=None):
             gap = torch.cat(gaps)
             metrics["rollout/logp_gap_mean"], metrics["rollout/logp_gap_max"] = gap.mean().item(), gap.max().item()
         totals = torch.tensor([sum(sc[k] for sc in scores) for k in ("overall", "accuracy", "format", "reflect_text", "reflect_image")]
-                              + [sum(len(s.response_ids) for s in samples), len(samples)], dtype=torch.float64)
+                              + [sum(len(s.response_ids) for s in samples), len(train_set.skipped), len(samples)],
+                              dtype=torch.float64)
         dist.all_reduce(totals)
         n_all = totals[-1].item()
         metrics.update({"reward/overall": totals[0].item() / n_all, "reward/accuracy": totals[1].item() / n_all,
@@ -1090,8 +1091,8 @@ def main(argv=None):
         if device.type == "cuda":
             metrics["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
             torch.cuda.reset_peak_memory_stats()
-        if train_set.skipped:
-            metrics["data/skipped_rows"] = len(train_set.skipped)
+        if totals[-2] > 0:  # rows left out so far, all ranks (--skip-bad-rows)
+            metrics["data/skipped_rows"] = int(totals[-2].item())
         if rank == 0:
             tracker.log(metrics, step + 1)
             for k in range(min(cfg.samples_per_step, len(samples))):

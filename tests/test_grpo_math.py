@@ -287,7 +287,7 @@ def dist_results(tmp_path_factory):
                            "tests/dist_token_mean.py", str(out)], cwd=REPO, env=env, timeout=300,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return torch.load(out)
+    return torch.load(out, weights_only=True)
 
 
 @pytest.mark.parametrize("agg", ["token", "seq", "drgrpo"])

@@ -1,6 +1,7 @@
 """Reliability of long runs: exact resume after SIGKILL, a kill during a checkpoint write, resuming at
 another world size, keep-last-K, and non-finite updates. Real torchrun + FSDP2 + vLLM on CPU."""
 
+import json
 import os
 import signal
 import subprocess
@@ -144,3 +145,34 @@ def test_non_finite_updates_are_skipped_then_stop_the_run(tiny_model_dir, demo_d
     assert [m["step"] for m in metrics] == [1, 2, 3]
     assert [m.get("update/skipped", 0) for m in metrics] == [2, 0, 2]
     assert torch.isfinite(torch.tensor(metrics[1]["grad_norm"])) and metrics[1]["loss"] == metrics[1]["loss"]
+
+
+def test_a_broken_image_mid_run_stops_every_rank_or_is_skipped(tiny_model_dir, demo_dir, tmp_path):
+    """A row that breaks on one rank mid-run would crash that rank and leave the other waiting
+    forever in a collective, or (with --skip-bad-rows) crash anyway instead of being counted."""
+    import shutil
+
+    import data
+    data_dir = tmp_path / "data"
+    shutil.copytree(demo_dir, data_dir)
+    rows = (data_dir / "train.jsonl").read_text().splitlines()
+    # the first prompt rank 1 takes in step 1 (rollout batch 8 over 2 ranks, seed 1): truncate its image
+    bad = data.rank_slice(data.step_indices(len(rows), 8, 0, seed=1), 1, 2)[0]
+    image = data_dir / json.loads(rows[bad])["images"][0]
+    image.write_bytes(image.read_bytes()[:100])
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train_grpo.py", "--demo",
+            "--model", str(tiny_model_dir), "--train-files", str(data_dir / "train.jsonl"), "--val-files", "",
+            *SMALL[:-2], "--max-steps", "2", "--save-freq", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    stopped = subprocess.run([*args, "--output-dir", str(tmp_path / "strict")], cwd=REPO, capture_output=True,
+                             text=True, timeout=300, env=env)  # a hang fails here
+    assert stopped.returncode != 0
+    assert f"train.jsonl:{bad + 1}: cannot use image" in stopped.stderr and "--skip-bad-rows" in stopped.stderr
+    assert not (tmp_path / "strict" / "metrics.jsonl").read_text().strip()  # it stopped in step 1
+
+    skipped = subprocess.run([*args, "--output-dir", str(tmp_path / "skip"), "--skip-bad-rows"], cwd=REPO,
+                             capture_output=True, text=True, timeout=300, env=env)
+    assert skipped.returncode == 0, skipped.stderr[-4000:]
+    metrics = read_jsonl(tmp_path / "skip" / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2] and metrics[0]["data/skipped_rows"] == 1
