@@ -1060,8 +1060,9 @@ def main(argv=None):
                             raise SystemExit(f"step {step + 1}: {bad_updates} consecutive updates with a non-finite "
                                              f"loss or grad norm (--max-bad-updates {cfg.max_bad_updates}); stopping. "
                                              f"Check the rewards (NaN?), lower --lr, or resume from the last checkpoint.")
-                    scheduler.step()
                     metrics["grad_norm"] = grad_norm.item()
+            metrics["lr"] = scheduler.get_last_lr()[0]  # the LR this step's updates used
+            scheduler.step()  # once per training step, as EasyR1 does (warm-up counts steps, not updates)
 
         # 8. log, validate, checkpoint
         if gaps:  # |engine log-prob - FSDP log-prob| of the sampled tokens: ~1e-6 in fp32 when sync works
@@ -1075,7 +1076,7 @@ def main(argv=None):
         metrics.update({"reward/overall": totals[0].item() / n_all, "reward/accuracy": totals[1].item() / n_all,
                         "reward/format": totals[2].item() / n_all, "reward/reflect_text": totals[3].item() / n_all,
                         "reward/reflect_image": totals[4].item() / n_all, "response_length": totals[5].item() / n_all,
-                        "advantage/abs_mean": advantages.abs().mean().item(), "lr": scheduler.get_last_lr()[0]})
+                        "advantage/abs_mean": advantages.abs().mean().item()})
         if losses:
             metrics["loss"] = mean(losses)
         for key in ("kl", "clip_frac_high", "clip_frac_low", "ppo_kl"):

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
@@ -89,6 +90,8 @@ def test_exact_resume_after_kill_mid_save_and_at_another_world_size(tiny_model_d
     continue differently (data order, RNG, LR schedule, optimizer) from the run that was not killed."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     torchrun(*run_args(tiny_model_dir, demo_dir, straight))
+    # the warm-up (ratio 0.5 of 4 steps) counts training steps, not optimizer updates (EasyR1); lr = the LR used
+    assert [m["lr"] for m in read_jsonl(straight / "metrics.jsonl")] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3])
 
     # SIGKILL while step_4 is being written: steps 3 and 4 are logged but their checkpoint is not complete
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
