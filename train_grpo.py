@@ -96,7 +96,7 @@ class Config:
     mini_batch_size: int = 256  # prompts per optimizer step, all ranks (EMO-R3 actor.global_batch_size)
     micro_batch_size: int = 4  # at most this many sequences per forward/backward per rank (EMO-R3 update micro-batch)
     logprob_micro_batch_size: int = 16  # at most this many sequences per forward for old/ref log-probs (EMO-R3)
-    micro_batch_tokens: int = 16384  # and at most this many padded tokens (sequences x longest); 0 = no token budget
+    micro_batch_tokens: int = 16384  # token budget per micro-batch (sequences x longest, length-sorted); 0 = counts only
     ppo_epochs: int = 1  # passes over each rollout batch (EMO-R3)
     lr: float = 2e-6  # AdamW (EMO-R3)
     weight_decay: float = 1e-2  # (EMO-R3)
