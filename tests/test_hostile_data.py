@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 import data
+# the data tests' pixel range (MIN_PIXELS 3136: a 56x56 image is kept as it is) and file helpers
+from test_data import MAX_PIXELS, MIN_PIXELS, load, write_jsonl, write_parquet
 
-MIN_PIXELS = 28 * 28 * 4  # = 3136, the processor's floor: a 56x56 image is kept exactly as it is
-MAX_PIXELS = 28 * 28 * 64
 QUESTION = "<image>Which emotion?"
 
 
@@ -51,24 +51,6 @@ def png_claiming(width, height):
 
 def rows_for(images, answer="fear", problem=QUESTION):
     return [{"images": [image], "problem": problem, "answer": answer} for image in images]
-
-
-def write_jsonl(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
-def write_parquet(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
-
-
-def load(path, processor, **kwargs):
-    settings = dict(template="set", labels="emoset", min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
-    settings.update(kwargs)
-    return data.PromptDataset(path, processor, **settings)
 
 
 def error_of(dataset, index):
