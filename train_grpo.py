@@ -38,6 +38,7 @@ where sleep mode works). On one GPU that needs a 141 GB H200, or --kl-coef 0 and
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -574,15 +575,17 @@ def collate(samples, encoded, pad_id, device, dedupe_images=True):
     with_images = [s.prompt for s in samples if "pixel_values" in encoded[s.prompt]]
     distinct = list(dict.fromkeys(with_images)) if dedupe_images else with_images
     images = [len(encoded[p]["image_grid_thw"]) for p in distinct]  # images per prompt (usually 1)
-    first = dict(zip(distinct, [sum(images[:k]) for k in range(len(distinct))]))  # prompt -> its first image's row
+    first = dict(zip(distinct, itertools.accumulate(images, initial=0)))  # prompt -> its first image's row
     batch = dict(input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_types,
                  pixel_values=torch.cat([encoded[p]["pixel_values"] for p in distinct]),
                  unique_grid_thw=torch.cat([encoded[p]["image_grid_thw"] for p in distinct]),
                  image_grid_thw=torch.cat([encoded[p]["image_grid_thw"] for p in with_images]),
-                 image_index=torch.tensor([first[p] + j for p in with_images for j in range(len(encoded[p]["image_grid_thw"]))])
-                 if dedupe_images else torch.arange(sum(images)),
                  response_ids=input_ids[:, prompt_len:], response_mask=response_mask)
-    return {k: v.to(device) for k, v in batch.items()}
+    batch = {k: v.to(device) for k, v in batch.items()}
+    # a list, not a tensor: read on the host in every forward, it must not cost a device sync there
+    batch["image_index"] = ([first[p] + j for p in with_images for j in range(len(encoded[p]["image_grid_thw"]))]
+                            if dedupe_images else list(range(sum(images))))
+    return batch
 
 
 LOGPROB_CHUNK = 1024  # response tokens per LM-head chunk: at most (1024, vocab) fp32 logits exist at once
@@ -622,7 +625,7 @@ def response_logprobs(model, batch, temperature, chunk=LOGPROB_CHUNK):
 
     def shared_image_features(pixel_values, image_grid_thw=None, **kwargs):  # each distinct image once
         out = image_features(pixel_values, batch["unique_grid_thw"], **kwargs)
-        out.pooler_output = tuple(out.pooler_output[k] for k in batch["image_index"].tolist())
+        out.pooler_output = tuple(out.pooler_output[k] for k in batch["image_index"])
         return out
 
     # for this call only; `del` restores the class methods
@@ -791,13 +794,21 @@ def truncate_log(path, step):
             path.with_suffix(".tmp").replace(path)
 
 
-def stop_if_any_rank_failed(error):
-    """All ranks call this at the same point; if any passes an error message, all stop with it."""
+def get_batch_on_every_rank(dataset, indices, empty_error=None):
+    """dataset.get_batch, called by all ranks at the same point: if a row is bad (without
+    --skip-bad-rows) on any rank, or, given `empty_error`, a rank's share came back empty, every rank
+    stops with that message instead of one crashing and the others waiting in a collective."""
+    try:
+        prompts = dataset.get_batch(indices)
+        error = empty_error if empty_error and not prompts else None
+    except data.DataError as e:
+        prompts, error = [], str(e)
     errors = [None] * dist.get_world_size()
     dist.all_gather_object(errors, error)
     failed = [e for e in errors if e]
     if failed:
         raise SystemExit(failed[0])
+    return prompts
 
 
 @contextmanager
@@ -839,11 +850,7 @@ def ask_reflection(engine, processor, kind, texts, images, labels, cfg, seed):
 def validate(engine, val_set, cfg, rank, world_size, tokenizer, step, score):
     """Accuracy / format / reward on the validation set, one sample per prompt (EMO-R3: every step)."""
     indices = data.rank_slice(list(range(len(val_set) - len(val_set) % world_size)), rank, world_size)
-    try:
-        prompts, error = val_set.get_batch(indices), None
-    except data.DataError as e:
-        prompts, error = [], str(e)
-    stop_if_any_rank_failed(error)
+    prompts = get_batch_on_every_rank(val_set, indices)
     outputs = engine.generate([Request(p.text, p.prompt_ids, p.images) for p in prompts], 1, cfg.val_temperature,
                               cfg.val_top_p, cfg.max_response_length, seed=cfg.seed * 7919 + step * 100003 + rank * 1009)
     scores = [score(tokenizer.decode(o[0][0], skip_special_tokens=True), p.answer, None, None)
@@ -947,13 +954,8 @@ def main(argv=None):
         # 1. prompts: this rank's contiguous share of the step's prompts
         indices = data.rank_slice(data.step_indices(len(train_set), cfg.rollout_batch_size, step, cfg.seed),
                                   rank, world_size)
-        try:
-            prompts, error = train_set.get_batch(indices), None
-            if not prompts:
-                error = f"step {step + 1}: every prompt of rank {rank}'s share was unusable"
-        except data.DataError as e:  # a bad row without --skip-bad-rows
-            prompts, error = [], str(e)
-        stop_if_any_rank_failed(error)  # every rank stops together: none is left waiting in a collective
+        prompts = get_batch_on_every_rank(train_set, indices,
+                                          f"step {step + 1}: every prompt of rank {rank}'s share was unusable")
         prompts = (prompts * prompts_per_rank)[:prompts_per_rank]  # skipped rows: repeat good ones, ranks stay in step
         encoded = encode_prompts(processor, prompts)
 
