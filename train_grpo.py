@@ -16,8 +16,9 @@ What one step does (EMO-R3.md has the math, DESIGN.md the data flow):
                 token-mean over the whole mini-batch across micro-batches and ranks; grad clip; AdamW
   8. log        metrics.jsonl, samples.jsonl, progress bar; validation; sharded checkpoint
 
-What it deliberately is not: no critic, no Ulysses, no pipeline parallelism, and no packed sequences
-(micro-batches are length-sorted under a token budget instead: packing needs flash-attn varlen).
+What it deliberately is not: no critic, no Ulysses, no pipeline parallelism. What it does instead of
+padding: each micro-batch packs a prompt once with its responses after it (collate), and the text
+decoder's attention lets each response see only the prompt and itself (shared_prompt_attention).
 Every default is EMO-R3's released recipe (examples/config.yaml + qwen2_5_vl_3b_emor3.sh);
 `--demo` switches to the tiny model and the demo data on CPU.
 
@@ -38,7 +39,6 @@ where sleep mode works). On one GPU that needs a 141 GB H200, or --kl-coef 0 and
 
 import argparse
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -97,7 +97,7 @@ class Config:
     mini_batch_size: int = 256  # prompts per optimizer step, all ranks (EMO-R3 actor.global_batch_size)
     micro_batch_size: int = 4  # at most this many sequences per forward/backward per rank (EMO-R3 update micro-batch)
     logprob_micro_batch_size: int = 16  # at most this many sequences per forward for old/ref log-probs (EMO-R3)
-    micro_batch_tokens: int = 16384  # token budget per micro-batch (sequences x longest, length-sorted); 0 = counts only
+    micro_batch_tokens: int = 16384  # token budget per micro-batch per rank (packed rows x longest row); 0 = counts only
     ppo_epochs: int = 1  # passes over each rollout batch (EMO-R3)
     lr: float = 2e-6  # AdamW (EMO-R3)
     weight_decay: float = 1e-2  # (EMO-R3)
@@ -138,7 +138,7 @@ class Config:
 # (not EMO-R3's 0.01) keeps the policy exploring: at 0.01 it collapsed onto "anger" for green images
 # and stalled at 0.75 held-out accuracy; at 0.05 it reached 0.97 by step 90.
 DEMO_DEFAULTS = dict(
-    rollout_batch_size=16, group_size=8, mini_batch_size=16, micro_batch_size=16, logprob_micro_batch_size=32,
+    rollout_batch_size=16, group_size=8, mini_batch_size=16, micro_batch_size=64, logprob_micro_batch_size=64,
     max_prompt_length=512, max_response_length=64, min_pixels=56 * 56, max_pixels=112 * 112,
     reflect_max_tokens=8, lr=1e-3, kl_coef=0.05, max_steps=100, val_freq=25, save_freq=50, epochs=1,
     gradient_checkpointing=False,
@@ -258,6 +258,16 @@ def attention_implementation():
     return "sdpa"
 
 
+def register_shared_prompt_attention():
+    """Make shared_prompt_attention a transformers attention implementation, "shared_prompt" (with sdpa's
+    masks for plain forwards); returns the name. load_model gives it to the text decoder."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    AttentionInterface.register("shared_prompt", shared_prompt_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("shared_prompt", sdpa_mask)
+    return "shared_prompt"
+
+
 def load_model(cfg, device, trainable):
     """A Qwen2.5-VL, FSDP2-sharded per decoder layer and per vision block, then as a whole.
 
@@ -266,9 +276,9 @@ def load_model(cfg, device, trainable):
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from transformers import AutoModelForImageTextToText
 
-    model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=torch.float32, use_safetensors=True,
-                                                        trust_remote_code=cfg.trust_remote_code,
-                                                        attn_implementation=attention_implementation())
+    model = AutoModelForImageTextToText.from_pretrained(
+        cfg.model, dtype=torch.float32, use_safetensors=True, trust_remote_code=cfg.trust_remote_code,
+        attn_implementation={"text_config": register_shared_prompt_attention(), "vision_config": attention_implementation()})
     model.config.use_cache = False  # training forward passes never need the KV cache
     if trainable and cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -549,72 +559,135 @@ def encode_prompts(processor, prompts):
     return encoded
 
 
-def collate(samples, encoded, pad_id, device, dedupe_images=True):
-    """[left pad | prompt | response | right pad] sequences, their images and mrope inputs.
+def collate(samples, encoded, pad_id, device):
+    """Packed rows, one per distinct prompt: [prompt | its 1st response | its 2nd response | ... | pad].
 
-    Prompts are left-padded so that every response starts at the same column P: the logits at
-    columns P-1 .. P+R-2 predict the R response tokens (the usual off-by-one), a single slice for
-    the whole micro-batch. The n responses to one prompt share its image: with dedupe_images, pixel
-    values hold each distinct prompt's images once (`unique_grid_thw`), `image_index` maps every
-    image placeholder run (`image_grid_thw`, in sequence order) to its row, and response_logprobs
-    runs the vision tower once per image instead of n times.
+    The n responses to one prompt share its forward: the prompt (image tokens and the long SET
+    instructions, most of a sequence) goes through the model once per micro-batch instead of n times,
+    and so does its image through the vision tower. Each response must still see only the prompt and
+    itself, at the positions it would have alone: `in_prompt` and `offset` (a token's place in its
+    response) give response_logprobs the positions, and the index tensors give shared_prompt_attention
+    its layout. All indices point into the flattened (rows x L) sequence:
+      prompt_index (B, P)  sample b's prompt tokens (P = the longest prompt; beyond its own length: masked)
+      token_index  (B, R)  its response tokens (R = the longest response; beyond its length: clamped, masked)
+      logit_index  (B, R)  the state predicting each response token: the prompt's last token for the
+                           first one, the previous response token after that
+    So every response's log-probs are those of the plain [prompt | response] sequence; the test in
+    tests/dist_microbatch_check.py compares the two.
     """
-    prompt_len = max(len(encoded[s.prompt]["input_ids"]) for s in samples)
-    resp_len = max(len(s.response_ids) for s in samples)
-    input_ids = torch.full((len(samples), prompt_len + resp_len), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
+    rows = list(dict.fromkeys(s.prompt for s in samples))  # distinct prompts, in order of first use
+    row_of = {p: r for r, p in enumerate(rows)}
+    used = [len(encoded[p]["input_ids"]) for p in rows]  # tokens filled so far in each row
+    width = max(u + sum(len(s.response_ids) for s in samples if s.prompt == p) for p, u in zip(rows, used))
+    prompt_width, resp_len = max(used), max(len(s.response_ids) for s in samples)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mm_types = torch.zeros_like(input_ids)
+    in_prompt = torch.zeros_like(input_ids, dtype=torch.bool)
+    offset = torch.zeros_like(input_ids)
+    for r, p in enumerate(rows):
+        input_ids[r, :used[r]] = encoded[p]["input_ids"]
+        mm_types[r, :used[r]] = encoded[p]["mm_token_type_ids"]
+        in_prompt[r, :used[r]] = True
+    response_ids = torch.full((len(samples), resp_len), pad_id, dtype=torch.long)
     response_mask = torch.zeros((len(samples), resp_len), dtype=torch.float32)
-    for i, s in enumerate(samples):
-        prompt = encoded[s.prompt]
-        p, r = len(prompt["input_ids"]), len(s.response_ids)
-        input_ids[i, prompt_len - p:prompt_len] = prompt["input_ids"]
-        mm_types[i, prompt_len - p:prompt_len] = prompt["mm_token_type_ids"]
-        input_ids[i, prompt_len:prompt_len + r] = torch.tensor(s.response_ids, dtype=torch.long)
-        attention_mask[i, prompt_len - p:prompt_len + r] = 1
-        response_mask[i, :r] = 1
-    # text-only prompts (sft.py's coherence examples) have no pixels
-    with_images = [s.prompt for s in samples if "pixel_values" in encoded[s.prompt]]
-    distinct = list(dict.fromkeys(with_images)) if dedupe_images else with_images
-    images = [len(encoded[p]["image_grid_thw"]) for p in distinct]  # images per prompt (usually 1)
-    first = dict(zip(distinct, itertools.accumulate(images, initial=0)))  # prompt -> its first image's row
-    batch = dict(input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_types,
-                 pixel_values=torch.cat([encoded[p]["pixel_values"] for p in distinct]),
-                 unique_grid_thw=torch.cat([encoded[p]["image_grid_thw"] for p in distinct]),
-                 image_grid_thw=torch.cat([encoded[p]["image_grid_thw"] for p in with_images]),
-                 response_ids=input_ids[:, prompt_len:], response_mask=response_mask)
-    batch = {k: v.to(device) for k, v in batch.items()}
-    # a list, not a tensor: read on the host in every forward, it must not cost a device sync there
-    batch["image_index"] = ([first[p] + j for p in with_images for j in range(len(encoded[p]["image_grid_thw"]))]
-                            if dedupe_images else list(range(sum(images))))
-    return batch
+    logit_index, token_index = torch.zeros_like(response_ids), torch.zeros_like(response_ids)
+    prompt_index = torch.zeros((len(samples), prompt_width), dtype=torch.long)
+    prompt_len = torch.zeros(len(samples), dtype=torch.long)
+    for b, s in enumerate(samples):
+        r, n, p = row_of[s.prompt], len(s.response_ids), len(encoded[s.prompt]["input_ids"])
+        start = used[r]
+        input_ids[r, start:start + n] = response_ids[b, :n] = torch.tensor(s.response_ids, dtype=torch.long)
+        offset[r, start:start + n] = torch.arange(n)
+        response_mask[b, :n] = 1
+        columns = torch.arange(start, start + resp_len).clamp(max=width - 1)
+        token_index[b] = r * width + columns
+        logit_index[b] = r * width + torch.cat([torch.tensor([p - 1]), columns[:-1]])
+        prompt_index[b] = r * width + torch.arange(prompt_width)
+        prompt_len[b] = p
+        used[r] += n
+    with_images = [p for p in rows if "pixel_values" in encoded[p]]  # text-only prompts (sft.py) have no pixels
+    batch = dict(input_ids=input_ids, mm_token_type_ids=mm_types, in_prompt=in_prompt, offset=offset,
+                 response_ids=response_ids, response_mask=response_mask, logit_index=logit_index,
+                 token_index=token_index, prompt_index=prompt_index, prompt_len=prompt_len)
+    if with_images:
+        batch.update(pixel_values=torch.cat([encoded[p]["pixel_values"] for p in with_images]),
+                     image_grid_thw=torch.cat([encoded[p]["image_grid_thw"] for p in with_images]))
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def shared_prompt_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, packed=None,
+                            **kwargs):
+    """The text decoder's attention (a transformers attention function) over collate()'s packed rows.
+
+    A mask over a packed row [P | r1 | ... | rn] would make sdpa compute every (query, key) pair of
+    (P + n r)^2 and throw most away (responses never see each other). Instead: (1) the first P columns
+    attend causally among themselves, which is exactly the prompt's own attention; (2) each response's
+    queries are gathered with the keys of its prompt and of itself, (B, R) queries against (B, P + R)
+    keys: B r (P + r) pairs for the n responses instead of (P + n r)^2. Results land back in place.
+    Without `packed` (any plain forward) this is PyTorch sdpa with transformers' usual mask.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    if packed is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    rows, heads, width, dim = query.shape
+    prompt_width = packed["prompt_index"].shape[1]
+    gqa = dict(scale=scaling, enable_gqa=key.shape[1] != heads)
+    out = query.new_zeros(rows, width, heads, dim)
+    # (1) prompts; a shorter prompt's row has response tokens among these columns: (2) overwrites them
+    out[:, :prompt_width] = F.scaled_dot_product_attention(
+        query[:, :, :prompt_width], key[:, :, :prompt_width], value[:, :, :prompt_width], is_causal=True,
+        **gqa).transpose(1, 2)
+    # (2) responses: (B, heads, R, dim) queries against their own (B, kv heads, P + R, dim) keys
+    flat = lambda t: t.transpose(1, 2).reshape(rows * width, t.shape[1], dim)  # noqa: E731
+    keys = torch.cat([packed["prompt_index"], packed["token_index"]], 1)
+    answer = F.scaled_dot_product_attention(flat(query)[packed["token_index"]].transpose(1, 2),
+                                            flat(key)[keys].transpose(1, 2), flat(value)[keys].transpose(1, 2),
+                                            attn_mask=packed["key_mask"], **gqa).transpose(1, 2)
+    valid = packed["valid"]
+    out = out.view(rows * width, heads, dim).index_put((packed["token_index"][valid],), answer[valid])
+    return out.view(rows, width, heads, dim), None
 
 
 LOGPROB_CHUNK = 1024  # response tokens per LM-head chunk: at most (1024, vocab) fp32 logits exist at once
 
 
 def response_logprobs(model, batch, temperature, chunk=LOGPROB_CHUNK):
-    """Log-probs (B, R) of the response tokens under `model`, logits divided by the temperature.
+    """Log-probs (B, R) of the response tokens of collate()'s packed rows under `model`, logits divided
+    by the temperature.
 
-    mrope position ids are always computed and passed: without them transformers 5 silently falls
-    back to 1-D positions and the log-probs are wrong. `logits_to_keep` sends only the last R + 1
-    columns to the LM head, and the head computes log-probs, not logits: `chunk` tokens at a time,
-    each chunk recomputed in backward (checkpointed), so full-vocabulary fp32 logits exist for one
-    chunk only, never for the micro-batch. The head runs inside the model's forward because that is
-    where FSDP2 has gathered its (tied) weight.
+    Positions: the prompt's come from the model's own get_rope_index (image tokens get 3-D positions;
+    without them transformers 5 silently falls back to 1-D ones and the log-probs are wrong); each
+    response continues from the prompt's largest position + 1, all three components together, as
+    text after an image does. The attention layout (which keys each response sees) goes to
+    shared_prompt_attention as the `packed` keyword. The LM head computes log-probs, not logits, and
+    only at `logit_index`: `chunk` tokens at a time, each chunk recomputed in backward (checkpointed),
+    so full-vocabulary fp32 logits exist for one chunk only, never for the micro-batch. The head runs
+    inside the model's forward because that is where FSDP2 has gathered its (tied) weight.
     """
-    position_ids, _ = model.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"],
-                                                 image_grid_thw=batch["image_grid_thw"],
-                                                 attention_mask=batch["attention_mask"])
-    targets = batch["response_ids"]
+    if model.config.get_text_config()._attn_implementation != "shared_prompt":  # it would ignore the layout
+        raise ValueError("response_logprobs needs the text decoder on shared_prompt_attention: load the model "
+                         "with load_model, or see register_shared_prompt_attention")
+    targets, in_prompt = batch["response_ids"], batch["in_prompt"]
+    positions, _ = model.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"],
+                                              image_grid_thw=batch.get("image_grid_thw"), attention_mask=in_prompt)
+    after_prompt = positions.amax(dim=(0, 2)) + 1  # (rows,): positions outside the prompt are 0 here
+    positions = torch.where(in_prompt, positions, after_prompt[:, None] + batch["offset"])
+    # which keys response b's query k sees: its prompt's tokens, then its own tokens up to k
+    (samples, prompt_width), resp_len = batch["prompt_index"].shape, targets.shape[1]
+    sees_prompt = torch.arange(prompt_width, device=targets.device) < batch["prompt_len"][:, None]  # (B, P)
+    sees_own = torch.ones(resp_len, resp_len, dtype=torch.bool, device=targets.device).tril()  # (R, R)
+    key_mask = torch.cat([sees_prompt[:, None].expand(-1, resp_len, -1), sees_own.expand(samples, -1, -1)], -1)
+    packed = dict(prompt_index=batch["prompt_index"], token_index=batch["token_index"], key_mask=key_mask[:, None],
+                  valid=batch["response_mask"].bool())
     head = model.lm_head
 
     def chunk_logprobs(hidden, weight, ids):
         logits = F.linear(hidden, weight).float() / temperature
         return torch.log_softmax(logits, -1).gather(-1, ids[:, None]).squeeze(-1)
 
-    def head_logprobs(hidden):  # (B, R + 1, H): column k predicts response token k; the last predicts nothing
-        hidden, ids = hidden[:, :-1].reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    def head_logprobs(hidden):  # (rows, L, H) -> (B, R): the states at logit_index, chunk by chunk
+        hidden, ids = hidden.reshape(-1, hidden.shape[-1])[batch["logit_index"].reshape(-1)], targets.reshape(-1)
         parts = []
         for i in range(0, len(ids), chunk):
             args = (hidden[i:i + chunk], head.weight, ids[i:i + chunk])
@@ -622,41 +695,45 @@ def response_logprobs(model, batch, temperature, chunk=LOGPROB_CHUNK):
                          if torch.is_grad_enabled() else chunk_logprobs(*args))
         return torch.cat(parts).view(targets.shape).clone()  # not a view: FSDP2 hooks the output for backward
 
-    vlm = model.model
-    image_features = vlm.get_image_features
-
-    def shared_image_features(pixel_values, image_grid_thw=None, **kwargs):  # each distinct image once
-        out = image_features(pixel_values, batch["unique_grid_thw"], **kwargs)
-        out.pooler_output = tuple(out.pooler_output[k] for k in batch["image_index"])
-        return out
-
-    # for this call only; `del` restores the class methods
-    head.forward, vlm.get_image_features = head_logprobs, shared_image_features
+    head.forward = head_logprobs  # for this call only; `del` restores the class method
     try:
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=position_ids,
-                     pixel_values=batch["pixel_values"],
-                     image_grid_thw=batch["image_grid_thw"], logits_to_keep=targets.shape[1] + 1, use_cache=False).logits
+        return model(input_ids=batch["input_ids"], position_ids=positions, pixel_values=batch.get("pixel_values"),
+                     image_grid_thw=batch.get("image_grid_thw"), use_cache=False, packed=packed).logits
     finally:
-        del head.forward, vlm.get_image_features
+        del head.forward
 
 
 def micro_batches(samples, encoded, indices, max_size, max_tokens):
     """Split `indices` into micro-batches of at most `max_size` sequences and (if max_tokens) at most
-    `max_tokens` padded tokens (sequences x longest prompt + response), sorted by length so that
-    little padding is computed. Every rank must run the same number of forwards (FSDP2 gathers the
-    weights in each), so all take the largest count and split their biggest micro-batches to match.
+    `max_tokens` tokens as collate() packs them (rows x longest row; a row is one prompt and its
+    responses in the batch). A prompt's responses stay together where they fit, and groups go in
+    order of their packed length, so rows of one micro-batch are alike and little padding is computed.
+    Every rank must run the same number of forwards (FSDP2 gathers the weights in each), so all take
+    the largest count and split their biggest micro-batches to match.
     """
-    length = {i: len(encoded[samples[i].prompt]["input_ids"]) + len(samples[i].response_ids) for i in indices}
+    groups = {}
+    for i in indices:
+        groups.setdefault(samples[i].prompt, []).append(i)
+    prompt_len = {p: len(encoded[p]["input_ids"]) for p in groups}
+
+    def cost(batch):  # tokens collate() computes for these samples: rows x the longest row
+        rows = {}
+        for i in batch:
+            p = samples[i].prompt
+            rows[p] = rows.get(p, prompt_len[p]) + len(samples[i].response_ids)
+        return len(rows) * max(rows.values())
+
     batches = [[]]
-    for i in sorted(indices, key=length.get):  # ascending: the last sequence of a batch is its longest
-        full = len(batches[-1]) == max_size or (max_tokens and (len(batches[-1]) + 1) * length[i] > max_tokens)
-        if batches[-1] and full:
-            batches.append([])
-        batches[-1].append(i)
+    for group in sorted(groups.values(), key=cost):
+        for i in group:
+            full = len(batches[-1]) == max_size or (max_tokens and cost(batches[-1] + [i]) > max_tokens)
+            if batches[-1] and full:
+                batches.append([])
+            batches[-1].append(i)
     count = torch.tensor(len(batches))
     dist.all_reduce(count, op=dist.ReduceOp.MAX)
     while len(batches) < count:  # count <= len(indices), the same on every rank: a batch of 2+ exists
-        k = max(range(len(batches)), key=lambda b: len(batches[b]) * length[batches[b][-1]])
+        k = max(range(len(batches)), key=lambda b: cost(batches[b]) if len(batches[b]) > 1 else -1)
         half = len(batches[k]) // 2
         batches[k:k + 1] = [batches[k][:half], batches[k][half:]]
     return batches

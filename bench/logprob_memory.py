@@ -41,24 +41,28 @@ def measure(method, vocab, batch, length, device):
         vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64),
         tie_word_embeddings=True)
     model = Qwen2_5_VLForConditionalGeneration(config).to(device)
+    model.set_attn_implementation({"text_config": tg.register_shared_prompt_attention()})  # as load_model does
     prompt = 32
     ids = torch.randint(10, vocab, (batch, prompt + length), device=device)
-    b = dict(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=torch.zeros_like(ids),
-             pixel_values=None, image_grid_thw=None, response_ids=ids[:, prompt:])
 
-    def plain(model, b):
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False,
-                       logits_to_keep=length + 1).logits[:, :-1]
-        return torch.log_softmax(logits.float(), -1).gather(-1, b["response_ids"][..., None]).squeeze(-1)
+    def plain(model):  # [prompt | response] rows, all the same length: no padding
+        logits = model(input_ids=ids, use_cache=False, logits_to_keep=length + 1).logits[:, :-1]
+        return torch.log_softmax(logits.float(), -1).gather(-1, ids[:, prompt:, None]).squeeze(-1)
 
-    run = plain if method == "plain" else (lambda m, b: tg.response_logprobs(m, b, 1.0))
+    def ours(model):  # one text-only prompt per sequence, packed by train_grpo.collate
+        encoded = [{"input_ids": row[:prompt].cpu(), "mm_token_type_ids": torch.zeros(prompt, dtype=torch.long)}
+                   for row in ids]
+        samples = [tg.Sample(i, row[prompt:].tolist(), []) for i, row in enumerate(ids)]
+        return tg.response_logprobs(model, tg.collate(samples, encoded, 0, device), 1.0)
+
+    run = plain if method == "plain" else ours
     if device == "cuda":
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
         before = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
-    run(model, b).sum().backward()
+    run(model).sum().backward()
     if device == "cuda":
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20

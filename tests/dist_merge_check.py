@@ -20,10 +20,9 @@ from dist_sync_check import NEW_TOKENS, fsdp_greedy  # noqa: E402
 def logits_for(model, batch):
     """Full-vocabulary logits at the response positions (fp32)."""
     position_ids, _ = model.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"],
-                                                 image_grid_thw=batch["image_grid_thw"],
-                                                 attention_mask=batch["attention_mask"])
+                                                 image_grid_thw=batch["image_grid_thw"])  # one sequence, no padding
     width = batch["response_ids"].shape[1]
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=position_ids,
+    return model(input_ids=batch["input_ids"], position_ids=position_ids,
                  pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
                  logits_to_keep=width + 1, use_cache=False).logits[:, :-1].float()
 

@@ -1,13 +1,16 @@
 """Run under torchrun (2 ranks): the trainer's update loss and gradients on the tiny Qwen2.5-VL (FSDP2,
 fp32), computed two ways, written for tests/test_grpo_math.py to compare:
 
-  plain   each rank's sequences in ONE padded micro-batch, in their original order, every sequence
-          with its own copy of its image, log-probs from the model's full logits (log_softmax over
-          the whole vocabulary, the textbook way)
-  budget  train_grpo.micro_batches: length-sorted micro-batches under a token budget, a different
-          natural count on each rank (rank 1's responses are longer) equalised across ranks, and
-          train_grpo.response_logprobs' chunked, checkpointed LM head (chunks of 7 tokens), and each
-          prompt's image through the vision tower once for its 3 responses
+  plain   each rank's sequences in ONE micro-batch of plainly padded [pad | prompt | response | pad]
+          rows, in their original order, every sequence with its own copy of its prompt and image,
+          the model's own causal mask and positions, log-probs from the full logits (log_softmax over
+          the whole vocabulary, the textbook way); built here, independent of train_grpo.collate
+  packed  train_grpo.micro_batches + collate + response_logprobs, as the trainer runs them:
+          token-budget micro-batches (a different natural count on each rank: rank 1's responses are
+          longer) equalised across ranks, packed rows (each prompt and its image once per micro-batch,
+          its responses after it, a group split over two micro-batches where the budget demands), the
+          text decoder's shared_prompt_attention on them, and the chunked, checkpointed LM head
+          (chunks of 7 tokens)
 
     torchrun --nproc_per_node 2 tests/dist_microbatch_check.py MODEL_DIR DATA.jsonl OUT.pt
 """
@@ -24,8 +27,29 @@ import torch.distributed as dist  # noqa: E402
 import data  # noqa: E402
 import train_grpo as tg  # noqa: E402
 
-TOKEN_BUDGET = 600  # padded tokens per micro-batch: a prompt is ~80 tokens here, responses 1-40
+TOKEN_BUDGET = 500  # packed tokens per micro-batch (rows x longest row): a prompt is ~80 tokens here, responses 1-40
 KL_COEF = 0.1
+
+
+def plain_batch(samples, encoded, pad_id, device):
+    """One row per sample: [left pad | prompt | response | right pad], its own image, a 2-D mask."""
+    prompt_len = max(len(encoded[s.prompt]["input_ids"]) for s in samples)
+    resp_len = max(len(s.response_ids) for s in samples)
+    ids = torch.full((len(samples), prompt_len + resp_len), pad_id, dtype=torch.long)
+    attention, types = torch.zeros_like(ids), torch.zeros_like(ids)
+    response_mask = torch.zeros((len(samples), resp_len))
+    for i, s in enumerate(samples):
+        prompt, n = encoded[s.prompt], len(s.response_ids)
+        p = len(prompt["input_ids"])
+        ids[i, prompt_len - p:prompt_len] = prompt["input_ids"]
+        types[i, prompt_len - p:prompt_len] = prompt["mm_token_type_ids"]
+        ids[i, prompt_len:prompt_len + n] = torch.tensor(s.response_ids)
+        attention[i, prompt_len - p:prompt_len + n] = 1
+        response_mask[i, :n] = 1
+    return {k: v.to(device) for k, v in dict(
+        input_ids=ids, attention_mask=attention, mm_token_type_ids=types, response_ids=ids[:, prompt_len:],
+        response_mask=response_mask, pixel_values=torch.cat([encoded[s.prompt]["pixel_values"] for s in samples]),
+        image_grid_thw=torch.cat([encoded[s.prompt]["image_grid_thw"] for s in samples])).items()}
 
 
 def plain_logprobs(model, batch):
@@ -38,13 +62,13 @@ def plain_logprobs(model, batch):
     return torch.log_softmax(logits.float(), -1).gather(-1, batch["response_ids"][..., None]).squeeze(-1)
 
 
-def loss_and_grads(policy, samples, encoded, batches, old, ref, denom, logprobs, pad_id, device, world_size, dedupe):
+def loss_and_grads(policy, samples, encoded, batches, old, ref, denom, make_batch, logprobs, device, world_size):
     """The trainer's step 7 for one mini-batch: sum of micro-batch losses (global), full gradients."""
     policy.zero_grad(set_to_none=True)
     total = torch.zeros((), dtype=torch.float64)
     for micro in batches:
         chunk = [samples[i] for i in micro]
-        batch = tg.collate(chunk, encoded, pad_id, device, dedupe_images=dedupe)
+        batch = make_batch(chunk, encoded, device)
         logp = logprobs(policy, batch)
         width = logp.shape[1]
         adv = torch.tensor([s.advantage for s in chunk])
@@ -82,18 +106,23 @@ def main():
     denom = count.item()
     everything = list(range(len(samples)))
 
-    plain = loss_and_grads(policy, samples, encoded, [everything], old, ref, denom, plain_logprobs, pad_id, device,
-                           world_size, dedupe=False)
-    budget_batches = tg.micro_batches(samples, encoded, everything, 64, TOKEN_BUDGET)
-    budget = loss_and_grads(policy, samples, encoded, budget_batches, old, ref, denom,
-                            lambda m, b: tg.response_logprobs(m, b, 1.0, chunk=7), pad_id, device, world_size,
-                            dedupe=True)
-    length = {i: len(encoded[samples[i].prompt]["input_ids"]) + len(samples[i].response_ids) for i in everything}
-    padded = [len(b) * max(length[i] for i in b) for b in budget_batches]  # tokens each micro-batch computes
+    plain = loss_and_grads(policy, samples, encoded, [everything], old, ref, denom,
+                           lambda c, e, d: plain_batch(c, e, pad_id, d), plain_logprobs, device, world_size)
+    packed_batches = tg.micro_batches(samples, encoded, everything, 64, TOKEN_BUDGET)
+    packed = loss_and_grads(policy, samples, encoded, packed_batches, old, ref, denom,
+                            lambda c, e, d: tg.collate(c, e, pad_id, d),
+                            lambda m, b: tg.response_logprobs(m, b, 1.0, chunk=7), device, world_size)
+    rows = [{} for _ in packed_batches]  # prompt -> packed row length, per micro-batch
+    for row, batch in zip(rows, packed_batches):
+        for i in batch:
+            p = samples[i].prompt
+            row[p] = row.get(p, len(encoded[p]["input_ids"])) + len(samples[i].response_ids)
     shapes = [None] * world_size
-    dist.all_gather_object(shapes, {"padded": padded, "seqs": sorted(i for b in budget_batches for i in b)})
+    dist.all_gather_object(shapes, {"tokens": [len(r) * max(r.values()) for r in rows],  # what each forward computes
+                                    "rows": [sorted(r) for r in rows],
+                                    "seqs": sorted(i for b in packed_batches for i in b)})
     if rank == 0:
-        torch.save({"plain": plain, "budget": budget, "shapes": shapes}, out_path)
+        torch.save({"plain": plain, "packed": packed, "shapes": shapes}, out_path)
     dist.destroy_process_group()
 
 

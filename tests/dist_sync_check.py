@@ -26,11 +26,9 @@ def fsdp_greedy(policy, encoded, pad_id, device):
     for _ in range(NEW_TOKENS):
         batch = tg.collate([tg.Sample(0, tokens + [pad_id], [])], encoded, pad_id, device)
         position_ids, _ = policy.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"],
-                                                      image_grid_thw=batch["image_grid_thw"],
-                                                      attention_mask=batch["attention_mask"])
+                                                      image_grid_thw=batch["image_grid_thw"])  # one sequence, no padding
         # the last real column is the one before the placeholder pad we appended
-        logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        position_ids=position_ids, pixel_values=batch["pixel_values"],
+        logits = policy(input_ids=batch["input_ids"], position_ids=position_ids, pixel_values=batch["pixel_values"],
                         image_grid_thw=batch["image_grid_thw"], logits_to_keep=2, use_cache=False).logits[0, 0]
         tokens.append(int(logits.argmax()))
     return tokens

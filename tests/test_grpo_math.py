@@ -313,9 +313,10 @@ def test_micro_batches_and_ranks_equal_one_full_batch(dist_results, agg):
 
 # --- token-budget micro-batches and the chunked LM head (tiny Qwen2.5-VL, FSDP2, 2 ranks) ----------
 
-def test_token_budget_micro_batches_equal_one_padded_batch(tiny_model_dir, demo_dir, tmp_path):
-    """Broken: length-sorted token-budget micro-batches, their equalised count across ranks, or the
-    chunked log-prob head change the loss or the gradients of the update (fp32)."""
+def test_token_budget_packed_micro_batches_equal_one_padded_batch(tiny_model_dir, demo_dir, tmp_path):
+    """Broken: packed rows (a prompt shared by its responses: mask, positions, logit_index), the
+    token-budget micro-batches, their equalised count across ranks, or the chunked log-prob head
+    change the loss or the gradients of the update against plainly padded sequences (fp32)."""
     out = tmp_path / "results.pt"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "tests/dist_microbatch_check.py", str(tiny_model_dir), str(demo_dir / "train.jsonl"),
@@ -324,10 +325,13 @@ def test_token_budget_micro_batches_equal_one_padded_batch(tiny_model_dir, demo_
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = torch.load(out, weights_only=True)
     shapes = r["shapes"]
-    assert len(shapes[0]["padded"]) == len(shapes[1]["padded"]) > 1  # the same count of forwards on both ranks
-    assert all(p <= 600 for s in shapes for p in s["padded"])  # each within the token budget
+    assert len(shapes[0]["tokens"]) == len(shapes[1]["tokens"]) > 1  # the same count of forwards on both ranks
+    assert all(t <= 500 for s in shapes for t in s["tokens"])  # each within the token budget
     assert all(s["seqs"] == list(range(12)) for s in shapes)  # every sequence exactly once
-    (plain_loss, plain_grads), (loss, grads) = r["plain"], r["budget"]
+    assert any(len(rows) > 1 for s in shapes for rows in s["rows"])  # micro-batches of several prompts' rows
+    # a group split over two micro-batches (its prompt computed twice), on some rank
+    assert any(sum(p in rows for rows in s["rows"]) > 1 for s in shapes for p in range(4))
+    (plain_loss, plain_grads), (loss, grads) = r["plain"], r["packed"]
     assert torch.allclose(loss, plain_loss, rtol=1e-5, atol=1e-7), (loss, plain_loss)
     assert plain_grads.keys() == grads.keys()
     for name in grads:
