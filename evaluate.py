@@ -340,7 +340,8 @@ def evaluate(cfg):
         for start in range(0, num_batches * cfg.batch_size, cfg.batch_size):
             prompts = dataset.get_batch(mine[start:start + cfg.batch_size])
             requests = [tg.Request(p.text, p.prompt_ids, p.images) for p in prompts]
-            outputs = engine.generate(requests, 1, temperature, cfg.top_p, cfg.max_response_length, cfg.seed + start)
+            outputs = engine.generate(requests, 1, temperature, cfg.top_p, cfg.max_response_length, cfg.seed + start,
+                                      logprobs_for=0)
             texts = [tokenizer.decode(o[0][0], skip_special_tokens=True) for o in outputs]
             reflect_text = reflect_image = [None] * len(texts)
             if cfg.reflect:

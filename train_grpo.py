@@ -82,6 +82,7 @@ class Config:
     temperature: float = 1.0  # rollout sampling temperature (EMO-R3); logits are divided by it in training too
     top_p: float = 1.0  # rollout top_p (EMO-R3)
     engine: str = "vllm"  # vllm, or hf (transformers generate; slow, for machines without vLLM)
+    logp_check_prompts: int = 1  # prompts per rank whose rollouts also return the engine's log-probs, for rollout/logp_gap (0: none, -1: all; each costs rollout time)
     tensor_parallel_size: int = 1  # vLLM TP; 1 = one engine per rank (EMO-R3 script)
     gpu_memory_utilization: float = 0.6  # vLLM's share of GPU memory (EMO-R3); on CPU see cpu_kv_cache_gb
     cpu_kv_cache_gb: float = 1.0  # vLLM KV cache size on CPU (GiB per rank)
@@ -396,28 +397,31 @@ class VLLMEngine:
         if self.sleep_mode:
             self.llm.sleep(level=1)  # frees weights and KV cache memory for the update phase
 
-    def generate(self, requests, n, temperature, top_p, max_tokens, seed):
-        """n samples per request -> per request a list of (token ids, their sampled log-probs)."""
+    def generate(self, requests, n, temperature, top_p, max_tokens, seed, logprobs_for=None):
+        """n samples per request -> per request a list of (token ids, their sampled log-probs). Only the
+        first `logprobs_for` requests (None: all) get log-probs; the others get an empty list."""
         from vllm import SamplingParams
 
         # one seed per request: the same step reproduces the same rollouts (exact resume)
         seeds = [seed + i for i in range(len(requests))]
+        want = [logprobs_for is None or i < logprobs_for for i in range(len(requests))]
         mine = slice(0, len(requests))
         if self.tp_group is not None:
             gathered = [None] * dist.get_world_size(self.tp_group)
-            dist.all_gather_object(gathered, (requests, seeds), group=self.tp_group)
-            offset = sum(len(r) for r, _ in gathered[:dist.get_rank(self.tp_group)])
+            dist.all_gather_object(gathered, (requests, seeds, want), group=self.tp_group)
+            offset = sum(len(g[0]) for g in gathered[:dist.get_rank(self.tp_group)])
             mine = slice(offset, offset + len(requests))
-            requests, seeds = [r for rs, _ in gathered for r in rs], [s for _, ss in gathered for s in ss]
+            requests, seeds, want = ([x for g in gathered for x in g[k]] for k in range(3))
         prompts = [{"prompt_token_ids": r.prompt_ids, **({"multi_modal_data": {"image": r.images}} if r.images else {})}
                    for r in requests]
         # detokenize=False: we decode the ids ourselves; vLLM's own detokenizing of every sampled token
         # (and of its log-prob entry) was a third of the CPU demo's rollout time
-        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0,
-                                 logit_bias=self.banned, seed=s, detokenize=False) for s in seeds]
+        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                 logprobs=0 if w else None, logit_bias=self.banned, seed=s, detokenize=False)
+                  for s, w in zip(seeds, want)]
         outputs = self.llm.generate(prompts, params, use_tqdm=False) if prompts else []
-        return [[(list(c.token_ids), [next(iter(lp.values())).logprob for lp in c.logprobs]) for c in out.outputs]
-                for out in outputs][mine]
+        return [[(list(c.token_ids), [next(iter(lp.values())).logprob for lp in c.logprobs or []])
+                 for c in out.outputs] for out in outputs][mine]
 
 
 class HFEngine:
@@ -443,7 +447,8 @@ class HFEngine:
         pass
 
     @torch.no_grad()
-    def generate(self, requests, n, temperature, top_p, max_tokens, seed):
+    def generate(self, requests, n, temperature, top_p, max_tokens, seed, logprobs_for=None):
+        """As VLLMEngine.generate; the log-probs come with the logits, so every request gets them."""
         results = []
         for i, r in enumerate(requests):
             inputs = self.processor(text=[r.text], images=r.images or None, return_tensors="pt").to(self.device)
@@ -917,7 +922,7 @@ def ask_reflection(engine, processor, kind, texts, images, labels, cfg, seed):
     ids = processor.tokenizer(rendered, add_special_tokens=False)["input_ids"] if todo else []
     requests = [Request(text, i, images[k] if kind == "image" else []) for k, text, i in zip(todo, rendered, ids)]
     outputs = engine.generate(requests, 1, cfg.reflect_temperature, cfg.reflect_top_p, cfg.reflect_max_tokens,
-                              seed + 500009 * (1 if kind == "text" else 2))
+                              seed + 500009 * (1 if kind == "text" else 2), logprobs_for=0)
     answers = [rewards.NO_PROMPT_ANSWER] * len(texts)
     for k, out in zip(todo, outputs):
         answers[k] = processor.tokenizer.decode(out[0][0], skip_special_tokens=True)
@@ -931,7 +936,8 @@ def validate(engine, val_set, cfg, rank, world_size, tokenizer, step, score):
     indices = data.rank_slice(list(range(len(val_set) - len(val_set) % world_size)), rank, world_size)
     prompts = get_batch_on_every_rank(val_set, indices)
     outputs = engine.generate([Request(p.text, p.prompt_ids, p.images) for p in prompts], 1, cfg.val_temperature,
-                              cfg.val_top_p, cfg.max_response_length, seed=cfg.seed * 7919 + step * 100003 + rank * 1009)
+                              cfg.val_top_p, cfg.max_response_length, seed=cfg.seed * 7919 + step * 100003 + rank * 1009,
+                              logprobs_for=0)
     scores = [score(tokenizer.decode(o[0][0], skip_special_tokens=True), p.answer, None, None)
               for p, o in zip(prompts, outputs)]
     totals = torch.tensor([sum(s[k] for s in scores) for k in ("overall", "accuracy", "format")] + [len(scores)],
@@ -1043,7 +1049,8 @@ def main(argv=None):
             engine.update_weights(policy)
         with timed(timings, "rollout"):
             outputs = engine.generate([Request(p.text, p.prompt_ids, p.images) for p in prompts], cfg.group_size,
-                                      cfg.temperature, cfg.top_p, cfg.max_response_length, seed)
+                                      cfg.temperature, cfg.top_p, cfg.max_response_length, seed,
+                                      logprobs_for=None if cfg.logp_check_prompts < 0 else cfg.logp_check_prompts)
         samples = [Sample(i, ids, lps) for i, group in enumerate(outputs) for ids, lps in group]
         texts = [tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in samples]
 
@@ -1079,7 +1086,8 @@ def main(argv=None):
             ref_logp = batched_logprobs(reference, samples, encoded, *sizes) if reference is not None else None
             policy.train()
         if old_logp is not None:  # how far the engine's sampling distribution is from the trainer's
-            gaps = [(lp - torch.tensor(s.rollout_logp, device=device)).abs() for lp, s in zip(old_logp, samples)]
+            gaps = [(lp - torch.tensor(s.rollout_logp, device=device)).abs()
+                    for lp, s in zip(old_logp, samples) if s.rollout_logp]
         else:  # one update per step: the first forward of the update sees the rollout's weights (below)
             gaps = []
 
@@ -1109,7 +1117,7 @@ def main(argv=None):
                         if old_logp is None:  # on-policy: old = current, and it is the gap's FSDP side
                             old = logp.detach()
                             gaps += [(old[k, :len(s.response_ids)] - torch.tensor(s.rollout_logp, device=device)).abs()
-                                     for k, s in enumerate(chunk)]
+                                     for k, s in enumerate(chunk) if s.rollout_logp]
                         else:
                             old = pad_stack([old_logp[i] for i in micro], width, device)
                         adv = torch.tensor([s.advantage for s in chunk], device=device)
