@@ -564,6 +564,15 @@ def encode_prompts(processor, prompts):
     return encoded
 
 
+def packed_lengths(samples, encoded):
+    """{prompt: length of its packed row} for these samples, in order of first use: the prompt once,
+    then each of its responses (collate's rows; micro_batches budgets with them)."""
+    rows = {}
+    for s in samples:
+        rows[s.prompt] = rows.get(s.prompt, len(encoded[s.prompt]["input_ids"])) + len(s.response_ids)
+    return rows
+
+
 def collate(samples, encoded, pad_id, device):
     """Packed rows, one per distinct prompt: [prompt | its 1st response | its 2nd response | ... | pad].
 
@@ -580,10 +589,10 @@ def collate(samples, encoded, pad_id, device):
     So every response's log-probs are those of the plain [prompt | response] sequence; the test in
     tests/dist_microbatch_check.py compares the two.
     """
-    rows = list(dict.fromkeys(s.prompt for s in samples))  # distinct prompts, in order of first use
+    lengths = packed_lengths(samples, encoded)
+    rows, width = list(lengths), max(lengths.values())  # distinct prompts, in order of first use
     row_of = {p: r for r, p in enumerate(rows)}
     used = [len(encoded[p]["input_ids"]) for p in rows]  # tokens filled so far in each row
-    width = max(u + sum(len(s.response_ids) for s in samples if s.prompt == p) for p, u in zip(rows, used))
     prompt_width, resp_len = max(used), max(len(s.response_ids) for s in samples)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mm_types = torch.zeros_like(input_ids)
@@ -719,13 +728,9 @@ def micro_batches(samples, encoded, indices, max_size, max_tokens):
     groups = {}
     for i in indices:
         groups.setdefault(samples[i].prompt, []).append(i)
-    prompt_len = {p: len(encoded[p]["input_ids"]) for p in groups}
 
     def cost(batch):  # tokens collate() computes for these samples: rows x the longest row
-        rows = {}
-        for i in batch:
-            p = samples[i].prompt
-            rows[p] = rows.get(p, prompt_len[p]) + len(samples[i].response_ids)
+        rows = packed_lengths([samples[i] for i in batch], encoded)
         return len(rows) * max(rows.values())
 
     batches = [[]]
