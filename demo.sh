@@ -17,7 +17,7 @@ EVAL="--data .cache/demo/test.jsonl --names demo --min-pixels 3136 --max-pixels 
 
 echo "== 1/5 tiny model and demo data"
 $PY tiny.py
-$PY data.py demo
+$PY tiny.py demo
 echo "== 2/5 cold start (sft.py)"
 $TORCHRUN sft.py --demo --output-dir "$OUT/cold-start"
 echo "== 3/5 evaluate the cold start"

@@ -143,10 +143,10 @@ def main(argv=None):
         import tiny
         if rank == 0:
             tiny.build_tiny_model(tiny.DEFAULT_DIR)
-            data.make_demo_dataset(data.DEMO_DIR)
+            tiny.make_demo_dataset(tiny.DEMO_DIR)
         dist.barrier()
         cfg = dataclasses.replace(cfg, model=cfg.model or str(tiny.DEFAULT_DIR),
-                                  train_files=cfg.train_files or str(data.DEMO_DIR / "train.jsonl"))
+                                  train_files=cfg.train_files or str(tiny.DEMO_DIR / "train.jsonl"))
 
     from tqdm import tqdm
     from transformers import AutoProcessor

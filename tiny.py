@@ -1,29 +1,46 @@
-"""Build the embedded tiny Qwen2.5-VL: a real model folder, made offline in seconds.
+"""Everything the offline demo and the tests need, built from nothing: the tiny Qwen2.5-VL and the demo data.
 
-The tests and the CPU demo cannot download weights, so this script writes a complete Hugging Face
-model folder from nothing: a Qwen2_5_VLConfig scaled down to about 0.6M parameters with random
-weights, a byte-level BPE tokenizer trained on the spot (with the Qwen2.5-VL special tokens and chat
-template), and a processor with the image and video processors. The folder loads with
+The tiny model. The tests and the CPU demo cannot download weights, so this script writes a complete
+Hugging Face model folder from nothing: a Qwen2_5_VLConfig scaled down to about 0.6M parameters with
+random weights, a byte-level BPE tokenizer trained on the spot (with the Qwen2.5-VL special tokens and
+chat template), and a processor with the image and video processors. The folder loads with
 `from_pretrained` in transformers and with vLLM, exactly like Qwen/Qwen2.5-VL-3B-Instruct does, so
 every code path (chat template, image placeholders, mrope positions, weight names) is the real one.
 
-Constraints measured on the CPU stack (see DESIGN.md):
+Constraints measured on the CPU stack (see METHOD.md):
 - text head_dim must be one vLLM's CPU attention supports (32, 64, ...; 16 fails);
 - `mrope_section` must sum to head_dim / 2;
 - `vocab_size` must equal len(tokenizer) exactly (vLLM and the processor disagree otherwise);
 - the processor must include the video processor (vLLM's Qwen2.5-VL processor requires it).
 
+The demo dataset (make_demo_dataset): small images whose emotion is their dominant colour, so a tiny
+model trained from scratch can learn it in minutes, written as a user would bring a dataset
+(train.jsonl, test.jsonl, images/, labels.txt) with a SET `response` per row for the cold start.
+
+Not here: reading, checking and batching datasets (data.py, which this module imports; data.py never
+imports this one) and the converters of the public datasets (prepare_data.py).
+
     python tiny.py                      # -> .cache/tiny-qwen2.5-vl (the default the demo uses)
-    python tiny.py --out /tmp/tiny --seed 1
+    python tiny.py --out .cache/tiny-seed1 --seed 1
+    python tiny.py demo                 # -> .cache/demo: the demo dataset (what `--demo` trains on)
+    python tiny.py demo --out .cache/demo-small --num-train 64 --num-test 16 --seed 1
 """
 
 import argparse
 import json
 import os
+import random
 from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+import data
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_DIR = REPO / ".cache" / "tiny-qwen2.5-vl"
+DEMO_DIR = REPO / ".cache" / "demo"
+
+# --- the tiny model -----------------------------------------------------------------------------
 
 # The Qwen2.5-VL special tokens, in the order Qwen assigns them (ids 151643.. in the real model;
 # here they are simply the first ids). `<|image_pad|>` is the placeholder the processor expands
@@ -71,8 +88,7 @@ def _tokenizer_corpus():
     texts += [words] * 20
     tags = "<step1> </step1> <step2> </step2> <step3> </step3> <think> </think> \\boxed{} yes no None"
     texts += [tags] * 20
-    import data  # the demo's target responses, so the demo's rollouts are short
-    texts += [data.demo_response(label) for label in data.DEMO_COLOURS] * 20
+    texts += [demo_response(label) for label in DEMO_COLOURS] * 20  # the demo's targets: short rollouts
     texts.append("The quick brown fox jumps over the lazy dog. 0123456789 !?.,;:'\"()[]{}<>/\\|-_+=*&^%$#@~`")
     return texts
 
@@ -151,12 +167,104 @@ def build_tiny_model(out_dir=DEFAULT_DIR, seed=0, init_std=0.2, overwrite=False)
     return out_dir
 
 
-if __name__ == "__main__":
+# --- the demo dataset ---------------------------------------------------------------------------
+
+# Each emotion has a dominant colour, so the label is visually recoverable by a tiny vision tower
+# trained from scratch; random distractor shapes in other colours make it more than a lookup table.
+DEMO_COLOURS = {
+    "amusement": (250, 210, 40), "anger": (210, 30, 30), "awe": (120, 200, 250), "contentment": (60, 170, 70),
+    "disgust": (120, 120, 20), "excitement": (250, 120, 10), "fear": (80, 30, 110), "sadness": (30, 50, 160),
+}
+
+
+DEMO_COLOUR_NAMES = {"amusement": "yellow", "anger": "red", "awe": "light blue", "contentment": "green",
+                     "disgust": "olive", "excitement": "orange", "fear": "purple", "sadness": "dark blue"}
+POSITIVE = {"amusement", "awe", "contentment", "excitement"}  # Mikels valence (METHOD.md)
+
+
+def demo_response(label):
+    """A short SET answer for a demo image: the reasoning a cold start can imitate (sft.py)."""
+    return (f"<step1>The image is mostly {DEMO_COLOUR_NAMES[label]}.</step1>\n"
+            f"<step2>A viewer would feel {label}.</step2>\n"
+            f"<step3>The emotion is {'positive' if label in POSITIVE else 'negative'}.</step3>\n\\boxed{{{label}}}")
+
+
+def make_demo_image(label, rng, colours=DEMO_COLOURS):
+    """A 56-112 px image whose background is the label's colour (jittered), with 1-3 small shapes."""
+    width, height = rng.randint(56, 112), rng.randint(56, 112)
+    base = colours[label]
+    background = tuple(min(255, max(0, c + rng.randint(-20, 20))) for c in base)
+    image = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(1, 3)):
+        w, h = rng.randint(8, width // 3), rng.randint(8, height // 3)
+        x, y = rng.randint(0, width - w), rng.randint(0, height - h)
+        colour = tuple(rng.randint(0, 255) for _ in range(3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x, y, x + w, y + h], fill=colour)
+    return image
+
+
+# Four emotions by default: with a tiny model trained from random weights, GRPO learns 4 colours in the
+# demo's time budget (a few minutes of CPU); 8 classes need several times longer.
+DEMO_LABELS = ["amusement", "anger", "contentment", "sadness"]
+
+
+def make_demo_dataset(out_dir=DEMO_DIR, num_train=256, num_test=64, labels=None, seed=0):
+    """Write the demo dataset as a user would bring it: train.jsonl, test.jsonl, images/, labels.txt.
+
+    Classes are balanced. Returns the folder; rebuilt only when missing or made with other settings.
+    """
+    out_dir = Path(out_dir)
+    labels = list(labels or DEMO_LABELS)
+    recipe = {"labels": labels, "num_train": num_train, "num_test": num_test, "seed": seed, "version": 2}
+    if (out_dir / "demo.json").exists() and json.loads((out_dir / "demo.json").read_text()) == recipe:
+        return out_dir  # already built with these settings
+    if out_dir.exists():  # built by other settings or an older version: rebuild from scratch
+        for name in ("train.jsonl", "test.jsonl", "labels.txt", "demo.json"):
+            (out_dir / name).unlink(missing_ok=True)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    question = data.default_question(labels)
+    for split, count in (("test", num_test), ("train", num_train)):  # demo.json, written last, marks "done"
+        split_labels = [labels[i % len(labels)] for i in range(count)]
+        rng.shuffle(split_labels)
+        rows = []
+        for i, label in enumerate(split_labels):
+            name = f"images/{split}_{i:05d}.png"
+            make_demo_image(label, rng).save(out_dir / name)
+            rows.append({"images": [name], "problem": question, "answer": label, "response": demo_response(label)})
+        (out_dir / "labels.txt").write_text("\n".join(labels) + "\n")
+        data.write_jsonl(out_dir / f"{split}.jsonl", rows)
+    (out_dir / "demo.json").write_text(json.dumps(recipe))  # written last: marks the folder complete
+    return out_dir
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(DEFAULT_DIR), help="folder to write (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
     parser.add_argument("--init-std", type=float, default=0.2, help="std of the random weights (default: 0.2)")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if the folder exists")
+    sub = parser.add_subparsers(dest="command", title="command (optional)",
+                                description="none: build the tiny model (the options above); demo: the demo dataset")
+    demo = sub.add_parser("demo", help="write the demo dataset (train.jsonl, test.jsonl, images/, labels.txt)",
+                          description=make_demo_dataset.__doc__)
+    demo.add_argument("--out", dest="demo_out", metavar="OUT", default=str(DEMO_DIR),
+                      help="folder to write (default: %(default)s)")
+    demo.add_argument("--num-train", type=int, default=256, help="training rows (default: %(default)s)")
+    demo.add_argument("--num-test", type=int, default=64, help="test rows (default: %(default)s)")
+    demo.add_argument("--seed", dest="demo_seed", metavar="SEED", type=int, default=0,
+                      help="seed of the images (default: 0)")
     args = parser.parse_args()
+    if args.command == "demo":
+        path = make_demo_dataset(args.demo_out, args.num_train, args.num_test, seed=args.demo_seed)
+        print(f"demo dataset at {path}")
+        return
     path = build_tiny_model(args.out, seed=args.seed, init_std=args.init_std, overwrite=args.overwrite)
     print(f"tiny Qwen2.5-VL at {path} ({json.loads((path / 'tiny.json').read_text())['parameters']:,} parameters)")
+
+
+if __name__ == "__main__":
+    main()

@@ -969,10 +969,10 @@ def main(argv=None):
 
     if cfg.demo:  # build the tiny model and the demo data once (rank 0), everyone waits
         import tiny
-        model_dir, demo_dir = tiny.DEFAULT_DIR, data.DEMO_DIR
+        model_dir, demo_dir = tiny.DEFAULT_DIR, tiny.DEMO_DIR
         if rank == 0:
             tiny.build_tiny_model(model_dir)
-            data.make_demo_dataset(demo_dir)
+            tiny.make_demo_dataset(demo_dir)
         dist.barrier()
         cfg = dataclasses.replace(cfg, model=cfg.model or str(model_dir),
                                   train_files=cfg.train_files or str(demo_dir / "train.jsonl"),

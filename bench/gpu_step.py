@@ -123,6 +123,7 @@ def build_model(out_dir, text, vision, tokenizer_dir, dtype):
 def build_data(out_dir, rows, side):
     """rows square images of `side` pixels with EmoSet's labels, in the EMO-R3 data layout."""
     import data
+    import tiny
     labels = (REPO / "prompts" / "labels" / "emoset.txt").read_text().split()
     rng = random.Random(0)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -130,7 +131,7 @@ def build_data(out_dir, rows, side):
     lines = []
     for i in range(rows):
         label, name = labels[i % len(labels)], f"images/{i:03d}_{side}.png"
-        data.make_demo_image(label, rng).resize((side, side)).save(out_dir / name)
+        tiny.make_demo_image(label, rng).resize((side, side)).save(out_dir / name)
         lines.append(json.dumps({"images": [name], "problem": question, "answer": label}))
     (out_dir / "labels.txt").write_text("\n".join(labels) + "\n")
     (out_dir / "train.jsonl").write_text("\n".join(lines) + "\n")

@@ -168,7 +168,7 @@ def rollout_throughput(args):
     import tiny
     import train_grpo as tg
 
-    model_dir, demo_dir = tiny.build_tiny_model(), data.make_demo_dataset(data.DEMO_DIR)
+    model_dir, demo_dir = tiny.build_tiny_model(), tiny.make_demo_dataset(tiny.DEMO_DIR)
     cfg = tg.parse_config(["--demo", "--model", str(model_dir), "--train-files", str(demo_dir / "train.jsonl"),
                            "--val-files", "", "--max-response-length", str(args.max_tokens)])
     _, world_size, device = tg.setup_distributed()

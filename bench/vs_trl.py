@@ -118,12 +118,13 @@ def trl_worker(model_dir, steps, generator, out_file):
     from trl.data_utils import prepare_multimodal_messages
 
     import data
+    import tiny
     import rewards
     import train_grpo
 
     demo = train_grpo.Config(**{**vars(train_grpo.Config()), **train_grpo.DEMO_DEFAULTS})
     processor = AutoProcessor.from_pretrained(model_dir)
-    train_set = data.PromptDataset(data.make_demo_dataset() / "train.jsonl", processor, template=demo.template,
+    train_set = data.PromptDataset(tiny.make_demo_dataset() / "train.jsonl", processor, template=demo.template,
                                    min_pixels=demo.min_pixels, max_pixels=demo.max_pixels,
                                    max_prompt_length=demo.max_prompt_length)
     # our steps' prompts in our order; TRL does not shuffle, so its step s gets our step s's prompts

@@ -34,8 +34,8 @@ def processor(tiny_model_dir):
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
     """A small demo dataset (64 train / 16 test rows) written as a user would bring it."""
-    import data
-    return data.make_demo_dataset(tmp_path_factory.mktemp("demo") / "data", num_train=64, num_test=16, seed=0)
+    import tiny
+    return tiny.make_demo_dataset(tmp_path_factory.mktemp("demo") / "data", num_train=64, num_test=16, seed=0)
 
 
 def pytest_configure(config):

@@ -421,3 +421,14 @@ def test_check_command_reports_bad_rows(tmp_path, monkeypatch, capsys, tiny_mode
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     assert run_check(monkeypatch, capsys, tiny_model_dir, empty) == (f"error: {empty}: no rows", "")
+
+
+def test_check_command_without_model_says_how_to_get_one(tmp_path, monkeypatch, capsys):
+    """`python data.py check` without --model would fail deep in transformers, or build the tiny model
+    itself (data.py must not import tiny.py, which imports data.py), instead of saying what to pass."""
+    monkeypatch.setattr(sys, "argv", ["data.py", "check", str(tmp_path / "train.jsonl")])
+    with pytest.raises(SystemExit) as stop:
+        data.main()
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--model is required" in err and "python tiny.py" in err, err

@@ -1,4 +1,4 @@
-"""Tests for data.py's converters: small replicas of each public release's layout in tmp_path, real files."""
+"""Tests for prepare_data.py's converters: small replicas of each public release's layout in tmp_path, real files."""
 
 import json
 import re
@@ -10,13 +10,14 @@ import pytest
 from PIL import Image
 
 import data
+import prepare_data
 
 REPO = Path(__file__).resolve().parents[1]
 MIN_PIXELS, MAX_PIXELS = 3136, 3136 * 16  # the processor's floor; small so loading stays fast
 MIKELS = ["amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear", "sadness"]
 EKMAN = ["anger", "disgust", "fear", "joy", "sadness", "surprise"]
 # WebEmo's 25 classes by release label id, and their 7- and 2-level parents, copied by hand from public
-# WebEmo loaders (not read from data.WEBEMO_HIERARCHY)
+# WebEmo loaders (not read from prepare_data.WEBEMO_HIERARCHY)
 WEBEMO_25 = ["affection", "cheerfulness", "confusion", "contentment", "disappointment", "disgust", "enthrallment",
              "envy", "exasperation", "gratitude", "horror", "irritability", "lust", "neglect", "nervousness",
              "optimism", "pride", "rage", "relief", "sadness", "shame", "suffering", "surprise", "sympathy", "zest"]
@@ -115,7 +116,7 @@ def make_webemo(root):
 def test_emoset_rows_relative_paths_and_labels(tmp_path, processor):
     """EmoSet would train on wrong labels or unloadable paths if the split entries were misread."""
     root = make_emoset(tmp_path / "EmoSet-118K")
-    path, count = data.prepare_emoset(root, root, "train")
+    path, count = prepare_data.prepare_emoset(root, root, "train")
     assert (path, count) == (root / "train.jsonl", 16)
     rows = read_jsonl(path)
     assert [row["answer"] for row in rows] == [e for e in MIKELS for _ in range(2)]
@@ -130,8 +131,8 @@ def test_emoset_outside_out_gets_absolute_paths(tmp_path, processor):
     """Rows written outside the release would point nowhere if their paths were left relative."""
     root = make_emoset(tmp_path / "EmoSet-118K")
     out = tmp_path / "prepared"
-    assert data.prepare_emoset(root, out, "test") == (out / "test.jsonl", 8)  # 3-item entries
-    assert data.prepare_emoset(root, out, "val") == (out / "val.jsonl", 1)  # label from the entry
+    assert prepare_data.prepare_emoset(root, out, "test") == (out / "test.jsonl", 8)  # 3-item entries
+    assert prepare_data.prepare_emoset(root, out, "val") == (out / "val.jsonl", 1)  # label from the entry
     rows = read_jsonl(out / "test.jsonl")
     assert [row["images"] for row in rows] == [[str(root / f"image/{e}/{e}_{16 + i:05d}.png")]
                                                for i, e in enumerate(MIKELS)]
@@ -148,7 +149,7 @@ def test_emoset_errors_name_the_entry(tmp_path):
     def expect(changed, message):
         split_file.write_text(json.dumps(changed))
         with pytest.raises(data.DataError, match=re.escape(f"{split_file}: entry 2: ") + message):
-            data.prepare_emoset(root, tmp_path / "out", "train")
+            prepare_data.prepare_emoset(root, tmp_path / "out", "train")
 
     (root / entries[1][2]).unlink()
     expect(entries, re.escape(f"image {root / entries[1][2]} does not exist"))
@@ -156,7 +157,7 @@ def test_emoset_errors_name_the_entry(tmp_path):
     expect([entries[0], ["anger"] + entries[0][1:]], "the split file says 'anger' but .* says 'amusement'")
     expect([entries[0], ["amusement", entries[0][2]]], "expected \\[emotion, image_id, image_path")
     with pytest.raises(data.DataError, match=re.escape(f"{root / 'validation.json'}: no such split file")):
-        data.prepare_emoset(root, tmp_path / "out", "validation")
+        prepare_data.prepare_emoset(root, tmp_path / "out", "validation")
 
 
 # --- Emotion6 and FI ----------------------------------------------------------------------------------
@@ -164,7 +165,7 @@ def test_emoset_errors_name_the_entry(tmp_path):
 def test_emotion6_default_is_all_test(tmp_path, processor):
     """Emotion6 (a benchmark) would lose images to an unasked-for train split, or get Ekman labels wrong."""
     root = make_emotion6(tmp_path / "Emotion6")
-    assert data.prepare_emotion6(root, root) == (root / "test.jsonl", 24)
+    assert prepare_data.prepare_emotion6(root, root) == (root / "test.jsonl", 24)
     rows = read_jsonl(root / "test.jsonl")
     assert [row["images"][0] for row in rows] == [f"images/{e}/{n}.png" for e in EKMAN for n in range(1, 5)]
     assert [row["answer"] for row in rows] == [e for e in EKMAN for _ in range(4)]
@@ -187,7 +188,8 @@ def split_of(prepare, root, out, fraction, seed):
 @pytest.mark.parametrize("dataset", ["emotion6", "fi"])
 def test_stratified_split_is_seeded_and_keeps_every_class(tmp_path, processor, dataset):
     """Train/test would overlap, lose a class on one side, or change between runs if the split were wrong."""
-    labels, prepare = (EKMAN, data.prepare_emotion6) if dataset == "emotion6" else (MIKELS, data.prepare_fi)
+    labels, prepare = (EKMAN, prepare_data.prepare_emotion6) if dataset == "emotion6" else \
+        (MIKELS, prepare_data.prepare_fi)
     root = make_class_folders(tmp_path / dataset, labels, per_class=5) if dataset == "fi" else \
         make_emotion6(tmp_path / dataset, per_class=5)
     parts = split_of(prepare, root, tmp_path / "a", 0.4, seed=1)
@@ -206,8 +208,8 @@ def test_fi_default_split_and_folder_names(tmp_path):
     """FI's documented 80/20 default or its capitalised class folders would be handled wrong."""
     root = make_class_folders(tmp_path / "FI", [e.capitalize() for e in MIKELS], per_class=5)
     (root / "Fear" / "notes.txt").write_text("not an image")
-    assert data.prepare_fi(root, tmp_path / "out") == (tmp_path / "out" / "train.jsonl", 32)
-    assert data.prepare_fi(root, tmp_path / "out", "test") == (tmp_path / "out" / "test.jsonl", 8)
+    assert prepare_data.prepare_fi(root, tmp_path / "out") == (tmp_path / "out" / "train.jsonl", 32)
+    assert prepare_data.prepare_fi(root, tmp_path / "out", "test") == (tmp_path / "out" / "test.jsonl", 8)
     assert [row["answer"] for row in read_jsonl(tmp_path / "out" / "test.jsonl")] == MIKELS
     assert (tmp_path / "out" / "labels.txt").read_text() == "\n".join(MIKELS) + "\n"
 
@@ -217,16 +219,16 @@ def test_class_folder_errors(tmp_path):
     root = make_class_folders(tmp_path / "FI", MIKELS, per_class=2)
     save_png(root / "joy" / "1.png")
     with pytest.raises(data.DataError, match=re.escape(f"{root / 'joy'}: 'joy' is not one of the FI labels")):
-        data.prepare_fi(root, tmp_path / "out")
+        prepare_data.prepare_fi(root, tmp_path / "out")
     (root / "joy" / "1.png").rename(root / "awe" / "3.png")
     (root / "joy").rmdir()
     (root / "fear" / "2.png").unlink()
     with pytest.raises(data.DataError, match=re.escape(f"{root}: class 'fear' has 1 image")):
-        data.prepare_fi(root, tmp_path / "out")
-    assert data.prepare_fi(root, tmp_path / "out", "train", 0.0)[1] == 16  # no split: every image
+        prepare_data.prepare_fi(root, tmp_path / "out")
+    assert prepare_data.prepare_fi(root, tmp_path / "out", "train", 0.0)[1] == 16  # no split: every image
     (tmp_path / "empty" / "misc").mkdir(parents=True)
     with pytest.raises(data.DataError, match=re.escape(f"{tmp_path / 'empty'}: no Emotion6 class folders")):
-        data.prepare_emotion6(tmp_path / "empty", tmp_path / "out6")
+        prepare_data.prepare_emotion6(tmp_path / "empty", tmp_path / "out6")
 
 
 # --- WebEmo -------------------------------------------------------------------------------------------
@@ -240,12 +242,12 @@ def test_webemo_levels(tmp_path, processor, level, labels, answers):
     """WebEmo at a level would have the wrong label set or map a class to the wrong parent."""
     root = make_webemo(tmp_path / "WebEmo")
     out = root / f"level{level}"
-    assert data.prepare_webemo(root, out, level, "train") == (out / "train.jsonl", 25)
+    assert prepare_data.prepare_webemo(root, out, level, "train") == (out / "train.jsonl", 25)
     rows = read_jsonl(out / "train.jsonl")
     assert [row["answer"] for row in rows] == answers
     assert rows[0]["images"] == [str(root / "images" / "0.png")]
     assert (out / "labels.txt").read_text() == "\n".join(labels) + "\n"
-    assert data.prepare_webemo(root, out, level, "test") == (out / "test.jsonl", 3)
+    assert prepare_data.prepare_webemo(root, out, level, "test") == (out / "test.jsonl", 3)
     assert [row["answer"] for row in read_jsonl(out / "test.jsonl")] == [answers[22], answers[1], answers[11]]
     check_loads(out / "train.jsonl", processor, labels)
 
@@ -263,9 +265,9 @@ def test_webemo_list_errors_name_the_line(tmp_path):
     ]:
         listing.write_text(text)
         with pytest.raises(data.DataError, match=re.escape(f"{listing}:2: ") + message):
-            data.prepare_webemo(listing, tmp_path / "out", 25, "test")
+            prepare_data.prepare_webemo(listing, tmp_path / "out", 25, "test")
     with pytest.raises(ValueError, match="level must be 2, 7 or 25"):
-        data.prepare_webemo(root, tmp_path / "out", 6)
+        prepare_data.prepare_webemo(root, tmp_path / "out", 6)
 
 
 def test_webemo_hierarchy_file_overrides_table(tmp_path):
@@ -274,34 +276,34 @@ def test_webemo_hierarchy_file_overrides_table(tmp_path):
     tsv = tmp_path / "hierarchy.tsv"
     tsv.write_text("# fine\tmid\tcoarse\n" + "".join(f"c{i}\t{'even' if i % 2 == 0 else 'odd'}\tall\n"
                                                       for i in range(25)))
-    data.prepare_webemo(root, tmp_path / "out", 7, "train", hierarchy=tsv)
+    prepare_data.prepare_webemo(root, tmp_path / "out", 7, "train", hierarchy=tsv)
     assert [row["answer"] for row in read_jsonl(tmp_path / "out" / "train.jsonl")] == \
         ["even" if i % 2 == 0 else "odd" for i in range(25)]
     assert (tmp_path / "out" / "labels.txt").read_text() == "even\nodd\n"
     tsv.write_text("a\tb\tc\nd\te\n")
     with pytest.raises(data.DataError, match=re.escape(f"{tsv}:2: expected fine<TAB>mid<TAB>coarse")):
-        data.prepare_webemo(root, tmp_path / "out2", 7, "train", hierarchy=tsv)
+        prepare_data.prepare_webemo(root, tmp_path / "out2", 7, "train", hierarchy=tsv)
 
 
 def test_second_label_set_in_one_folder_is_refused(tmp_path):
     """A second level written to the same folder would silently relabel the first level's rows."""
     root = make_webemo(tmp_path / "WebEmo")
-    data.prepare_webemo(root, tmp_path / "out", 25, "train")
+    prepare_data.prepare_webemo(root, tmp_path / "out", 25, "train")
     with pytest.raises(data.DataError, match=re.escape(f"{tmp_path / 'out' / 'labels.txt'}: already holds a "
                                                        "different label set")):
-        data.prepare_webemo(root, tmp_path / "out", 2, "test")
-    assert data.prepare_webemo(root, tmp_path / "out", 25, "test")[1] == 3  # same set: fine
+        prepare_data.prepare_webemo(root, tmp_path / "out", 2, "test")
+    assert prepare_data.prepare_webemo(root, tmp_path / "out", 25, "test")[1] == 3  # same set: fine
 
 
 # --- command line -------------------------------------------------------------------------------------
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "data.py", "prepare", *map(str, args)], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "prepare_data.py", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
 
 
 def test_cli_matches_functions_and_reports_errors(tmp_path):
-    """`python data.py prepare` would write something other than the functions do, or hide errors."""
+    """`python prepare_data.py` would write something other than the functions do, or hide errors."""
     root = make_class_folders(tmp_path / "FI", MIKELS, per_class=4)
     result = run_cli("fi", root, "--out", tmp_path / "cli", "--test-fraction", 0.25, "--seed", 3)
     assert result.returncode == 0, result.stderr
@@ -309,7 +311,7 @@ def test_cli_matches_functions_and_reports_errors(tmp_path):
                                           f"wrote 8 rows to {tmp_path / 'cli' / 'test.jsonl'}",
                                           f"labels: {tmp_path / 'cli' / 'labels.txt'}"]
     for split in ("train", "test"):
-        path, _ = data.prepare_fi(root, tmp_path / "api", split, 0.25, 3)
+        path, _ = prepare_data.prepare_fi(root, tmp_path / "api", split, 0.25, 3)
         assert (tmp_path / "cli" / f"{split}.jsonl").read_text() == path.read_text()
 
     webemo = make_webemo(tmp_path / "WebEmo")
@@ -322,3 +324,13 @@ def test_cli_matches_functions_and_reports_errors(tmp_path):
     result = run_cli("webemo", webemo / "test25.txt", "--out", tmp_path / "w", "--level", 7, "--split", "test")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"error: {webemo / 'test25.txt'}:1: 'http://example.com/a.jpg' is a URL" in result.stderr
+
+
+def test_cli_help_names_every_dataset_and_flag():
+    """`python prepare_data.py --help` would not tell a person which releases and flags there are."""
+    result = subprocess.run([sys.executable, "prepare_data.py", "--help"], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    for word in ("emoset", "emotion6", "webemo", "fi", "--out", "--split", "--level", "--hierarchy",
+                 "--test-fraction", "--seed"):
+        assert word in result.stdout, word

@@ -10,8 +10,8 @@ def test_cold_start_then_grpo_learns(tiny_model_dir, tmp_path):
 
     A shortened demo: the tiny model, the 4-class demo data, a 60-step cold start, 40 GRPO steps.
     """
-    import data
-    demo = data.make_demo_dataset(tmp_path / "demo", num_train=128, num_test=16, seed=0)
+    import tiny
+    demo = tiny.make_demo_dataset(tmp_path / "demo", num_train=128, num_test=16, seed=0)
     sft_out, grpo_out = tmp_path / "cold-start", tmp_path / "grpo"
     torchrun("sft.py", "--demo", "--model", tiny_model_dir, "--train-files", demo / "train.jsonl",
              "--output-dir", sft_out, "--max-steps", "60")

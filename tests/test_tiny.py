@@ -1,12 +1,19 @@
-"""The tiny Qwen2.5-VL that tiny.py builds is a real model folder: transformers and vLLM load it and agree."""
+"""What tiny.py builds: the tiny Qwen2.5-VL is a real model folder (transformers and vLLM load it and agree),
+and the demo dataset is learnable from its pixels, reproducible, and written by `python tiny.py demo`."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
 import data
 import tiny
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_folder_is_complete_and_consistent(tiny_model_dir, processor):
@@ -79,3 +86,42 @@ def test_transformers_and_vllm_greedy_agree(tiny_model_dir, processor):
         distinct.add(tuple(hf_tokens))
     # the outputs depend on the input (a model that ignores its input would make this test weak)
     assert len(distinct) == len(texts)
+
+
+# --- the demo dataset ---------------------------------------------------------------------------
+
+def test_demo_label_is_visually_recoverable(demo_dir):
+    """A tiny model could not learn the demo task if the label were not recoverable from the pixels."""
+    rows = [json.loads(line) for line in (demo_dir / "test.jsonl").read_text().splitlines()]
+    colours = {label: np.array(rgb, dtype=float) for label, rgb in tiny.DEMO_COLOURS.items()}
+    correct = 0
+    for row in rows:
+        mean = np.asarray(Image.open(demo_dir / row["images"][0]).convert("RGB"), dtype=float).reshape(-1, 3).mean(0)
+        guess = min(colours, key=lambda label: float(((colours[label] - mean) ** 2).sum()))
+        correct += guess == row["answer"]
+    assert correct / len(rows) >= 0.9
+
+
+def test_demo_dataset_is_deterministic(tmp_path):
+    """Demo results would not reproduce if the same seed wrote different data."""
+    a = tiny.make_demo_dataset(tmp_path / "a", num_train=16, num_test=8, seed=3)
+    b = tiny.make_demo_dataset(tmp_path / "b", num_train=16, num_test=8, seed=3)
+    c = tiny.make_demo_dataset(tmp_path / "c", num_train=16, num_test=8, seed=4)
+    assert (a / "train.jsonl").read_bytes() == (b / "train.jsonl").read_bytes()
+    assert (a / "test.jsonl").read_bytes() == (b / "test.jsonl").read_bytes()
+    names = sorted(p.name for p in (a / "images").iterdir())
+    assert len(names) == 24
+    assert all((a / "images" / n).read_bytes() == (b / "images" / n).read_bytes() for n in names)
+    assert any((a / "images" / n).read_bytes() != (c / "images" / n).read_bytes() for n in names)
+
+
+def test_demo_command_writes_what_the_function_does(tmp_path):
+    """`python tiny.py demo` would leave the demo without data, or write other data than make_demo_dataset."""
+    args = [sys.executable, "tiny.py", "demo", "--out", str(tmp_path / "cli"), "--num-train", "8", "--num-test", "4",
+            "--seed", "2"]
+    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"demo dataset at {tmp_path / 'cli'}\n"
+    api = tiny.make_demo_dataset(tmp_path / "api", num_train=8, num_test=4, seed=2)
+    for name in ("train.jsonl", "test.jsonl", "labels.txt", "demo.json"):
+        assert (tmp_path / "cli" / name).read_bytes() == (api / name).read_bytes(), name
