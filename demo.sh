@@ -13,7 +13,7 @@ PY=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-runs/demo-$(date +%Y%m%d-%H%M%S)}
 TORCHRUN="$PY -m torch.distributed.run --nproc_per_node 2"
 export OMP_NUM_THREADS=1 VLLM_LOGGING_LEVEL=ERROR VLLM_NO_USAGE_STATS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-EVAL="--data .cache/demo/test.jsonl --names demo --min-pixels 3136 --max-pixels 12544 --max-response-length 64 --reflect"
+EVAL="--allow-cpu --data .cache/demo/test.jsonl --names demo --min-pixels 3136 --max-pixels 12544 --max-response-length 64 --reflect"
 
 echo "== 1/5 tiny model and demo data"
 $PY tiny.py

@@ -70,6 +70,7 @@ class Config:
     skip_bad_rows: bool = False  # skip and count broken rows instead of stopping
     predictions: str = ""  # re-score this predictions.jsonl (no model needed)
     table: str = ""  # build Table 1 from these evaluate.py output folders, comma separated
+    allow_cpu: bool = False  # evaluate on the CPU when CUDA is unusable, instead of stopping
 
 
 # --- parsing and metrics (pure Python: re-scoring needs no torch) ---------------------------------
@@ -303,6 +304,7 @@ def evaluate(cfg):
 
     import train_grpo as tg
 
+    tg.require_cuda(cfg.allow_cpu)
     rank, world_size, device = tg.setup_distributed()
     model_path = cfg.model
     if Path(model_path, "trainer_state.json").exists() or Path(model_path, "checkpoints").is_dir():
@@ -317,8 +319,11 @@ def evaluate(cfg):
     tokenizer = processor.tokenizer
     image_pad_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
     # the engines read the sampling/memory fields of Config, which carry train_grpo's names
-    engine = (tg.VLLMEngine(cfg, model_path, world_size, image_pad_id) if cfg.engine == "vllm"
+    engine = (tg.VLLMEngine(cfg, model_path, world_size, image_pad_id, tg.compute_dtype("auto", device)) if cfg.engine == "vllm"
               else tg.HFEngine(cfg, model_path, processor, device, image_pad_id))
+    # engines start asleep (on GPU a sleeping vLLM engine would wait forever): the weights are the
+    # folder's own, so there is nothing to push, no cache to reset
+    engine.wake_up(["weights", "kv_cache"])
     temperature = 0.0 if cfg.greedy else cfg.temperature
 
     files = [f for f in cfg.data.split(",") if f]

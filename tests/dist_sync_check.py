@@ -49,8 +49,26 @@ def main():
     request = tg.Request(prompt.text, prompt.prompt_ids, prompt.images)
 
     policy = tg.load_model(cfg, device, trainable=True)
+    torch.manual_seed(1000 + rank)  # a per-rank seed, as the trainer sets: the engine's start must keep it
+    rng_before = torch.get_rng_state()
     engine = tg.VLLMEngine(cfg, model_dir, world_size, processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
-    engine.update_weights(policy)
+    rng_kept = torch.equal(torch.get_rng_state(), rng_before)
+    # the engine starts asleep, and every step of the choreography is checked, on CPU too
+    misuse = {}
+    for name, call in (("generate_asleep", lambda: engine.generate([request], 1, 0.0, 1.0, 2, seed=0)),
+                       ("load_asleep", lambda: engine.load_weights(tg.full_weights(policy)))):
+        try:
+            call()
+        except RuntimeError as e:
+            misuse[name] = str(e)
+    engine.wake_up(["weights"])
+    engine.load_weights(tg.full_weights(policy))
+    try:  # forgetting reset_caches before waking the KV cache
+        engine.wake_up(["kv_cache"])
+    except RuntimeError as e:
+        misuse["kv_before_reset"] = str(e)
+    engine.reset_caches()
+    engine.wake_up(["kv_cache"])
     before = engine.generate([request], 1, 0.0, 1.0, NEW_TOKENS, seed=0)[0][0][0]
 
     # a few large updates on sampled responses, so the weights (and the greedy output) really move
@@ -63,7 +81,15 @@ def main():
         loss.backward()
         optimizer.step()
 
-    engine.update_weights(policy)
+    engine.sleep()
+    try:
+        engine.generate([request], 1, 0.0, 1.0, 2, seed=0)
+    except RuntimeError as e:
+        misuse["generate_after_sleep"] = str(e)
+    engine.wake_up(["weights"])
+    engine.load_weights(tg.full_weights(policy))
+    engine.reset_caches()
+    engine.wake_up(["kv_cache"])
     after_ids, after_logp = engine.generate([request], 1, 0.0, 1.0, NEW_TOKENS, seed=0)[0][0]
     policy.eval()
     fsdp_ids = fsdp_greedy(policy, encoded, pad_id, device)
@@ -78,7 +104,7 @@ def main():
                    for kind in ("text", "image")}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(
         {"before": before, "after": after_ids, "after_logp": after_logp, "fsdp_greedy": fsdp_ids,
-         "fsdp_logp": fsdp_logp, "reflections": reflections}))
+         "fsdp_logp": fsdp_logp, "reflections": reflections, "rng_kept": rng_kept, "misuse": misuse}))
     engine.close()
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -38,7 +38,7 @@ def test_evaluate_writes_every_output(tiny_model_dir, demo_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "evaluate.py", "--model", str(tiny_model_dir), "--data", str(demo_dir / "test.jsonl"),
          "--names", "demo", "--out", str(out), "--min-pixels", "3136", "--max-pixels", "12544",
-         "--max-response-length", "32", "--reflect", "--method", "tiny", "--train-domain", "emoset"],
+         "--max-response-length", "32", "--reflect", "--method", "tiny", "--train-domain", "emoset", "--allow-cpu"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     rows = read_jsonl(out / "demo" / "predictions.jsonl")

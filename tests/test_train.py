@@ -84,13 +84,19 @@ def test_demo_runs_every_phase(tiny_model_dir, demo_dir, tmp_path):
 
 
 def test_weight_sync_is_real(tiny_model_dir, demo_dir, tmp_path):
-    """After an update, each rank's vLLM engine would still serve stale (or wrongly mapped) weights."""
+    """After an update, each rank's vLLM engine would still serve stale (or wrongly mapped) weights, a caller
+    could skip a step of the wake / push / reset / wake choreography unnoticed (a GPU hang), or the
+    engine's start would re-seed the trainer's per-rank RNG."""
     torchrun("tests/dist_sync_check.py", tiny_model_dir, demo_dir / "train.jsonl", tmp_path)
     for rank in (0, 1):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert result["after"] != result["before"]  # the update changed the greedy output...
         assert result["after"] == result["fsdp_greedy"]  # ...and the engine follows the FSDP policy exactly
         assert torch.allclose(torch.tensor(result["after_logp"]), torch.tensor(result["fsdp_logp"]), atol=1e-4)
+        assert result["rng_kept"]  # vLLM's start re-seeds torch to --seed on every rank; the engine restores it
+        # a forgotten step of the wake / push / reset / wake choreography raises (on GPU it would hang)
+        assert set(result["misuse"]) == {"generate_asleep", "load_asleep", "kv_before_reset", "generate_after_sleep"}
+        assert "sleeping engine" in result["misuse"]["generate_asleep"]
         for kind in ("text", "image"):  # the re-ask generated for the response with steps only
             answered, skipped = result["reflections"][kind]
             assert isinstance(answered, str) and answered != "None" and skipped == "None"
@@ -123,3 +129,65 @@ def test_hf_engine_fallback(tiny_model_dir, demo_dir, tmp_path):
     assert [m["step"] for m in metrics] == [1, 2] and "val/accuracy" in metrics[1]
     for m in metrics:  # HF generate samples from the same distribution the trainer scores
         assert m["rollout/logp_gap_max"] < 1e-3
+
+
+def test_gpu_precision_policy_on_cpu(tiny_model_dir, demo_dir, tmp_path):
+    """The GPU precision path (bf16 compute over fp32 master weights, fp32 gradient reduction, fp32 LM-head
+    log-probs) would break, or the vLLM-vs-trainer log-prob gap under it would be out of bounds.
+
+    Bound: bf16 keeps 8 significant bits (a relative rounding error of up to 2^-9 = 0.002 per operation).
+    vLLM (bf16 weights, bf16 logits) and the trainer (bf16 layers, fp32 head) round at different places,
+    so the log-probs of sampled tokens differ by O(1e-2): measured 0.014-0.016 mean, 0.06-0.10 max over
+    3 demo steps (BENCHMARKS.md). 0.05 mean is about 3x that, and 50x below a failed sync (~1 or more).
+    """
+    torchrun("tests/dist_precision_check.py", tiny_model_dir, demo_dir / "train.jsonl", tmp_path)
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert result["hidden_dtype"] == "torch.bfloat16"  # the layers really computed in bf16
+        assert result["master_dtypes"] == ["torch.float32"] and result["grad_dtypes"] == ["torch.float32"]
+        assert result["logp_dtype"] == "torch.float32" and result["finite"]
+        # the head is fp32 maths on the bf16 hidden states: a bf16 head would round the logits (off by ~1e-3)
+        assert result["head_error"] < 1e-5, result["head_error"]
+    out = tmp_path / "run"
+    torchrun("train_grpo.py", "--demo", "--model", tiny_model_dir, "--train-files", demo_dir / "train.jsonl",
+             "--val-files", "", "--output-dir", out, "--precision", "bf16", "--max-steps", "2", "--save-freq", "0")
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert 0 < m["rollout/logp_gap_mean"] < 0.05, m["rollout/logp_gap_mean"]  # > 0: it really was bf16
+        assert m["rollout/logp_gap_max"] < 1.0
+
+
+def test_logp_gap_guard_stops_a_corrupted_sync(tiny_model_dir, demo_dir, tmp_path):
+    """An engine sampling from weights other than the trainer's (a silently failed sync) would train on for
+    ever, as TRL's and NeMo-RL's users found out by accident."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/dist_corrupt_sync.py",
+           "--demo", "--model", str(tiny_model_dir), "--train-files", str(demo_dir / "train.jsonl"), "--val-files", "",
+           "--output-dir", str(out), "--max-steps", "4", "--save-freq", "0", "--logp-gap-patience", "2",
+           "--no-reflect-text", "--no-reflect-image"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "WARNING the rollout engine's log-probs differ" in result.stdout
+    assert "gap stayed above 0.001 for 2 steps" in result.stderr + result.stdout
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1]  # warned at step 1, stopped in step 2
+
+
+def test_process_group_covers_cpu_tensors_on_a_gpu_machine():
+    """On a GPU the trainer's CPU-side counts (micro-batch numbers, token totals, metric sums) would go to a
+    plain NCCL group, which takes CUDA tensors only: the first step would stop with "No backend type
+    associated with device type cpu"."""
+    assert train_grpo.process_group_backend(use_cuda=True) == "cpu:gloo,cuda:nccl"
+    assert train_grpo.process_group_backend(use_cuda=False) == "gloo"
+
+
+def test_a_real_model_without_cuda_stops_unless_asked(monkeypatch):
+    """With an old NVIDIA driver torch silently falls back to the CPU, and a 3B run would crawl there."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="--allow-cpu"):
+        train_grpo.require_cuda(allow_cpu=False, demo=False)
+    train_grpo.require_cuda(allow_cpu=True, demo=False)  # asked for: no error
+    train_grpo.require_cuda(allow_cpu=False, demo=True)  # the demo is a CPU job
+    with pytest.raises(SystemExit, match="--allow-cpu"):  # and the trainer checks it first thing
+        train_grpo.main(["--model", "Qwen/Qwen2.5-VL-3B-Instruct", "--train-files", "x.jsonl"])
