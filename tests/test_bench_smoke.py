@@ -53,8 +53,40 @@ def test_gpu_step_smoke_reports_phases_throughput_and_mfu(tiny_model_dir, tmp_pa
     assert math.isclose(result["update_mfu"], 6 * result["params"] * result["update_tokens_per_s"] / 1e12, rel_tol=1e-9)
     assert result["peak_memory_gib"] is None  # CPU: no GPU memory figure is invented
     assert not list(tmp_path.glob("run-*/checkpoints"))  # the trainer's final checkpoint is skipped / removed
+    # the trainer ran on the CPU because asked to, with the log-prob gap guard off (reported, not enforced)
+    command = result["trainer_command"].split()
+    assert "--allow-cpu" in command and command[command.index("--logp-gap-limit") + 1] == "0"
+    # time/step and the log-prob gap per step, read from this run's metrics.jsonl (step 1 = warm-up)
+    (run_dir,) = tmp_path.glob("run-*")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in result["per_step"]] == [m["step"] for m in rows] == [1, 2]
+    for got, m in zip(result["per_step"], rows):
+        assert got["warmup"] == (m["step"] == 1) and got["time_s"] == m["time/step"]
+        assert got["logp_gap_mean"] == m["rollout/logp_gap_mean"] and got["logp_gap_max"] == m["rollout/logp_gap_max"]
+        assert 0 <= got["logp_gap_mean"] <= got["logp_gap_max"] < 1e-3  # CPU: engine and trainer both fp32
+    step2 = rows[1]
+    assert result["step_time_s"] == {"median": step2["time/step"], "max": step2["time/step"]}
+    assert result["logp_gap_mean"]["median"] == step2["rollout/logp_gap_mean"]
+    assert result["logp_gap_max"]["max"] == step2["rollout/logp_gap_max"]
+    assert f"| time/step (median after warm-up; max) | {step2['time/step']:.2f} s; {step2['time/step']:.2f} s |" in out
+    assert f"| 2 | {step2['time/step']:.2f} | n/a | {step2['rollout/logp_gap_mean']:.3g} |" in out
+    assert "| log-prob gap, HF engine (fp32) vs trainer (fp32)" in out
+    # the sdpa probe: each of the three calls against each backend alone; on the CPU the math kernel takes all
+    probe = result["sdpa_probe"]
+    assert probe["device"] == "cpu" and (probe["heads"], probe["kv_heads"], probe["head_dim"]) == (16, 2, 128)
+    assert list(probe["calls"]) == ["prompt", "response", "response_gqa"]
+    for name, call in probe["calls"].items():
+        backends = call["backends"]
+        assert list(backends) == ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"], name
+        assert backends["MATH"]["ok"] and backends["MATH"]["ms"] > 0, name
+        assert not backends["EFFICIENT_ATTENTION"]["ok"] and not backends["CUDNN_ATTENTION"]["ok"], name  # CUDA only
+        assert backends[call["default"]]["ok"], name  # the default dispatch ran a kernel that accepts the call
+        cells = " | ".join(f"ok ({b['ms']:.2f} ms)" if b["ok"] else "refused" for b in backends.values())
+        assert f" | {cells} | {call['default']} (" in out, name  # the printed table is the probed one
+    assert "| call | FLASH_ATTENTION | EFFICIENT_ATTENTION | CUDNN_ATTENTION | MATH | default dispatch |" in out
     section = (tmp_path / "section.md").read_text()  # what the lead appends to BENCHMARKS.md after a GPU run
     assert "HF rollout path" in section and "| update | " in section and "| update MFU" in section
+    assert "| default dispatch |" in section and "| log-prob gap mean |" in section and "| time/step" in section
     assert benchmarks_digest() == before  # appends nothing unless asked
 
 
