@@ -25,7 +25,6 @@ import csv
 import dataclasses
 import json
 import re
-import sys
 import tempfile
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import data
 import rewards
+from plots import draw_confusion
 
 DOMAIN_ORDER = ["emoset", "emotion6", "webemo"]  # Table 1's column order within a block
 
@@ -167,72 +167,6 @@ def write_report(out, name, metrics, model):
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
-def draw_confusion(path, metrics, title=""):
-    """The confusion matrix as a PNG heat map (row-normalised shade, counts written in the cells)."""
-    from PIL import Image, ImageDraw, ImageFont
-    cm = metrics["confusion_matrix"]
-    rows, cols, counts = cm["rows_true"], cm["columns_predicted"], cm["counts"]
-    font = ImageFont.load_default()
-    cell, left, top = 56, 12 + 7 * max(len(r) for r in rows), 40 + 7 * max(len(c) for c in cols)
-    image = Image.new("RGB", (left + cell * len(cols) + 12, top + cell * len(rows) + 30), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((8, 6), title + "  (rows: true, columns: predicted)", fill="black", font=font)
-    for j, c in enumerate(cols):  # column labels, rotated to read bottom-up
-        label = Image.new("RGB", (7 * len(c) + 4, 12), "white")
-        ImageDraw.Draw(label).text((2, 0), c, fill="black", font=font)
-        label = label.rotate(90, expand=True)
-        image.paste(label, (left + j * cell + cell // 2 - 6, top - 4 - label.height))
-    for i, (r, row) in enumerate(zip(rows, counts)):
-        draw.text((8, top + i * cell + cell // 2 - 5), r, fill="black", font=font)
-        total = max(sum(row), 1)
-        for j, value in enumerate(row):
-            shade = int(255 * (1 - value / total))
-            box = [left + j * cell, top + i * cell, left + (j + 1) * cell - 1, top + (i + 1) * cell - 1]
-            draw.rectangle(box, fill=(shade, shade, 255), outline="grey")
-            draw.text((box[0] + 6, box[1] + cell // 2 - 5), str(value), fill="black" if shade > 110 else "white", font=font)
-    image.save(path)
-
-
-CURVE_KEYS = ["reward/overall", "reward/accuracy", "reward/format", "reward/reflect_text", "reward/reflect_image",
-              "val/accuracy"]
-CURVE_COLOURS = [(0, 0, 0), (214, 39, 40), (31, 119, 180), (44, 160, 44), (255, 127, 14), (148, 103, 189)]
-
-
-def draw_curves(metrics_file, path, keys=CURVE_KEYS):
-    """Training curves (reward and its components per step, validation accuracy) as a PNG line chart."""
-    from PIL import Image, ImageDraw, ImageFont
-    rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
-    series = {k: [(r["step"], r[k]) for r in rows if k in r] for k in keys}
-    series = {k: v for k, v in series.items() if v}
-    if not series:
-        return None
-    font = ImageFont.load_default()
-    width, height, left, top, bottom = 720, 420, 50, 20, 40
-    plot_w, plot_h = width - left - 170, height - top - bottom
-    last_step = max(step for v in series.values() for step, _ in v)
-    high = max(1.0, max(value for v in series.values() for _, value in v))  # EMO-R3's reward reaches 1.1
-    x = lambda step: left + plot_w * (step - 1) / max(1, last_step - 1)  # noqa: E731
-    y = lambda value: top + plot_h * (1 - value / high)  # noqa: E731
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    for tick in range(0, int(high * 10) + 1, 2):  # horizontal grid every 0.2
-        draw.line([(left, y(tick / 10)), (left + plot_w, y(tick / 10))], fill=(225, 225, 225))
-        draw.text((8, y(tick / 10) - 5), f"{tick / 10:.1f}", fill="black", font=font)
-    draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
-    draw.text((left, height - 28), f"step 1 .. {last_step}", fill="black", font=font)
-    for i, (key, points) in enumerate(series.items()):
-        colour = CURVE_COLOURS[i % len(CURVE_COLOURS)]
-        coords = [(x(step), y(value)) for step, value in points]
-        if len(coords) > 1:
-            draw.line(coords, fill=colour, width=2)
-        for cx, cy in coords if len(coords) < 40 else []:
-            draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=colour)
-        draw.line([(left + plot_w + 12, top + 14 * i + 6), (left + plot_w + 30, top + 14 * i + 6)], fill=colour, width=3)
-        draw.text((left + plot_w + 36, top + 14 * i), key, fill="black", font=font)
-    image.save(path)
-    return path
-
-
 def build_table(folders, out):
     """Table 1 from evaluate.py outputs: per method, per training domain, in/out-of-domain and overall means."""
     entries = {}  # method -> train domain -> dataset -> accuracy (%)
@@ -297,30 +231,38 @@ def write_outputs(out, name, rows, metrics, model):
 # --- evaluation with a model ----------------------------------------------------------------------
 
 def evaluate(cfg):
-    import torch
     import torch.distributed as dist
     from tqdm import tqdm
     from transformers import AutoProcessor
 
-    import train_grpo as tg
+    from checkpoint import export_hf_folder
+    from common import compute_dtype, require_cuda, setup_distributed
+    from rollout import HFEngine, Request, VLLMEngine
+    from train_grpo import ask_reflection  # the trainer's re-ask, exactly
 
-    tg.require_cuda(cfg.allow_cpu)
-    rank, world_size, device = tg.setup_distributed()
+    require_cuda(cfg.allow_cpu)
+    rank, world_size, device = setup_distributed()
     model_path = cfg.model
     if Path(model_path, "trainer_state.json").exists() or Path(model_path, "checkpoints").is_dir():
-        import merge  # a training checkpoint: merge it once (rank 0) into a temporary HF folder
+        # a training checkpoint: merge it once (rank 0) into a temporary HF folder
         merged = [str(Path(tempfile.mkdtemp(prefix="emo-r3-eval-")) / "model")]
         if rank == 0:
-            merge.merge(model_path, merged[0], dtype="float32" if device.type == "cpu" else None)
+            export_hf_folder(model_path, merged[0], dtype="float32" if device.type == "cpu" else None)
         dist.broadcast_object_list(merged, src=0)
         dist.barrier()
         model_path = merged[0]
     processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
     tokenizer = processor.tokenizer
     image_pad_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    # the engines read the sampling/memory fields of Config, which carry train_grpo's names
-    engine = (tg.VLLMEngine(cfg, model_path, world_size, image_pad_id, tg.compute_dtype("auto", device)) if cfg.engine == "vllm"
-              else tg.HFEngine(cfg, model_path, processor, device, image_pad_id))
+    if cfg.engine == "vllm":
+        engine = VLLMEngine(model_path, image_pad_id, dtype=compute_dtype("auto", device), seed=cfg.seed,
+                            max_model_len=cfg.max_prompt_length + max(cfg.max_response_length, cfg.reflect_max_tokens),
+                            min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
+                            tensor_parallel_size=cfg.tensor_parallel_size,
+                            gpu_memory_utilization=cfg.gpu_memory_utilization, cpu_kv_cache_gb=cfg.cpu_kv_cache_gb,
+                            trust_remote_code=cfg.trust_remote_code)
+    else:
+        engine = HFEngine(model_path, processor, device, image_pad_id, trust_remote_code=cfg.trust_remote_code)
     # engines start asleep (on GPU a sleeping vLLM engine would wait forever): the weights are the
     # folder's own, so there is nothing to push, no cache to reset
     engine.wake_up(["weights", "kv_cache"])
@@ -344,14 +286,14 @@ def evaluate(cfg):
         num_batches = -(-(-(-count // world_size)) // cfg.batch_size)
         for start in range(0, num_batches * cfg.batch_size, cfg.batch_size):
             prompts = dataset.get_batch(mine[start:start + cfg.batch_size])
-            requests = [tg.Request(p.text, p.prompt_ids, p.images) for p in prompts]
+            requests = [Request(p.text, p.prompt_ids, p.images) for p in prompts]
             outputs = engine.generate(requests, 1, temperature, cfg.top_p, cfg.max_response_length, cfg.seed + start,
                                       logprobs_for=0)
             texts = [tokenizer.decode(o[0][0], skip_special_tokens=True) for o in outputs]
             reflect_text = reflect_image = [None] * len(texts)
             if cfg.reflect:
                 images = [p.images for p in prompts]
-                reflect_text, reflect_image = (tg.ask_reflection(engine, processor, kind, texts, images, dataset.labels,
+                reflect_text, reflect_image = (ask_reflection(engine, processor, kind, texts, images, dataset.labels,
                                                                  cfg, cfg.seed + start) for kind in ("text", "image"))
             for p, text, rt, ri in zip(prompts, texts, reflect_text, reflect_image):
                 prediction, parsed = parse_answer(text, dataset.labels, cfg.parse)
@@ -386,8 +328,8 @@ def evaluate(cfg):
 
 
 def main(argv=None):
-    import train_grpo as tg
-    cfg = Config(**vars(tg.config_parser(Config, __doc__).parse_args(sys.argv[1:] if argv is None else argv)))
+    from common import parse_flags
+    cfg = parse_flags(Config, __doc__, argv)
     if cfg.parse not in ("boxed", "lenient") or cfg.template not in ("set", "think", "none"):
         raise SystemExit("--parse must be boxed or lenient; --template set, think or none")
     if cfg.predictions:

@@ -1,7 +1,7 @@
 """
 EMO-R3 reward: scores one rollout from its text, its label, and the policy's two reflection answers.
 
-What is scored (see /work/shared/EMO-R3.md, "Reward"):
+What is scored (METHOD.md, "Reward"):
 - format        1 if the response follows the SET layout <step1>..</step1>..<step2>..</step2>..
                 <step3>..</step3>..\\boxed{..} (or <think>..</think>..\\boxed{..} for the baseline)
 - accuracy      1 if the last brace-balanced \\boxed{...} equals the label, case-insensitively
@@ -35,6 +35,10 @@ import pathlib
 import re
 
 VARIANTS = ("code", "paper", "set", "coherence", "multiplicative", "think")
+# Every score a reward returns, in this order. The trainer logs reward/KEY for each (and for any extra
+# key a --reward-fn returns), plots.py draws them, validation reads them: adding a term means adding
+# it here and returning it from emor3_reward.
+REWARD_KEYS = ("overall", "format", "accuracy", "reflect_text", "reflect_image")
 NO_PROMPT_ANSWER = "None"  # what the caller records when there is no reflection prompt to ask
 PROMPT_DIR = pathlib.Path(__file__).resolve().parent / "prompts"
 TEMPLATE_NAMES = ("set", "think", "reflect_text", "reflect_image")
@@ -148,13 +152,7 @@ def emor3_reward(response, answer, reflect_text=None, reflect_image=None, varian
         overall = 0.9 * accuracy * coherence * consistency + 0.1 * format_score
     else:  # "set" and "think": accuracy + format only
         overall = 0.9 * accuracy + 0.1 * format_score
-    return {
-        "overall": overall,
-        "format": format_score,
-        "accuracy": accuracy,
-        "reflect_text": coherence,
-        "reflect_image": consistency,
-    }
+    return dict(zip(REWARD_KEYS, (overall, format_score, accuracy, coherence, consistency)))
 
 
 def score_batch(responses, answers, reflect_texts=None, reflect_images=None, variant="code"):

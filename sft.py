@@ -9,7 +9,7 @@ lifts EMO-R3's overall score (60.50 -> 62.13); no code for it was released. This
   step1 text taken from a row of another class), so the policy can judge its own reasoning from the
   first GRPO step;
 - the same model loading, FSDP2 sharding, micro-batching and checkpoint format as train_grpo.py
-  (imported from it), so `train_grpo.py --init-from RUN/checkpoints/step_N` starts from the result
+  (common.py, packing.py, checkpoint.py), so `train_grpo.py --init-from RUN/checkpoints/step_N` starts from the result
   and `merge.py` converts it.
 
     torchrun --nproc_per_node 2 sft.py --demo                 # CPU, the tiny model on the demo data
@@ -20,17 +20,17 @@ lifts EMO-R3's overall score (60.50 -> 62.13); no code for it was released. This
 import dataclasses
 import json
 import random
-import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 import data
 import rewards
-import train_grpo as tg
+import tiny
+from checkpoint import save_checkpoint
+from common import demo_paths, load_model, parse_flags, print0, require_cuda, run_folder, setup_distributed
+from packing import Sample, collate, encode_prompts, response_logprobs
 
 
 @dataclass
@@ -65,15 +65,12 @@ class Config:
 
 DEMO_DEFAULTS = dict(min_pixels=56 * 56, max_pixels=112 * 112, max_prompt_length=512, batch_size=16,
                      micro_batch_size=8, lr=3e-3, max_steps=60, gradient_checkpointing=False,
-                     reflection_examples=True, shuffle_targets=True)
+                     reflection_examples=True, shuffle_targets=True, model=str(tiny.DEFAULT_DIR),
+                     train_files=str(tiny.DEMO_DIR / "train.jsonl"))  # built at start-up (common.demo_paths)
 
 
 def parse_config(argv=None):
-    parser = tg.config_parser(Config, __doc__)
-    argv = sys.argv[1:] if argv is None else argv
-    if "--demo" in argv:
-        parser.set_defaults(**DEMO_DEFAULTS)
-    cfg = Config(**vars(parser.parse_args(argv)))
+    cfg = parse_flags(Config, __doc__, argv, DEMO_DEFAULTS)
     if not cfg.demo and not (cfg.model and cfg.train_files):
         raise SystemExit("config error: --model and --train-files are required (or --demo)")
     if "{label}" not in cfg.target:
@@ -125,30 +122,22 @@ def encode_examples(processor, examples):
     rendered = [ex if ex.text.startswith("<|im_start|>")
                 else dataclasses.replace(ex, text=data.render_prompt(processor, ex.text, "none")) for ex in examples]
     end = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    samples = [tg.Sample(i, tokenizer(ex.target, add_special_tokens=False)["input_ids"] + end, [])
+    samples = [Sample(i, tokenizer(ex.target, add_special_tokens=False)["input_ids"] + end, [])
                for i, ex in enumerate(examples)]
-    return tg.encode_prompts(processor, rendered), samples
+    return encode_prompts(processor, rendered), samples
 
 
 def main(argv=None):
     cfg = parse_config(argv)
-    tg.require_cuda(cfg.allow_cpu, cfg.demo)
-    rank, world_size, device = tg.setup_distributed()
+    require_cuda(cfg.allow_cpu, cfg.demo)
+    rank, world_size, device = setup_distributed()
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    name = [cfg.output_dir or time.strftime("runs/sft-%Y%m%d-%H%M%S")]
-    dist.broadcast_object_list(name, src=0)
-    out = Path(name[0])
+    out = run_folder(cfg.output_dir, "runs/sft-%Y%m%d-%H%M%S")
     if (out / "checkpoints").exists():
         raise SystemExit(f"{out} already holds a run; choose another --output-dir")
-    if cfg.demo:
-        import tiny
-        if rank == 0:
-            tiny.build_tiny_model(tiny.DEFAULT_DIR)
-            tiny.make_demo_dataset(tiny.DEMO_DIR)
-        dist.barrier()
-        cfg = dataclasses.replace(cfg, model=cfg.model or str(tiny.DEFAULT_DIR),
-                                  train_files=cfg.train_files or str(tiny.DEMO_DIR / "train.jsonl"))
+    if cfg.demo:  # the tiny model and the demo data (the --demo defaults of --model and --train-files)
+        demo_paths()
 
     from tqdm import tqdm
     from transformers import AutoProcessor
@@ -171,10 +160,8 @@ def main(argv=None):
         raise SystemExit(f"{len(samples)} examples, --batch-size {cfg.batch_size}, world size {world_size}: the batch must "
                          f"fit the data and split evenly over the ranks")
 
-    model_cfg = tg.Config(model=cfg.model, trust_remote_code=cfg.trust_remote_code,
-                          gradient_checkpointing=cfg.gradient_checkpointing,
-                          freeze_vision=cfg.freeze_vision)
-    policy = tg.load_model(model_cfg, device, trainable=True)
+    policy = load_model(cfg.model, device, trainable=True, gradient_checkpointing=cfg.gradient_checkpointing,
+                        freeze_vision=cfg.freeze_vision, trust_remote_code=cfg.trust_remote_code)
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
@@ -197,10 +184,10 @@ def main(argv=None):
         for start in range(0, share, cfg.micro_batch_size):
             chunk = mine[start:start + cfg.micro_batch_size]
             if not any("pixel_values" in encoded[s.prompt] for s in chunk):
-                chunk = chunk + [tg.Sample(dummy, [pad_id], [], weight=0.0)]
-            batch = tg.collate(chunk, encoded, pad_id, device)
+                chunk = chunk + [Sample(dummy, [pad_id], [], weight=0.0)]
+            batch = collate(chunk, encoded, pad_id, device)
             mask = batch["response_mask"] * torch.tensor([s.weight for s in chunk], device=device)[:, None]
-            logp = tg.response_logprobs(policy, batch, 1.0)
+            logp = response_logprobs(policy, batch, 1.0)
             loss = -(logp * mask).sum() / tokens.item()
             (loss * world_size).backward()  # FSDP averages gradients over ranks; the mean is already global
             loss_sum += loss.detach().cpu()
@@ -218,8 +205,8 @@ def main(argv=None):
         progress.update(1)
     progress.close()
     # the trainer's checkpoint format, so train_grpo.py --init-from and merge.py take it as it is
-    tg.save_checkpoint(policy, optimizer, total, dataclasses.replace(model_cfg, output_dir=str(out)), out, rank)
-    tg.print0(f"sft done: {out / 'checkpoints' / f'step_{total}'}")
+    save_checkpoint(policy, optimizer, total, dataclasses.asdict(cfg), out, rank)
+    print0(f"sft done: {out / 'checkpoints' / f'step_{total}'}")
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -2,7 +2,7 @@
 
   plain  model(...).logits -> log_softmax over the vocabulary -> gather: (B, R, vocab) fp32 logits,
          their log-softmax and their gradient all exist at once
-  ours   train_grpo.response_logprobs: the LM head computes log-probs LOGPROB_CHUNK tokens at a time,
+  ours   packing.response_logprobs: the LM head computes log-probs LOGPROB_CHUNK tokens at a time,
          each chunk recomputed in backward, so only (chunk, vocab) logits ever exist
 
 Each (method, vocabulary, batch) runs in a fresh subprocess on a small Qwen2.5-VL text stack (hidden
@@ -32,7 +32,7 @@ def measure(method, vocab, batch, length, device):
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    import train_grpo as tg
+    import packing
 
     torch.manual_seed(0)
     config = Qwen2_5_VLConfig(
@@ -41,7 +41,7 @@ def measure(method, vocab, batch, length, device):
         vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64),
         tie_word_embeddings=True)
     model = Qwen2_5_VLForConditionalGeneration(config).to(device)
-    model.set_attn_implementation({"text_config": tg.register_shared_prompt_attention()})  # as load_model does
+    model.set_attn_implementation({"text_config": packing.register_shared_prompt_attention()})  # as load_model does
     prompt = 32
     ids = torch.randint(10, vocab, (batch, prompt + length), device=device)
 
@@ -49,11 +49,11 @@ def measure(method, vocab, batch, length, device):
         logits = model(input_ids=ids, use_cache=False, logits_to_keep=length + 1).logits[:, :-1]
         return torch.log_softmax(logits.float(), -1).gather(-1, ids[:, prompt:, None]).squeeze(-1)
 
-    def ours(model):  # one text-only prompt per sequence, packed by train_grpo.collate
+    def ours(model):  # one text-only prompt per sequence, packed by packing.collate
         encoded = [{"input_ids": row[:prompt].cpu(), "mm_token_type_ids": torch.zeros(prompt, dtype=torch.long)}
                    for row in ids]
-        samples = [tg.Sample(i, row[prompt:].tolist(), []) for i, row in enumerate(ids)]
-        return tg.response_logprobs(model, tg.collate(samples, encoded, 0, device), 1.0)
+        samples = [packing.Sample(i, row[prompt:].tolist(), []) for i, row in enumerate(ids)]
+        return packing.response_logprobs(model, packing.collate(samples, encoded, 0, device), 1.0)
 
     run = plain if method == "plain" else ours
     if device == "cuda":
@@ -84,7 +84,7 @@ def main():
         return
 
     import torch
-    import train_grpo as tg
+    import packing
     rows = []
     for vocab in map(int, args.vocabs.split(",")):
         for batch in map(int, args.batches.split(",")):
@@ -104,7 +104,7 @@ def main():
         f"\n## Log-prob pass peak memory ({datetime.date.today()})\n",
         f"Machine: {args.device} ({cpu if args.device == 'cpu' else torch.cuda.get_device_name()}); torch "
         f"{torch.__version__}. Command: `{command}`. Forward + backward of one micro-batch, response "
-        f"length {args.length}, LM-head chunk {tg.LOGPROB_CHUNK} tokens. MiB above the memory in use before the pass.\n",
+        f"length {args.length}, LM-head chunk {packing.LOGPROB_CHUNK} tokens. MiB above the memory in use before the pass.\n",
         "| vocab | sequences | response tokens | (tokens x vocab) fp32 logits, MiB | plain, MiB | ours, MiB |",
         "|---|---|---|---|---|---|", *rows, ""])
     print(report)

@@ -1,8 +1,8 @@
 """Where a GRPO step's time goes on the CPU demo: the two rollout engines, and the phases of a step.
 
-(a) rollout: vLLM (train_grpo.VLLMEngine) against transformers generate (train_grpo.HFEngine) on the
+(a) rollout: vLLM (rollout.VLLMEngine) against transformers generate (rollout.HFEngine) on the
     tiny model (tiny.py), both in this one process (a torch.distributed world of one, set up by
-    train_grpo.setup_distributed as the trainer does), on the same demo prompts with the same n,
+    common.setup_distributed as the trainer does), on the same demo prompts with the same n,
     max tokens, temperature and seeds. The figure is generated tokens per second (every sampled
     token of every response), the median of --repeats timed calls after one untimed warm-up call
     per engine. HF runs first, so vLLM's import cannot change its threads.
@@ -166,23 +166,26 @@ def rollout_throughput(args):
 
     import data
     import tiny
+    import common
+    import rollout
     import train_grpo as tg
 
     model_dir, demo_dir = tiny.build_tiny_model(), tiny.make_demo_dataset(tiny.DEMO_DIR)
     cfg = tg.parse_config(["--demo", "--model", str(model_dir), "--train-files", str(demo_dir / "train.jsonl"),
                            "--val-files", "", "--max-response-length", str(args.max_tokens)])
-    _, world_size, device = tg.setup_distributed()
+    _, world_size, device = common.setup_distributed()
     processor = AutoProcessor.from_pretrained(model_dir)
     dataset = data.PromptDataset(demo_dir / "train.jsonl", processor, min_pixels=cfg.min_pixels,
                                  max_pixels=cfg.max_pixels, max_prompt_length=cfg.max_prompt_length)
-    requests = [tg.Request(p.text, p.prompt_ids, p.images) for p in dataset.get_batch(range(args.prompts))]
+    requests = [rollout.Request(p.text, p.prompt_ids, p.images) for p in dataset.get_batch(range(args.prompts))]
     image_pad_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     sampling = (args.group_size, args.temperature, 1.0, args.max_tokens)  # n, temperature, top_p, max tokens
     results = {}
     for name in ("hf", "vllm"):
         print(f"[rollout] {name}: starting the engine", flush=True)
-        engine = (tg.HFEngine(cfg, str(model_dir), processor, device, image_pad_id) if name == "hf"
-                  else tg.VLLMEngine(cfg, str(model_dir), world_size, image_pad_id))
+        engine = (rollout.HFEngine(str(model_dir), processor, device, image_pad_id) if name == "hf"
+                  else rollout.VLLMEngine(str(model_dir), image_pad_id, seed=cfg.seed, max_model_len=cfg.max_prompt_length
+                                          + cfg.max_response_length, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels))
         engine.wake_up(["weights", "kv_cache"])  # engines start asleep; the weights are the folder's
         engine.generate(requests[:1], *sampling, seed=0)  # warm-up, untimed
         runs = []

@@ -13,6 +13,10 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 import data  # noqa: E402
+from checkpoint import load_checkpoint  # noqa: E402
+import common  # noqa: E402
+import packing  # noqa: E402
+import rollout  # noqa: E402
 import train_grpo as tg  # noqa: E402
 from dist_sync_check import NEW_TOKENS, fsdp_greedy  # noqa: E402
 
@@ -32,28 +36,30 @@ def main():
     base, checkpoint, merged, train_file, out_file = sys.argv[1:6]
     cfg = tg.parse_config(["--demo", "--model", base, "--train-files", train_file, "--val-files", "",
                            "--max-response-length", str(NEW_TOKENS)])
-    rank, world_size, device = tg.setup_distributed()
+    rank, world_size, device = common.setup_distributed()
     from transformers import AutoModelForImageTextToText, AutoProcessor
     processor = AutoProcessor.from_pretrained(base)
     pad_id = processor.tokenizer.pad_token_id
     prompt = data.PromptDataset(train_file, processor, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)[0]
-    encoded = tg.encode_prompts(processor, [prompt])
+    encoded = packing.encode_prompts(processor, [prompt])
 
     # the trained policy, as training would resume it: FSDP2 shards loaded from the checkpoint
-    policy = tg.load_model(cfg, device, trainable=True)
+    policy = common.load_model(cfg.model, device, trainable=True, precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
-    tg.load_checkpoint(policy, optimizer, Path(checkpoint), rank)
+    load_checkpoint(policy, optimizer, Path(checkpoint), rank)
     policy.eval()
     greedy = fsdp_greedy(policy, encoded, pad_id, device)
-    batch = tg.collate([tg.Sample(0, greedy, [])], encoded, pad_id, device)
+    batch = packing.collate([packing.Sample(0, greedy, [])], encoded, pad_id, device)
     policy_logits = logits_for(policy, batch)
 
     # the merged folder, in plain transformers and in vLLM
     hf = AutoModelForImageTextToText.from_pretrained(merged, dtype=torch.float32).eval()
     merged_logits = logits_for(hf, batch)
-    engine = tg.VLLMEngine(cfg, merged, world_size, processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+    engine = rollout.VLLMEngine(merged, processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"), seed=cfg.seed,
+                                max_model_len=cfg.max_prompt_length + cfg.max_response_length,
+                                min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     engine.wake_up(["weights", "kv_cache"])  # the merged folder's weights, loaded from disk: nothing to push
-    vllm_greedy = engine.generate([tg.Request(prompt.text, prompt.prompt_ids, prompt.images)], 1, 0.0, 1.0,
+    vllm_greedy = engine.generate([rollout.Request(prompt.text, prompt.prompt_ids, prompt.images)], 1, 0.0, 1.0,
                                   NEW_TOKENS, seed=0)[0][0][0]
     if rank == 0:
         torch.save({"policy_greedy": greedy, "policy_logits": policy_logits, "merged_logits": merged_logits,

@@ -4,8 +4,8 @@ fp32), computed two ways, written for tests/test_grpo_math.py to compare:
   plain   each rank's sequences in ONE micro-batch of plainly padded [pad | prompt | response | pad]
           rows, in their original order, every sequence with its own copy of its prompt and image,
           the model's own causal mask and positions, log-probs from the full logits (log_softmax over
-          the whole vocabulary, the textbook way); built here, independent of train_grpo.collate
-  packed  train_grpo.micro_batches + collate + response_logprobs, as the trainer runs them:
+          the whole vocabulary, the textbook way); built here, independent of packing.collate
+  packed  packing.micro_batches + collate + response_logprobs, as the trainer runs them:
           token-budget micro-batches (a different natural count on each rank: rank 1's responses are
           longer) equalised across ranks, packed rows (each prompt and its image once per micro-batch,
           its responses after it, a group split over two micro-batches where the budget demands), the
@@ -25,6 +25,8 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 import data  # noqa: E402
+import common  # noqa: E402
+import packing  # noqa: E402
 import train_grpo as tg  # noqa: E402
 
 TOKEN_BUDGET = 500  # packed tokens per micro-batch (rows x longest row): a prompt is ~80 tokens here, responses 1-40
@@ -72,9 +74,9 @@ def loss_and_grads(policy, samples, encoded, batches, old, ref, denom, make_batc
         logp = logprobs(policy, batch)
         width = logp.shape[1]
         adv = torch.tensor([s.advantage for s in chunk])
-        loss, _ = tg.policy_loss(logp, tg.pad_stack([old[i] for i in micro], width, device), adv,
+        loss, _ = tg.policy_loss(logp, packing.pad_stack([old[i] for i in micro], width, device), adv,
                                  batch["response_mask"], denom=denom)
-        kl = tg.kl_penalty(logp, tg.pad_stack([ref[i] for i in micro], width, device))
+        kl = tg.kl_penalty(logp, packing.pad_stack([ref[i] for i in micro], width, device))
         loss = loss + KL_COEF * tg.aggregate(kl, batch["response_mask"], denom=denom)
         (loss * world_size).backward()
         total += loss.item()
@@ -84,21 +86,20 @@ def loss_and_grads(policy, samples, encoded, batches, old, ref, denom, make_batc
 
 def main():
     model_dir, train_file, out_path = sys.argv[1:4]
-    rank, world_size, device = tg.setup_distributed()
-    cfg = tg.Config(model=model_dir, gradient_checkpointing=False)
+    rank, world_size, device = common.setup_distributed()
     from transformers import AutoProcessor
     processor = AutoProcessor.from_pretrained(model_dir)
     pad_id = processor.tokenizer.pad_token_id
     dataset = data.PromptDataset(train_file, processor, min_pixels=56 * 56, max_pixels=112 * 112)
     prompts = dataset.get_batch(list(range(rank * 4, rank * 4 + 4)))
-    encoded = tg.encode_prompts(processor, prompts)
+    encoded = packing.encode_prompts(processor, prompts)
     rng = random.Random(rank)
     longest = 20 if rank == 0 else 40  # rank 1 needs more micro-batches under the budget
-    samples = [tg.Sample(p, [rng.randrange(10, 600) for _ in range(rng.randint(1, longest))], [],
+    samples = [packing.Sample(p, [rng.randrange(10, 600) for _ in range(rng.randint(1, longest))], [],
                          advantage=rng.uniform(-1.5, 1.5)) for p in range(4) for _ in range(3)]
-    policy = tg.load_model(cfg, device, trainable=True)
+    policy = common.load_model(model_dir, device, trainable=True)
     with torch.no_grad():  # old / ref log-probs near the policy's, far enough to reach the clips
-        base = tg.batched_logprobs(policy, samples, encoded, 64, 0, pad_id, device, 1.0)
+        base = packing.batched_logprobs(policy, samples, encoded, 64, 0, pad_id, device, 1.0)
     old = [lp + 0.5 * torch.randn(lp.shape, generator=torch.Generator().manual_seed(i)) for i, lp in enumerate(base)]
     ref = [lp + 0.3 * torch.randn(lp.shape, generator=torch.Generator().manual_seed(100 + i)) for i, lp in enumerate(base)]
     count = torch.tensor(float(sum(len(s.response_ids) for s in samples)), dtype=torch.float64)
@@ -108,10 +109,10 @@ def main():
 
     plain = loss_and_grads(policy, samples, encoded, [everything], old, ref, denom,
                            lambda c, e, d: plain_batch(c, e, pad_id, d), plain_logprobs, device, world_size)
-    packed_batches = tg.micro_batches(samples, encoded, everything, 64, TOKEN_BUDGET)
+    packed_batches = packing.micro_batches(samples, encoded, everything, 64, TOKEN_BUDGET)
     packed = loss_and_grads(policy, samples, encoded, packed_batches, old, ref, denom,
-                            lambda c, e, d: tg.collate(c, e, pad_id, d),
-                            lambda m, b: tg.response_logprobs(m, b, 1.0, chunk=7), device, world_size)
+                            lambda c, e, d: packing.collate(c, e, pad_id, d),
+                            lambda m, b: packing.response_logprobs(m, b, 1.0, chunk=7), device, world_size)
     rows = [{} for _ in packed_batches]  # prompt -> packed row length, per micro-batch
     for row, batch in zip(rows, packed_batches):
         for i in batch:

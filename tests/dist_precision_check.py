@@ -17,29 +17,31 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import data  # noqa: E402
+import common  # noqa: E402
+import packing  # noqa: E402
 import train_grpo as tg  # noqa: E402
 
 
 def main():
     model_dir, train_file, out_dir = sys.argv[1:4]
     cfg = tg.parse_config(["--demo", "--model", model_dir, "--train-files", train_file, "--precision", "bf16"])
-    rank, world_size, device = tg.setup_distributed()
+    rank, world_size, device = common.setup_distributed()
     from transformers import AutoProcessor
     processor = AutoProcessor.from_pretrained(model_dir)
     pad_id = processor.tokenizer.pad_token_id
     dataset = data.PromptDataset(train_file, processor, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     prompts = [dataset[2 * rank], dataset[2 * rank + 1]]
-    encoded = tg.encode_prompts(processor, prompts)
+    encoded = packing.encode_prompts(processor, prompts)
     generator = torch.Generator().manual_seed(rank)
-    samples = [tg.Sample(p, torch.randint(10, 600, (n,), generator=generator).tolist(), [])
+    samples = [packing.Sample(p, torch.randint(10, 600, (n,), generator=generator).tolist(), [])
                for p, n in ((0, 9), (0, 4), (1, 12))]
-    policy = tg.load_model(cfg, device, trainable=True)
+    policy = common.load_model(cfg.model, device, trainable=True, precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing)
 
     # the head's input, as the model hands it over (bf16 under the policy), and the weight it uses
     captured = {}
     hook = policy.lm_head.register_forward_pre_hook(lambda module, args: captured.update(hidden=args[0].detach()))
-    batch = tg.collate(samples, encoded, pad_id, device)
-    logp = tg.response_logprobs(policy, batch, 0.7)
+    batch = packing.collate(samples, encoded, pad_id, device)
+    logp = packing.response_logprobs(policy, batch, 0.7)
     hook.remove()
     weight = policy.lm_head.weight  # the root unit stays unsharded after its forward: a plain (bf16) tensor then
     weight = (weight.full_tensor() if hasattr(weight, "full_tensor") else weight).detach().to(torch.bfloat16)

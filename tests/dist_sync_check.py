@@ -14,6 +14,9 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 import data  # noqa: E402
+import common  # noqa: E402
+import packing  # noqa: E402
+import rollout  # noqa: E402
 import train_grpo as tg  # noqa: E402
 
 NEW_TOKENS = 12
@@ -24,7 +27,7 @@ def fsdp_greedy(policy, encoded, pad_id, device):
     """Greedy decoding with the FSDP2 policy itself: NEW_TOKENS forwards on every rank (in step)."""
     tokens = []
     for _ in range(NEW_TOKENS):
-        batch = tg.collate([tg.Sample(0, tokens + [pad_id], [])], encoded, pad_id, device)
+        batch = packing.collate([packing.Sample(0, tokens + [pad_id], [])], encoded, pad_id, device)
         position_ids, _ = policy.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"],
                                                       image_grid_thw=batch["image_grid_thw"])  # one sequence, no padding
         # the last real column is the one before the placeholder pad we appended
@@ -38,31 +41,33 @@ def main():
     model_dir, train_file, out_dir = sys.argv[1:4]
     cfg = tg.parse_config(["--demo", "--model", model_dir, "--train-files", train_file, "--val-files", "",
                            "--kl-coef", "0", "--max-response-length", str(NEW_TOKENS)])
-    rank, world_size, device = tg.setup_distributed()
+    rank, world_size, device = common.setup_distributed()
     torch.manual_seed(0)
     from transformers import AutoProcessor
     processor = AutoProcessor.from_pretrained(model_dir)
     pad_id = processor.tokenizer.pad_token_id
     dataset = data.PromptDataset(train_file, processor, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     prompt = dataset[rank]  # a different prompt (and image) on each rank
-    encoded = tg.encode_prompts(processor, [prompt])
-    request = tg.Request(prompt.text, prompt.prompt_ids, prompt.images)
+    encoded = packing.encode_prompts(processor, [prompt])
+    request = rollout.Request(prompt.text, prompt.prompt_ids, prompt.images)
 
-    policy = tg.load_model(cfg, device, trainable=True)
+    policy = common.load_model(cfg.model, device, trainable=True, precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing)
     torch.manual_seed(1000 + rank)  # a per-rank seed, as the trainer sets: the engine's start must keep it
     rng_before = torch.get_rng_state()
-    engine = tg.VLLMEngine(cfg, model_dir, world_size, processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+    engine = rollout.VLLMEngine(model_dir, processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"), seed=cfg.seed,
+                                max_model_len=cfg.max_prompt_length + cfg.max_response_length,
+                                min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     rng_kept = torch.equal(torch.get_rng_state(), rng_before)
     # the engine starts asleep, and every step of the choreography is checked, on CPU too
     misuse = {}
     for name, call in (("generate_asleep", lambda: engine.generate([request], 1, 0.0, 1.0, 2, seed=0)),
-                       ("load_asleep", lambda: engine.load_weights(tg.full_weights(policy)))):
+                       ("load_asleep", lambda: engine.load_weights(rollout.full_weights(policy)))):
         try:
             call()
         except RuntimeError as e:
             misuse[name] = str(e)
     engine.wake_up(["weights"])
-    engine.load_weights(tg.full_weights(policy))
+    engine.load_weights(rollout.full_weights(policy))
     try:  # forgetting reset_caches before waking the KV cache
         engine.wake_up(["kv_cache"])
     except RuntimeError as e:
@@ -75,8 +80,8 @@ def main():
     optimizer = torch.optim.AdamW(policy.parameters(), lr=2e-2)
     sampled = engine.generate([request], 4, 1.0, 1.0, NEW_TOKENS, seed=1)[0]
     for _ in range(3):
-        batch = tg.collate([tg.Sample(0, ids, lps) for ids, lps in sampled], encoded, pad_id, device)
-        loss = -(tg.response_logprobs(policy, batch, 1.0) * batch["response_mask"]).sum() / batch["response_mask"].sum()
+        batch = packing.collate([packing.Sample(0, ids, lps) for ids, lps in sampled], encoded, pad_id, device)
+        loss = -(packing.response_logprobs(policy, batch, 1.0) * batch["response_mask"]).sum() / batch["response_mask"].sum()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -87,15 +92,15 @@ def main():
     except RuntimeError as e:
         misuse["generate_after_sleep"] = str(e)
     engine.wake_up(["weights"])
-    engine.load_weights(tg.full_weights(policy))
+    engine.load_weights(rollout.full_weights(policy))
     engine.reset_caches()
     engine.wake_up(["kv_cache"])
     after_ids, after_logp = engine.generate([request], 1, 0.0, 1.0, NEW_TOKENS, seed=0)[0][0]
     policy.eval()
     fsdp_ids = fsdp_greedy(policy, encoded, pad_id, device)
     with torch.no_grad():
-        batch = tg.collate([tg.Sample(0, after_ids, after_logp)], encoded, pad_id, device)
-        fsdp_logp = tg.response_logprobs(policy, batch, 1.0)[0].tolist()
+        batch = packing.collate([packing.Sample(0, after_ids, after_logp)], encoded, pad_id, device)
+        fsdp_logp = packing.response_logprobs(policy, batch, 1.0)[0].tolist()
     # the reflective re-ask through the same engine: a response with SET steps gets real answers,
     # one without steps gets "None" without a generation
     texts = ["<step1>A red wall.</step1><step2>It feels tense.</step2><step3>negative, high</step3>\\boxed{anger}",

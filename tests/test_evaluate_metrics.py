@@ -1,5 +1,5 @@
 """Tests for evaluate.py without a model: re-scoring a hand-written predictions file, and Table 1 rebuilt
-from the paper's own numbers (/work/shared/EMO-R3.md, "Results to compare against"). Every expected
+from the paper's own numbers (METHOD.md, "Paper results"). Every expected
 value is worked out by hand in the comment beside it."""
 
 import csv
@@ -164,7 +164,7 @@ def test_rescore_lenient(tmp_path):
 
 # --- Table 1 from the paper's own numbers ----------------------------------------------------------
 
-# EMO-R3.md Table 1: trained on EmoSet -> (EmoSet in, Emotion6, WebEmo);
+# METHOD.md, "Paper results" (Table 1): trained on EmoSet -> (EmoSet in, Emotion6, WebEmo);
 # trained on Emotion6 -> (Emotion6 in, EmoSet, WebEmo); then the paper's Overall.
 PAPER = {
     "Zero-shot": ((51.55, 50.00, 40.65), (50.00, 51.55, 40.65), "47.40"),

@@ -1,4 +1,4 @@
-"""GRPO math of train_grpo.py against hand-worked values (EMO-R3.md, "GRPO (EasyR1 math, the defaults)").
+"""GRPO math of train_grpo.py against hand-worked values (METHOD.md, "GRPO").
 
 Every expected number below is worked out from the spec in the comment beside it; the last tests check
 that the trainer's micro-batch / multi-rank bookkeeping (`denom`, `loss * world_size` under FSDP2)

@@ -7,7 +7,7 @@ import sys
 import torch
 from PIL import Image
 
-import merge
+from checkpoint import export_hf_folder
 from test_train import REPO, read_jsonl, torchrun
 
 
@@ -16,7 +16,7 @@ def test_round_trip_checkpoint_to_hf_folder(tiny_model_dir, demo_dir, tmp_path):
     run = tmp_path / "run"
     torchrun("train_grpo.py", "--demo", "--model", tiny_model_dir, "--train-files", demo_dir / "train.jsonl",
              "--val-files", "", "--output-dir", run, "--max-steps", "1", "--lr", "1e-2")
-    merged = merge.merge(run, tmp_path / "merged")  # a run folder: its newest checkpoint (step_1)
+    merged = export_hf_folder(run, tmp_path / "merged")  # a run folder: its newest checkpoint (step_1)
     for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
                  "processor_config.json", "chat_template.jinja", "emo_r3_training.json"):
         assert (merged / name).exists(), name

@@ -1,4 +1,4 @@
-"""Tests for rewards.py: expected numbers are worked out by hand from /work/shared/EMO-R3.md."""
+"""Tests for rewards.py: expected numbers are worked out by hand from METHOD.md and the released code."""
 
 import random
 import re

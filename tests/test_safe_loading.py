@@ -9,6 +9,7 @@ import torch
 
 import evaluate
 import sft
+import rollout
 import train_grpo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def test_model_weights_load_only_from_safetensors(tiny_model_dir, processor, tmp
     """A model folder holding only a pickled pytorch_model.bin would be unpickled by the trainer."""
     loads = [(where, kw) for where, obj, kw in calls("from_pretrained") if obj == "AutoModelForImageTextToText"
              and not where.startswith("tests/")]
-    assert {w.split(":")[0] for w, _ in loads} == {"train_grpo.py", "merge.py"}
+    assert {w.split(":")[0] for w, _ in loads} == {"common.py", "rollout.py", "checkpoint.py"}
     assert [w for w, kw in loads if kw.get("use_safetensors") is not True] == []
     # and for real: the HF engine (the same call as load_model) refuses a .bin-only folder
     import shutil
@@ -43,11 +44,10 @@ def test_model_weights_load_only_from_safetensors(tiny_model_dir, processor, tmp
     from safetensors.torch import load_file
     shutil.copytree(tiny_model_dir, tmp_path / "bin-only", ignore=shutil.ignore_patterns("*.safetensors*"))
     torch.save(load_file(Path(tiny_model_dir) / "model.safetensors"), tmp_path / "bin-only" / "pytorch_model.bin")
-    cfg = train_grpo.Config(model=str(tmp_path / "bin-only"))
+
     with pytest.raises(OSError, match="safetensors"):
-        train_grpo.HFEngine(cfg, cfg.model, processor, torch.device("cpu"), 0)
-    train_grpo.HFEngine(train_grpo.Config(model=str(tiny_model_dir)), str(tiny_model_dir), processor,
-                        torch.device("cpu"), 0)  # the safetensors folder loads
+        rollout.HFEngine(str(tmp_path / "bin-only"), processor, torch.device("cpu"), 0)
+    rollout.HFEngine(str(tiny_model_dir), processor, torch.device("cpu"), 0)  # the safetensors folder loads
 
 
 def test_remote_code_is_off_unless_asked_and_reward_fn_is_documented(capsys):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import common
 import train_grpo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ def read_jsonl(path):
 
 
 def test_defaults_are_the_emor3_recipe():
-    """A run with default flags would not reproduce EMO-R3 (EMO-R3.md "Training setup", "GRPO")."""
+    """A run with default flags would not reproduce EMO-R3 (METHOD.md, "Recipe and defaults")."""
     cfg = train_grpo.parse_config(["--model", "Qwen/Qwen2.5-VL-3B-Instruct", "--train-files", "x.jsonl"])
     expected = dict(
         template="set", reward="code", reflect_text=True, reflect_image=True,  # SET + RER, released reward
@@ -178,16 +179,16 @@ def test_process_group_covers_cpu_tensors_on_a_gpu_machine():
     """On a GPU the trainer's CPU-side counts (micro-batch numbers, token totals, metric sums) would go to a
     plain NCCL group, which takes CUDA tensors only: the first step would stop with "No backend type
     associated with device type cpu"."""
-    assert train_grpo.process_group_backend(use_cuda=True) == "cpu:gloo,cuda:nccl"
-    assert train_grpo.process_group_backend(use_cuda=False) == "gloo"
+    assert common.process_group_backend(use_cuda=True) == "cpu:gloo,cuda:nccl"
+    assert common.process_group_backend(use_cuda=False) == "gloo"
 
 
 def test_a_real_model_without_cuda_stops_unless_asked(monkeypatch):
     """With an old NVIDIA driver torch silently falls back to the CPU, and a 3B run would crawl there."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="--allow-cpu"):
-        train_grpo.require_cuda(allow_cpu=False, demo=False)
-    train_grpo.require_cuda(allow_cpu=True, demo=False)  # asked for: no error
-    train_grpo.require_cuda(allow_cpu=False, demo=True)  # the demo is a CPU job
+        common.require_cuda(allow_cpu=False, demo=False)
+    common.require_cuda(allow_cpu=True, demo=False)  # asked for: no error
+    common.require_cuda(allow_cpu=False, demo=True)  # the demo is a CPU job
     with pytest.raises(SystemExit, match="--allow-cpu"):  # and the trainer checks it first thing
         train_grpo.main(["--model", "Qwen/Qwen2.5-VL-3B-Instruct", "--train-files", "x.jsonl"])

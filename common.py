@@ -1,0 +1,250 @@
+"""What every stage script needs and none should spell out again: the plumbing under train_grpo.py,
+sft.py and evaluate.py.
+
+- flags from a dataclass (`parse_flags`: one flag per field, its comment as the help);
+- torchrun and the process group (`setup_distributed`: gloo on CPU, `cpu:gloo,cuda:nccl` on GPU),
+  `require_cuda`, `print0`, RNG states, the run folder, the demo's model and data;
+- `load_model`: a Qwen2.5-VL, FSDP2-sharded, with its precision policy;
+- the metrics `Tracker`, `timed`, `sum_over_ranks` (scalar totals of every rank), and
+  `get_batch_on_every_rank` (a bad row stops every rank together).
+
+Not here: anything about GRPO (train_grpo.py), the rollout engines (rollout.py), how a micro-batch is
+packed and scored (packing.py), checkpoints (checkpoint.py).
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import data
+from packing import register_shared_prompt_attention
+
+
+# --- flags ------------------------------------------------------------------------------------------
+
+def config_parser(config_class, description):
+    """An argparse parser with one flag per dataclass field (--rollout-batch-size, --no-reflect-image,
+    ...); each flag's help is the field's comment. Shared by the stage scripts."""
+    import inspect
+    import re
+    comments = dict(re.findall(r"^\s+(\w+): \w+ = .*?#\s*(.*)$", inspect.getsource(config_class), re.M))
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(config_class):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = comments.get(f.name, "").replace("%", "%%") + " (default: %(default)s)"
+        if f.type is bool or f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            parser.add_argument(flag, type=kind, default=f.default, help=help_text)
+    return parser
+
+
+def parse_flags(config_class, description, argv=None, demo_defaults=None):
+    """A config_class instance from the command line. With --demo, `demo_defaults` replace the field
+    defaults (anything given on the command line still wins); nothing is rewritten after parsing."""
+    parser = config_parser(config_class, description)
+    argv = sys.argv[1:] if argv is None else argv
+    if demo_defaults and "--demo" in argv:
+        parser.set_defaults(**demo_defaults)
+    return config_class(**vars(parser.parse_args(argv)))
+
+
+# --- processes --------------------------------------------------------------------------------------
+
+def process_group_backend(use_cuda):
+    """The default process group's backend: gloo for CPU tensors, plus NCCL for CUDA tensors on a GPU.
+
+    NCCL takes CUDA tensors only: an all_reduce of a CPU tensor on a plain "nccl" group fails with "No
+    backend type associated with device type cpu". Small counts (micro-batch numbers, token totals,
+    metric sums) live on the CPU, so the group covers both device types, as verl does; object
+    collectives (all_gather_object) then also travel over gloo, on the CPU.
+    """
+    return "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
+
+
+def setup_distributed():
+    """torchrun sets RANK/WORLD_SIZE/...; a plain `python train_grpo.py` becomes a world of one."""
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
+                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(29500 + os.getpid() % 1000))):
+        os.environ.setdefault(key, value)
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+        dist.init_process_group(process_group_backend(True), device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group(process_group_backend(False))
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def require_cuda(allow_cpu, demo=False):
+    """Stop before loading a real model on CPU by accident (an old NVIDIA driver makes torch fall back
+    to CPU without a word): the CPU is for --demo and the tests, or when asked for with --allow-cpu."""
+    if demo or allow_cpu or torch.cuda.is_available():
+        return
+    raise SystemExit(
+        f"CUDA is not usable here (torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}: "
+        f"torch.cuda.is_available() is False). The pinned GPU stack (torch 2.14, vLLM 0.33) is built for CUDA 13 "
+        f"and needs an NVIDIA driver >= 580: check `nvidia-smi`, or see the README's GPU section for a CUDA 12 "
+        f"stack. To run on the CPU anyway (slow: hours per step for a 3B model), pass --allow-cpu.")
+
+
+def rng_states():
+    """This process's RNG states: torch (CPU), Python, and every CUDA device's where there is CUDA."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})}
+
+
+def set_rng_states(states):
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def print0(*args, **kwargs):
+    if dist.get_rank() == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def run_folder(output_dir, default):
+    """The run's output folder: `output_dir`, or a new timestamped one chosen by rank 0 (e.g. default
+    "runs/emo-r3-%Y%m%d-%H%M%S"), the same on every rank."""
+    name = [output_dir or time.strftime(default)]
+    dist.broadcast_object_list(name, src=0)
+    return Path(name[0])
+
+
+def demo_paths():
+    """The tiny model and the demo data, built once by rank 0 (every rank waits): (model_dir, data_dir)."""
+    import tiny
+    if dist.get_rank() == 0:
+        tiny.build_tiny_model(tiny.DEFAULT_DIR)
+        tiny.make_demo_dataset(tiny.DEMO_DIR)
+    dist.barrier()
+    return tiny.DEFAULT_DIR, tiny.DEMO_DIR
+
+
+# --- models -----------------------------------------------------------------------------------------
+
+def attention_implementation():
+    """flash-attn on GPU when installed, PyTorch sdpa otherwise."""
+    if torch.cuda.is_available():
+        try:
+            import flash_attn  # noqa: F401
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def compute_dtype(precision, device):
+    """--precision auto|bf16|fp32 -> the dtype forwards compute in (auto: bf16 on GPU, fp32 on CPU)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+
+
+def load_model(path, device, trainable, precision="auto", gradient_checkpointing=False, freeze_vision=False,
+               trust_remote_code=False):
+    """A Qwen2.5-VL, FSDP2-sharded per decoder layer and per vision block, then as a whole.
+
+    fp32 parameters (the master weights); with bf16 precision (the GPU default) FSDP2 casts them to
+    bf16 for the forward and backward and reduces gradients in fp32. The LM head's log-probs are fp32
+    whatever the precision (response_logprobs).
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code,
+        attn_implementation={"text_config": register_shared_prompt_attention(), "vision_config": attention_implementation()})
+    model.config.use_cache = False  # training forward passes never need the KV cache
+    if trainable and gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not trainable:
+        model.requires_grad_(False)
+    elif freeze_vision:
+        model.model.visual.requires_grad_(False)
+    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+              if compute_dtype(precision, device) == torch.bfloat16 else MixedPrecisionPolicy())
+    for block in list(model.model.visual.blocks) + list(model.model.language_model.layers):
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model.to(device)
+
+
+
+# --- outputs ----------------------------------------------------------------------------------------
+
+class Tracker:
+    """metrics.jsonl always; wandb / tensorboard when asked for and installed. Rank 0 only."""
+
+    def __init__(self, config, out, loggers=""):
+        self.file = open(out / "metrics.jsonl", "a")
+        self.backends = []
+        for name in filter(None, loggers.split(",")):
+            try:
+                if name == "wandb":
+                    import wandb
+                    wandb.init(project="emo-r3", config=config, dir=str(out))
+                    self.backends.append(lambda m, step: wandb.log(m, step=step))
+                elif name == "tensorboard":
+                    from torch.utils.tensorboard import SummaryWriter
+                    writer = SummaryWriter(str(out / "tensorboard"))
+                    self.backends.append(lambda m, step: [writer.add_scalar(k, v, step) for k, v in m.items()])
+            except ImportError:
+                print(f"logger {name!r} is not installed; metrics go to metrics.jsonl only")
+
+    def log(self, metrics, step):
+        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.file.flush()
+        for backend in self.backends:
+            backend(metrics, step)
+
+
+def sum_over_ranks(values):
+    """{name: number} summed over all ranks. The names may differ between ranks (a user reward's own
+    keys): a missing one counts 0. One small object collective, on the CPU (gloo)."""
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, {k: float(v) for k, v in values.items()})
+    return {k: sum(g.get(k, 0.0) for g in gathered) for k in sorted({k for g in gathered for k in g})}
+
+
+def get_batch_on_every_rank(dataset, indices, empty_error=None):
+    """dataset.get_batch, called by all ranks at the same point: if a row is bad (without
+    --skip-bad-rows) on any rank, or, given `empty_error`, a rank's share came back empty, every rank
+    stops with that message instead of one crashing and the others waiting in a collective."""
+    try:
+        prompts = dataset.get_batch(indices)
+        error = empty_error if empty_error and not prompts else None
+    except data.DataError as e:
+        prompts, error = [], str(e)
+    errors = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    failed = [e for e in errors if e]
+    if failed:
+        raise SystemExit(failed[0])
+    return prompts
+
+
+@contextmanager
+def timed(timings, name):
+    start = time.perf_counter()
+    yield
+    timings[f"time/{name}"] = timings.get(f"time/{name}", 0.0) + time.perf_counter() - start
+
+
+def mean(values):
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0

