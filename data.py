@@ -12,11 +12,11 @@ sub-folder of images per class (FI style; the sub-folder name is the label).
 The label set comes from `labels=` (a name in prompts/labels/ or a file, one label per line), else a
 `labels.txt` beside the data, else the sorted distinct answers. Nothing here assumes EmoSet's labels.
 
-Each prompt's images are opened and resized exactly once (qwen-vl-utils' smart_resize into
-[min_pixels, max_pixels], multiples of 28), and the resized PIL images are kept on the `Prompt`, so
-the trainer's processor and vLLM see the same pixels. A bad row (unreadable image, label outside the
-set, empty problem, prompt too long) raises `DataError` naming the file and row, or, with
-`skip_bad=True`, is left out and counted in `skipped`.
+Each prompt's images are opened and resized once, straight to the size the model sees in the released
+pipeline (`reference_size`), and kept on the `Prompt`: trainer and vLLM get the same pixels. Rows whose
+prompt (image tokens included) is over max_prompt_length are dropped at load (image sizes read from the
+headers, nothing decoded) and listed in `dropped_long`. A bad row (unreadable image, label outside the
+set, empty problem) raises `DataError` naming file and row, or with `skip_bad=True` is counted in `skipped`.
 
 Not here, on purpose: the embedded demo dataset (tiny.py, with the tiny model: `python tiny.py demo`)
 and the converters of the public releases EmoSet, Emotion6, WebEmo and FI (prepare_data.py:
@@ -30,6 +30,7 @@ and the converters of the public releases EmoSet, Emotion6, WebEmo and FI (prepa
 import argparse
 import io
 import json
+import math
 import random
 import warnings
 from collections import Counter
@@ -44,6 +45,7 @@ import rewards
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DEFAULT_QUESTION = "<image>What emotion does this image evoke? Choose one of: {labels}."
 SKIP_HINT = "(pass skip_bad / --skip-bad-rows to skip such rows)"
+QWEN_PIXELS = (56 * 56, 28 * 28 * 16384)  # the Qwen2/2.5-VL processors' own pixel range (preprocessor_config.json)
 
 
 def default_question(labels):
@@ -174,7 +176,6 @@ def resolve_labels(rows, labels=None, data_path=None):
     return found
 
 
-
 def write_jsonl(path, rows):
     """Write dicts as a .jsonl file, through a .tmp file renamed at the end: a half-written file never
     looks like a dataset. Used by the writers of datasets (tiny.py's demo, prepare_data.py)."""
@@ -186,31 +187,34 @@ def write_jsonl(path, rows):
 
 # --- images -------------------------------------------------------------------------------------
 
-def open_image(source, base_dir):
-    """Decode one image source to an RGB PIL image (fully loaded, so truncation shows up here)."""
+def open_image(source, base_dir, size_only=False):
+    """Decode one image source to an RGB PIL image (fully loaded, so truncation shows up here), or with
+    size_only, return its (width, height) read from the header alone, no pixel decoded."""
     if isinstance(source, Image.Image):
-        image = source
+        return source.size if size_only else to_rgb(source)
+    if isinstance(source, dict):  # Hugging Face datasets' Image feature in parquet
+        source = source.get("bytes") or source.get("path")
+    if not source:  # "", None, b"", or a dict with neither bytes nor path
+        raise OSError(f"empty image field {source!r}: no path and no bytes")
+    if isinstance(source, (bytes, bytearray)):
+        file = io.BytesIO(source)
+    elif isinstance(source, str):
+        file = Path(source) if Path(source).is_absolute() else Path(base_dir) / source
+        if not file.is_file():  # a folder, or a named pipe that would block open() forever
+            raise OSError(f"not a file: {file}" if file.exists() else f"no such file: {file}")
+        if file.stat().st_size == 0:  # PIL would only say "cannot identify image file"
+            raise OSError(f"empty file (0 bytes): {file}")
     else:
-        if isinstance(source, dict):  # Hugging Face datasets' Image feature in parquet
-            source = source.get("bytes") or source.get("path")
-        if not source:  # "", None, b"", or a dict with neither bytes nor path
-            raise OSError(f"empty image field {source!r}: no path and no bytes")
-        if isinstance(source, (bytes, bytearray)):
-            file = io.BytesIO(source)
-        elif isinstance(source, str):
-            file = Path(source) if Path(source).is_absolute() else Path(base_dir) / source
-            if not file.is_file():  # a folder, or a named pipe that would block open() forever
-                raise OSError(f"not a file: {file}" if file.exists() else f"no such file: {file}")
-            if file.stat().st_size == 0:  # PIL would only say "cannot identify image file"
-                raise OSError(f"empty file (0 bytes): {file}")
-        else:
-            raise OSError(f"unsupported image field {type(source).__name__}: {str(source)[:80]!r}")
-        with warnings.catch_warnings():
-            # Image.open reads only the header and refuses more than 2 * MAX_IMAGE_PIXELS; between 1x and
-            # 2x it only warns, and load() would then decode it: make that an error too, before decoding
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(file)
-            image.load()
+        raise OSError(f"unsupported image field {type(source).__name__}: {str(source)[:80]!r}")
+    with warnings.catch_warnings():
+        # Image.open reads only the header and refuses more than 2 * MAX_IMAGE_PIXELS; between 1x and
+        # 2x it only warns, and load() would then decode it: make that an error too, before decoding
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(file)
+    if size_only:
+        image.close()
+        return image.size
+    image.load()
     return to_rgb(image)
 
 
@@ -232,34 +236,41 @@ def to_rgb(image):
     return image.convert("RGB")  # also CMYK, P without transparency, L, 1, YCbCr
 
 
-def resize_image(image, min_pixels, max_pixels):
-    """qwen-vl-utils' resize: both sides multiples of 28, pixel count within [min_pixels, max_pixels].
+def reference_size(width, height, min_pixels, max_pixels, processor_pixels=QWEN_PIXELS):
+    """(width, height) at which the model sees a width x height image in the released pipeline: EasyR1's
+    process_image, then the processor's smart_resize (500x375 -> 591x443 -> 588x448). Images that the
+    processor would refuse or resize again are refused naming their size, not later naming no row."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+    w, h = width, height
+    if w * h > max_pixels:  # EasyR1: both sides times sqrt(limit / (w*h)), each truncated with int()
+        scale = math.sqrt(max_pixels / (w * h))
+        w, h = int(w * scale), int(h * scale)
+    if 0 < w * h < min_pixels:
+        scale = math.sqrt(min_pixels / (w * h))
+        w, h = int(w * scale), int(h * scale)
+    try:  # the processor (trainer and vLLM): sides rounded to multiples of 28 within its own pixel range
+        final = smart_resize(h, w, 28, *processor_pixels)
+        if smart_resize(*final, 28, *processor_pixels) != final:  # it would resize its own output again
+            raise ValueError
+    except (ValueError, ZeroDivisionError):  # an aspect ratio over 200 (200x1 -> 791x3), a side of 0 px
+        raise ValueError(f"image is {width}x{height} pixels, too thin for Qwen2.5-VL (sides >= 28 px, aspect ratio "
+                         f"<= 200 before and after rounding to multiples of 28): crop or pad it") from None
+    return final[1], final[0]
 
-    Tiny images (1x1, 3x500) are scaled up to whole 28-pixel patches. Thin ones are refused here,
-    naming their size: qwen-vl-utils refuses an aspect ratio over 200 itself, but shrinking a thin image
-    can floor its short side to 0 px, and rounding the sides to multiples of 28 can push the ratio past
-    200 (11900x60 -> 11900x56), which the processor would refuse later, in the trainer, naming no row.
-    """
-    from qwen_vl_utils import fetch_image
-    from qwen_vl_utils.vision_process import MAX_RATIO, smart_resize
-    width, height = image.size
-    too_thin = f"too thin for Qwen2.5-VL (sides >= 28 px, aspect ratio <= {MAX_RATIO}): crop or pad it"
-    if min(width, height) == 0 or max(width, height) / min(width, height) > MAX_RATIO:
-        raise ValueError(f"image is {width}x{height} pixels, {too_thin}")
-    new_height, new_width = smart_resize(height, width, 28, min_pixels, max_pixels)
-    if min(new_width, new_height) < 28 or max(new_width, new_height) / min(new_width, new_height) > MAX_RATIO:
-        raise ValueError(f"image is {width}x{height} pixels, {new_width}x{new_height} once resized into "
-                         f"[min_pixels, max_pixels], {too_thin}")
-    return fetch_image({"image": image, "min_pixels": min_pixels, "max_pixels": max_pixels})
+
+def resize_image(image, min_pixels, max_pixels, processor_pixels=QWEN_PIXELS):
+    """The image in RGB (`to_rgb`), resized once (bicubic) to `reference_size`, which a processor with that
+    pixel range leaves as it is. The released code resizes twice (its own step, then the processor's)."""
+    size = reference_size(*image.size, min_pixels, max_pixels, processor_pixels)
+    image = to_rgb(image)
+    return image if image.size == size else image.resize(size)
 
 
 # --- prompts ------------------------------------------------------------------------------------
 
 def build_messages(problem, template="set"):
-    """One user turn: the problem inside the template, an image item wherever `<image>` stands.
-
-    Matches EasyR1's RLHFDataset._build_messages: split on "<image>", keep non-empty text pieces.
-    """
+    """One user turn: the problem inside the template, an image item wherever `<image>` stands (as EasyR1's
+    RLHFDataset._build_messages: split on "<image>", keep non-empty text pieces)."""
     text = problem if template == "none" else rewards.render_template(template, problem)
     content = []
     for i, piece in enumerate(text.split("<image>")):
@@ -277,14 +288,16 @@ def render_prompt(processor, problem, template="set"):
 
 
 def image_token_count(image, processor):
-    """How many <|image_pad|> tokens the processor expands one resized image into."""
+    """How many <|image_pad|> tokens the processor expands one resized image (or (width, height)) into."""
     patch = processor.image_processor.patch_size
     merge = processor.image_processor.merge_size
-    return (image.height // patch) * (image.width // patch) // (merge * merge)
+    width, height = image if isinstance(image, tuple) else image.size
+    return (height // patch) * (width // patch) // (merge * merge)
 
 
 class PromptDataset:
-    """Rows + label set + prompt settings; `dataset[i]` is a ready `Prompt` (images resized once)."""
+    """Rows + label set + prompt settings; `dataset[i]` is a ready `Prompt` (images resized once). For the
+    run's log: `dropped_long`, (where, prompt tokens) of each row over max_prompt_length, dropped at load."""
 
     def __init__(self, path, processor, template="set", labels=None, min_pixels=512 * 512,
                  max_pixels=2048 * 2048, max_prompt_length=2048, image_dir=None, skip_bad=False,
@@ -293,12 +306,7 @@ class PromptDataset:
             raise ValueError(f"template must be 'set', 'think' or 'none', got {template!r}")
         if min_pixels > max_pixels:
             raise ValueError(f"min_pixels ({min_pixels}) is larger than max_pixels ({max_pixels})")
-        # The processor resizes again into its own range; inside that range a 28-multiple image is
-        # left as it is, so ours must lie inside it for "resized once, same pixels everywhere" to hold.
-        floor, ceiling = processor.image_processor.size["shortest_edge"], processor.image_processor.size["longest_edge"]
-        if min_pixels < floor or max_pixels > ceiling:
-            raise ValueError(f"min_pixels/max_pixels ({min_pixels}, {max_pixels}) must lie within the model "
-                             f"processor's range [{floor}, {ceiling}], or the processor would resize images again")
+        self.processor_pixels = tuple(processor.image_processor.size[k] for k in ("shortest_edge", "longest_edge"))
         self.path, self.processor, self.template = str(path), processor, template
         self.min_pixels, self.max_pixels, self.max_prompt_length = min_pixels, max_pixels, max_prompt_length
         self.skip_bad = skip_bad
@@ -307,7 +315,7 @@ class PromptDataset:
         rows = read_rows(path, image_dir, prompt_key, answer_key, image_key)
         self.labels = resolve_labels(rows, labels, path)
         known = {label.lower() for label in self.labels}
-        self.rows = []
+        self.rows, self.dropped_long, text_tokens = [], [], {}
         for row in rows:  # checks that need no image decoding happen once, up front
             if row.problem is None and Path(row.where).suffix.lower() in IMAGE_SUFFIXES:
                 row.problem = default_question(self.labels)
@@ -319,10 +327,34 @@ class PromptDataset:
                 self._bad(row, f"label {row.answer!r} is not in the label set {self.labels}")
             elif not row.images:
                 self._bad(row, f"no image in {image_key!r}")
+            elif (tags := self._tagged(row).count("<image>")) != len(row.images):
+                self._bad(row, f"the problem has {tags} <image> tags but the row has {len(row.images)} images")
+            elif (length := self._header_length(row, text_tokens)) is not None and length > max_prompt_length:
+                self.dropped_long.append((row.where, length))
             else:
                 self.rows.append(row)
         if not self.rows:
-            raise DataError(f"{path}: no usable rows" + (f" ({len(self.skipped)} skipped)" if self.skipped else ""))
+            raise DataError(f"{path}: no usable rows ({len(self.skipped)} skipped, {len(self.dropped_long)} over "
+                            f"max_prompt_length={max_prompt_length})")
+
+    def _tagged(self, row):  # the problem with its <image> tags: one per image in front when it has none
+        return row.problem if "<image>" in row.problem else "<image>" * len(row.images) + row.problem
+
+    def _render(self, problem):
+        text = render_prompt(self.processor, problem, self.template)
+        return text, self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _header_length(self, row, text_tokens):
+        """The prompt length from the images' header sizes; None if one is unusable (the row fails when used)."""
+        try:
+            sizes = [reference_size(*open_image(source, row.base_dir, True), self.min_pixels, self.max_pixels,
+                                    self.processor_pixels) for source in row.images]
+        except Exception:  # PIL raises many types
+            return None
+        problem = self._tagged(row)
+        if problem not in text_tokens:  # most datasets ask one question: render and tokenise it once
+            text_tokens[problem] = len(self._render(problem)[1])
+        return text_tokens[problem] + sum(image_token_count(size, self.processor) - 1 for size in sizes)
 
     def _bad(self, row, reason):
         if not self.skip_bad:
@@ -339,19 +371,12 @@ class PromptDataset:
         for source in row.images:
             name = source if isinstance(source, str) and source else f"<{type(source).__name__} image>"
             try:
-                images.append(resize_image(open_image(source, row.base_dir), self.min_pixels, self.max_pixels))
+                images.append(resize_image(open_image(source, row.base_dir), self.min_pixels, self.max_pixels,
+                                           self.processor_pixels))
             except Exception as e:  # PIL raises many types; all mean "this image is unusable"
                 raise DataError(f"{row.where}: cannot use image {name}: {type(e).__name__}: {e}") from e
-        problem = row.problem if "<image>" in row.problem else "<image>" * len(images) + row.problem
-        if problem.count("<image>") != len(images):
-            raise DataError(f"{row.where}: the problem has {problem.count('<image>')} <image> tags "
-                            f"but the row has {len(images)} images")
-        text = render_prompt(self.processor, problem, self.template)
-        prompt_ids = self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+        text, prompt_ids = self._render(self._tagged(row))
         num_tokens = len(prompt_ids) + sum(image_token_count(im, self.processor) - 1 for im in images)
-        if num_tokens > self.max_prompt_length:
-            raise DataError(f"{row.where}: prompt is {num_tokens} tokens, more than max_prompt_length="
-                            f"{self.max_prompt_length} (lower max_pixels or raise the limit)")
         return Prompt(index, row.problem, row.answer, text, prompt_ids, images, num_tokens, row.where, row.response)
 
     def get_batch(self, indices):
@@ -388,11 +413,9 @@ def epoch_order(num_rows, epoch, seed, shuffle=True):
 
 
 def step_indices(num_rows, batch_size, step, seed, shuffle=True):
-    """Row indices of training step `step` (0-based): consecutive slices of the epoch orders.
-
-    A pure function of its arguments, so a resumed run picks up at the exact same prompt. The tail
-    of an epoch that does not fill a batch is dropped (like EasyR1's drop_last=True).
-    """
+    """Row indices of training step `step` (0-based): consecutive slices of the epoch orders. A pure function
+    of its arguments, so a resumed run picks up at the exact same prompt. The tail of an epoch that does not
+    fill a batch is dropped (like EasyR1's drop_last=True)."""
     if num_rows < batch_size:
         raise DataError(f"the dataset has {num_rows} usable rows, fewer than one batch of {batch_size} prompts")
     steps_per_epoch = num_rows // batch_size
@@ -442,10 +465,13 @@ def main():
     except DataError as e:  # a message for the person, not a traceback
         raise SystemExit(f"error: {e}") from None
     print(json.dumps({"rows": len(dataset.rows), "usable": len(lengths), "skipped": len(dataset.skipped),
+                      "dropped_long": len(dataset.dropped_long),
                       "labels": dataset.labels, "label_counts": Counter(r.answer for r in dataset.rows),
                       "prompt_tokens": {"min": min(lengths, default=0), "max": max(lengths, default=0)}}, indent=1))
     for where, reason in dataset.skipped[:20]:
         print(f"skipped {where}: {reason}")
+    for where, tokens in dataset.dropped_long[:20]:
+        print(f"dropped {where}: prompt of {tokens} tokens, over --max-prompt-length {args.max_prompt_length}")
 
 
 if __name__ == "__main__":

@@ -257,7 +257,6 @@ def evaluate(cfg):
     if cfg.engine == "vllm":
         engine = VLLMEngine(model_path, image_pad_id, dtype=compute_dtype("auto", device), seed=cfg.seed,
                             max_model_len=cfg.max_prompt_length + max(cfg.max_response_length, cfg.reflect_max_tokens),
-                            min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
                             tensor_parallel_size=cfg.tensor_parallel_size,
                             gpu_memory_utilization=cfg.gpu_memory_utilization, cpu_kv_cache_gb=cfg.cpu_kv_cache_gb,
                             trust_remote_code=cfg.trust_remote_code)
@@ -313,6 +312,8 @@ def evaluate(cfg):
             metrics = compute_metrics(rows, dataset.labels)
             if dataset.skipped:
                 metrics["skipped_rows"] = len(dataset.skipped)
+            if dataset.dropped_long:  # over --max-prompt-length, dropped at load as in the reference
+                metrics["dropped_long_rows"] = len(dataset.dropped_long)
             write_outputs(out_root / name, name, rows, metrics, cfg.model)
             summary[name] = metrics["accuracy"]
             print(f"{name}: accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "

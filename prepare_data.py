@@ -1,48 +1,56 @@
 """Convert the public emotion datasets to the data.py layout: EmoSet, Emotion6, WebEmo (2/7/25) and FI.
 
-Each converter reads one release the way its authors distribute it and writes `OUT/<split>.jsonl`
-(one row per image: `images`, `problem`, `answer`) plus `OUT/labels.txt`, so
+Each converter reads one release as its authors distribute it and writes `OUT/<split>.jsonl` (one
+row per image: `images`, `problem`, `answer`) plus `OUT/labels.txt`, so
 `data.PromptDataset(OUT / "train.jsonl", ...)`, train_grpo.py and evaluate.py find the label set by
 themselves. Images stay where they are (never copied): paths inside OUT are written relative, others
-absolute. None of this could be run on the real downloads; the layouts come from the papers, the
-authors' loaders and public code that reads each release, and each converter's docstring says what
-was assumed:
+absolute. None of this could be run on the real downloads; the layouts come from each release's
+readme, its authors' loader or download script and public code that reads it, and each converter's
+docstring says what was assumed:
 
-  emoset    EmoSet-118K: SRC/{train,val,test}.json and the image/ and annotation/ folders; Mikels 8.
-            Writes every split the release has (or --split).
-  emotion6  Emotion6: SRC/images/<emotion>/ (or SRC/<emotion>/); Ekman 6. No official split: all
-            images go to test.jsonl, or a seeded class-stratified split with --test-fraction.
-  webemo    WebEmo: SRC/train25.txt and SRC/test25.txt (or one list file with --split), one
-            `<local image path> <label id 0-24>` per line (download the listed URLs first);
-            --level 25, 7 or 2 (required: which level the EMO-R3 paper evaluated is unknown),
-            mapped through WEBEMO_HIERARCHY or --hierarchy FILE.TSV.
-  fi        FI (Flickr and Instagram): SRC/<emotion>/ for the Mikels 8; a seeded class-stratified
-            80/20 train/test split (--test-fraction, --seed).
+  emoset    EmoSet-118K: SRC/{train,val,test}.json ([emotion, image_id, image_path, annotation_path]
+            entries), SRC/image/ and SRC/annotation/; Mikels 8. Writes every split the release has.
+  emotion6  Emotion6: SRC/images/<emotion>/<n>.jpg and SRC/ground_truth.txt; Ekman 6. The label is the
+            folder, i.e. the Flickr search keyword; --label-from ground_truth takes the annotators'
+            most chosen emotion instead. No official split: all images go to test.jsonl, or a seeded
+            class-stratified split with --test-fraction.
+  webemo    WebEmo: SRC/train25.txt and SRC/test25.txt (`<image URL> <label id 0-24>` lines) and
+            SRC/category.txt (the 25 -> 7 -> 2 hierarchy). Download the images first: they are looked
+            for at IMAGE_ROOT/<split>/<label id>/<file name of the URL>, the tree the public download
+            script writes (--image-root, default SRC); --skip-missing converts without dead links and
+            reports how many. --level 25, 7 or 2 (required: the EMO-R3 paper's level is unknown).
+  fi        FI (Flickr and Instagram): SRC/<emotion>/<image> for the Mikels 8; a seeded
+            class-stratified 80/20 train/test split (--test-fraction, --seed).
 
-Not here: reading, checking and batching datasets (data.py, which this script imports; validate a
-result with `python data.py check OUT/train.jsonl --model MODEL`), and the demo dataset (tiny.py).
-Write each dataset, and each WebEmo level, to its own OUT: one labels.txt serves every split there.
+Folder-per-class releases (Emotion6, FI) are refused, with the folder named, when a class folder
+holds another folder (its images would take the parent's label) or a class has no images (labels.txt
+would list a class that no row has). Not here: reading, checking and batching datasets (data.py,
+which this script imports; validate a result with `python data.py check OUT/train.jsonl --model
+MODEL`), and the demo dataset (tiny.py). Write each dataset, and each WebEmo level, to its own OUT:
+one labels.txt serves every split there.
 
     python prepare_data.py emoset downloads/EmoSet-118K --out data/emoset
     python prepare_data.py emotion6 downloads/Emotion6 --out data/emotion6
-    python prepare_data.py webemo downloads/WebEmo --level 7 --out data/webemo7
+    python prepare_data.py webemo downloads/WebEmo --level 7 --out data/webemo7 --skip-missing
     python prepare_data.py fi downloads/FI --out data/fi --test-fraction 0.2 --seed 0
 """
 
 import argparse
+import ast
 import json
 import os
 import random
+import re
+from functools import partial
 from pathlib import Path
 
 import rewards
 from data import IMAGE_SUFFIXES, DataError, default_question, read_table, write_jsonl
 
 
-# WebEmo's label hierarchy: (25-level, 7-level, 2-level); row i is label id i of train25.txt/test25.txt,
-# whose ids follow the alphabetical order of the 25 names. Taken from public WebEmo loaders (the
-# release ships ids, not names). Parrott's 6 primary emotions plus "confusion", which the release
-# keeps as its own 7-level class (one public copy folds it into sadness, which would give 6 classes).
+# WebEmo's label hierarchy (25-level, 7-level, 2-level); row i is label id i of train25.txt/test25.txt.
+# Copied from the release's category.txt, which converters read instead when SRC has it: Parrott's 6
+# primary emotions plus "confusion", a 7-level class of its own there (its readme says "six categories").
 WEBEMO_HIERARCHY = [
     ("affection", "love", "positive"), ("cheerfulness", "joy", "positive"),
     ("confusion", "confusion", "negative"), ("contentment", "joy", "positive"),
@@ -58,8 +66,9 @@ WEBEMO_HIERARCHY = [
     ("surprise", "surprise", "positive"), ("sympathy", "sadness", "negative"),
     ("zest", "joy", "positive"),
 ]
-# the release's folder names misspell two classes; prompts get the English word, lists may use either
+# category.txt misspells two classes; prompts get the English word, lists may use either
 WEBEMO_SPELLINGS = {"cheerfullness": "cheerfulness", "irritabilty": "irritability"}
+WEBEMO_VALENCE = {"+": "positive", "-": "negative"}  # category.txt's level-2 signs
 
 
 def _write_split(out, split, labels, items):
@@ -90,23 +99,44 @@ def _existing_image(path, where):
     return path
 
 
+def _subfolders(folder):
+    # hidden and tool folders (.ipynb_checkpoints, __MACOSX from zips) are neither classes nor images
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+
+
 def _class_folder_items(src, labels, dataset):
-    """(image, label) pairs of a folder-per-class release; the class folders sit in SRC or one level down."""
+    """(image, label) pairs of a folder-per-class release, and the folder that holds the class folders.
+
+    The class folders sit in SRC or one level down (Emotion6's images/, a zip's top folder). Refused,
+    with the folder named: a folder that is not a class; a folder inside a class folder, whose images
+    would take the parent's label while its own class (e.g. a misspelt digust/) vanished; a class with
+    no folder or no images, which labels.txt would still list.
+    """
     src, known = Path(src), {label.lower(): label for label in labels}
     if not src.is_dir():
         raise DataError(f"{src}: no such folder")
-    roots = [src] + sorted(p for p in src.iterdir() if p.is_dir())  # e.g. Emotion6/images/, FI's zip folder
-    root = next((r for r in roots if any(p.is_dir() and p.name.lower() in known for p in r.iterdir())), None)
+    roots = [src] + _subfolders(src)
+    root = next((r for r in roots if any(p.name.lower() in known for p in _subfolders(r))), None)
     if root is None:
         raise DataError(f"{src}: no {dataset} class folders ({', '.join(labels)}) in it or one level down")
     items = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))):
+    for folder in _subfolders(root):
         if folder.name.lower() not in known:  # never drop a class silently
             raise DataError(f"{folder}: {folder.name!r} is not one of the {dataset} labels ({', '.join(labels)}); "
-                            f"move the folder out of {root}")
-        images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        items += [(image, known[folder.name.lower()]) for image in images]
-    return items
+                            f"rename it to its class (a misspelt 'digust' is disgust) or move it out of {root}")
+        label = known[folder.name.lower()]
+        nested = _subfolders(folder)
+        if nested:
+            raise DataError(f"{nested[0]}: a folder inside the class folder {folder}; its images would be labelled "
+                            f"{label!r}. Move them into the class folder they belong to ({', '.join(labels)}; a "
+                            f"misspelt name such as 'digust' means disgust) and remove the folder")
+        items += [(p, label) for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    absent = [label for label in labels if label not in {label for _, label in items}]
+    if absent:
+        raise DataError(f"{root}: no images of {', '.join(absent)}; {dataset} has a folder of images for each of "
+                        f"{', '.join(labels)}, and labels.txt would list a class that no row has. Is the download "
+                        f"complete, and are the folders named after the classes?")
+    return items, root
 
 
 def _stratified_split(items, test_fraction, seed, src):
@@ -124,8 +154,8 @@ def _stratified_split(items, test_fraction, seed, src):
     return train, test
 
 
-def _prepare_class_folders(src, out, split, test_fraction, seed, labels, dataset):
-    items = _class_folder_items(src, labels, dataset)
+def _write_class_items(items, src, out, split, test_fraction, seed, labels):
+    """Write all items to out/<split>.jsonl, or with a test fraction the train or test part of a split."""
     if test_fraction:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test' with a test fraction, got {split!r}")
@@ -136,12 +166,13 @@ def _prepare_class_folders(src, out, split, test_fraction, seed, labels, dataset
 def prepare_emoset(src, out, split="train"):
     """EmoSet-118K (Yang et al., ICCV 2023) -> out/<split>.jsonl; labels: Mikels 8.
 
-    Assumed layout (the authors' EmoSet loader): SRC/{train,val,test}.json, each a JSON list of
-    [emotion, image_id, image_path, annotation_path] with paths relative to SRC, e.g.
-    image/amusement/amusement_00000.jpg and annotation/amusement/amusement_00000.json; 3-item entries
-    [emotion, image_path, annotation_path] are accepted too. The label is the annotation's "emotion"
-    when that file exists, else the entry's; a disagreement between the two, a label outside Mikels 8
-    or a missing image is an error naming the entry. Other attributes (brightness, scene, ...) are unused.
+    Layout (the release's readme and the authors' EmoSet.py loader): SRC/{train,val,test}.json, each a
+    JSON list of [emotion, image_id, image_path, annotation_path] with paths relative to SRC, e.g.
+    image/amusement/amusement_12865.jpg and annotation/amusement/amusement_12865.json; 3-item entries
+    [emotion, image_path, annotation_path], which one public loader reads, are accepted too. The label
+    is the annotation's "emotion" when that file has one, else the entry's; a disagreement between the
+    two, a label outside Mikels 8 or a missing image is an error naming the entry. The other
+    attributes (brightness, scene, ...) and info.json are unused.
     """
     from tqdm import tqdm
     src, labels = Path(src), rewards.load_labels("emoset")
@@ -168,79 +199,174 @@ def prepare_emoset(src, out, split="train"):
     return _write_split(out, split, labels, items)
 
 
-def prepare_emotion6(src, out, split="test", test_fraction=0.0, seed=0):
+def _emotion6_ground_truth(src, root, labels):
+    """ground_truth.txt as {image path relative to images/: [annotators' share of each label]}, and its path.
+
+    The file is tab-separated under a header `[image_filename] [valence] [arousal] [prob. anger] ...
+    [prob. surprise] [prob. neutral]`, one row per image (`anger/1.jpg`); columns are found by name.
+    """
+    file = next((p for p in (Path(src) / "ground_truth.txt", root.parent / "ground_truth.txt") if p.is_file()), None)
+    if file is None:
+        raise DataError(f"{src}: no ground_truth.txt in it or beside {root} (Emotion6 ships it beside images/); "
+                        f"--label-from ground_truth needs it")
+    lines = file.read_text(encoding="utf-8").splitlines()
+    header = [name.strip().strip("[]").lower() for name in lines[0].split("\t")] if lines else []
+    if not all(f"prob. {label}" in header for label in labels):
+        raise DataError(f"{file}:1: expected a header with a '[prob. <emotion>]' column for each of "
+                        f"{', '.join(labels)}, got {lines[0] if lines else ''!r:.200}")
+    columns = [header.index(f"prob. {label}") for label in labels]
+    shares = {}
+    for n, line in enumerate(lines[1:], 2):
+        if line.strip():
+            fields = line.split("\t")
+            try:
+                shares[fields[0].strip()] = [float(fields[c]) for c in columns]
+            except (IndexError, ValueError) as e:
+                raise DataError(f"{file}:{n}: expected a tab-separated row under the header, got {line!r:.200}") from e
+    return shares, file
+
+
+def prepare_emotion6(src, out, split="test", test_fraction=0.0, seed=0, label_from="folder"):
     """Emotion6 (Peng et al., CVPR 2015) -> out/<split>.jsonl; labels: Ekman 6.
 
-    Assumed layout: SRC/images/<emotion>/<n>.jpg for anger, disgust, fear, joy, sadness, surprise
-    (SRC may also be the images/ folder itself). The folder is the label; ground_truth.txt (the
-    annotators' emotion distribution, which includes "neutral") is not read. There is no official
-    split: by default every image goes to <split>.jsonl (test: Emotion6 is an out-of-domain
-    benchmark); with test_fraction > 0, `split` picks the train or test part of a seeded split that
-    is stratified by class and keeps every class on both sides.
+    Layout (the release's readme.txt): SRC/images/<emotion>/<n>.jpg, 330 each for anger, disgust,
+    fear, joy, sadness, surprise (SRC may also be the images/ folder itself), and SRC/ground_truth.txt.
+    The folder is the keyword the image was found with on Flickr, not what its annotators chose:
+    ground_truth.txt holds their distribution over the six emotions and neutral. label_from="folder"
+    (the default, as public loaders label Emotion6) labels by folder; "ground_truth" by the emotion with the largest
+    share (neutral ignored; a tie goes to the folder's emotion when it is among the tied, else to the
+    first in the order above), printing how many labels differ from the folder.
+    There is no official split: by default every image goes to <split>.jsonl (test: Emotion6 is an
+    out-of-domain benchmark); with test_fraction > 0, `split` picks the train or test part of a seeded
+    split that is stratified by class and keeps every class on both sides.
     """
-    return _prepare_class_folders(src, out, split, test_fraction, seed, rewards.load_labels("emotion6"), "Emotion6")
+    labels = rewards.load_labels("emotion6")
+    if label_from not in ("folder", "ground_truth"):
+        raise ValueError(f"label_from must be 'folder' or 'ground_truth', got {label_from!r}")
+    items, root = _class_folder_items(src, labels, "Emotion6")
+    if label_from == "ground_truth":
+        shares, file = _emotion6_ground_truth(src, root, labels)
+        names = {image: image.relative_to(root).as_posix() for image, _ in items}
+        unlisted = [name for name in names.values() if name not in shares]
+        absent = sorted(set(shares) - set(names.values()))
+        problems = ([f"no row for {len(unlisted)} image(s) in {root}, e.g. {unlisted[0]}"] if unlisted else []) + \
+            ([f"rows for {len(absent)} image(s) not in {root}, e.g. {absent[0]}"] if absent else [])
+        if problems:  # a partial download or a foreign file: say so rather than label a subset
+            raise DataError(f"{file}: {'; '.join(problems)}. Is the download complete, and is this file the one "
+                            f"shipped with these images?")
+        relabelled = []
+        for image, folder_label in items:
+            share = shares[names[image]]
+            tied = [label for label, value in zip(labels, share) if value == max(share)]
+            relabelled.append((image, folder_label if folder_label in tied else tied[0]))
+        changed = sum(a[1] != b[1] for a, b in zip(items, relabelled))
+        print(f"Emotion6: {changed} of {len(items)} images take a label from {file.name} other than their folder's")
+        items = relabelled
+    return _write_class_items(items, src, out, split, test_fraction, seed, labels)
 
 
 def prepare_fi(src, out, split="train", test_fraction=0.2, seed=0):
     """FI, Flickr and Instagram (You et al., AAAI 2016) -> out/<split>.jsonl; labels: Mikels 8.
 
-    Assumed layout: SRC/<emotion>/<image> for the Mikels 8 emotions (folder names in any case; SRC
-    may be the folder holding them). There is no official split: a seeded split stratified by class,
-    80/20 by default (the training share of the 80/5/15 split common in FI papers, with no separate
-    validation part), keeps every class on both sides; `split` picks which part to write.
+    Assumed layout, not confirmed by a readme of the release: SRC/<emotion>/<image> for the Mikels 8
+    emotions (folder names in any case; SRC may be the folder holding them); the label is the folder.
+    There is no official split: a seeded split stratified by class, 80/20 by default (the
+    training share of the 80/5/15 split common in FI papers, with no separate validation part), keeps
+    every class on both sides; `split` picks which part to write.
     """
-    return _prepare_class_folders(src, out, split, test_fraction, seed, rewards.load_labels("emoset"), "FI")
+    labels = rewards.load_labels("emoset")
+    items, _ = _class_folder_items(src, labels, "FI")
+    return _write_class_items(items, src, out, split, test_fraction, seed, labels)
 
 
 def load_webemo_hierarchy(path=None):
-    """WEBEMO_HIERARCHY, or a TSV file of `fine<TAB>mid<TAB>coarse` rows in label-id order (# comments)."""
+    """WebEmo's (fine, mid, coarse) rows, row i = label id i: WEBEMO_HIERARCHY, or read from a file.
+
+    The file is the release's category.txt, a Python literal `labels=[('affection', 'love', '+'), ...]`
+    (its misspellings corrected, + and - written positive and negative), or a TSV of
+    `fine<TAB>mid<TAB>coarse` rows (# comments).
+    """
     if path is None:
         return WEBEMO_HIERARCHY
+    text = Path(path).read_text(encoding="utf-8")
+    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")).strip()
+    if re.match(r"(\w+\s*=\s*)?\[", body):  # category.txt: `labels=[...]`
+        try:
+            rows = ast.literal_eval(body[body.index("["):])  # a literal: nothing in the file is run
+            if not (isinstance(rows, list) and all(isinstance(row, tuple) and len(row) == 3
+                                                   and all(isinstance(f, str) for f in row) for row in rows)):
+                raise ValueError("not a list of (fine, mid, coarse) string triples")
+        except (SyntaxError, ValueError) as e:
+            raise DataError(f"{path}: cannot read it as WebEmo's category.txt ({e}); expected "
+                            f"labels=[('affection', 'love', '+'), ...]") from e
+        rows = [tuple(field.strip().lower() for field in row) for row in rows]
+        return [(WEBEMO_SPELLINGS.get(fine, fine), mid, WEBEMO_VALENCE.get(coarse, coarse))
+                for fine, mid, coarse in rows]
     rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if line.strip() and not line.startswith("#"):
             fields = [field.strip().lower() for field in line.split("\t")]
             if len(fields) != 3 or not all(fields):
-                raise DataError(f"{path}:{n}: expected fine<TAB>mid<TAB>coarse, got {line!r}")
+                raise DataError(f"{path}:{n}: expected fine<TAB>mid<TAB>coarse (or WebEmo's category.txt), "
+                                f"got {line!r}")
             rows.append(tuple(fields))
     return rows
 
 
-def prepare_webemo(src, out, level, split="train", hierarchy=None):
+def prepare_webemo(src, out, level, split="train", hierarchy=None, image_root=None, skip_missing=False):
     """WebEmo (Panda et al., ECCV 2018) at level 25, 7 or 2 -> out/<split>.jsonl; labels: that level's.
 
-    Assumed layout: list files SRC/train25.txt and SRC/test25.txt (or SRC is one list file), one
-    `<image> <label id 0-24>` per line. The release lists image URLs; these cannot be downloaded here,
-    so the images must be downloaded first and the list rewritten with local paths (relative to the
-    list's folder or absolute); a URL is an error naming the line. A label may also be a 25-level name.
-    Levels map through WEBEMO_HIERARCHY (or `hierarchy`, a TSV file, see load_webemo_hierarchy);
-    which level the EMO-R3 paper evaluated is unknown. labels.txt lists the level's labels sorted.
+    Layout (the release's readme and the public download script): SRC/train25.txt and SRC/test25.txt
+    (or SRC is one list file), one `<image URL> <label id 0-24>` per line, and SRC/category.txt. The
+    release has URLs only, so download the images first: an image is looked for at
+    IMAGE_ROOT/<split>/<label id>/<file name of the URL>, where the download script saves it
+    (image_root defaults to the list's folder, where that script writes). A line may also give a
+    local path (relative to IMAGE_ROOT, or absolute) or a 25-level name instead of an id.
+    Levels map through `hierarchy` (category.txt or a TSV, see load_webemo_hierarchy), else the
+    category.txt beside the list, else WEBEMO_HIERARCHY; which level the EMO-R3 paper evaluated is
+    unknown. labels.txt lists the level's labels sorted. Missing images (dead links) stop the
+    conversion with their count; skip_missing=True writes the rest and prints the count instead.
     """
     if level not in (2, 7, 25):
         raise ValueError(f"WebEmo level must be 2, 7 or 25, got {level!r}")
-    table = load_webemo_hierarchy(hierarchy)
-    column = {25: 0, 7: 1, 2: 2}[level]
-    by_name = {row[0]: row for row in table}
-    by_name.update({alias: by_name[fine] for alias, fine in WEBEMO_SPELLINGS.items() if fine in by_name})
     src = Path(src)
     list_file = src / f"{split}25.txt" if src.is_dir() else src
     if not list_file.is_file():
         raise DataError(f"{list_file}: no such list file (WebEmo ships train25.txt and test25.txt)")
+    if hierarchy is None and (list_file.parent / "category.txt").is_file():
+        hierarchy = list_file.parent / "category.txt"  # the release's own table
+    table = load_webemo_hierarchy(hierarchy)
+    column = {25: 0, 7: 1, 2: 2}[level]
+    by_name = {row[0]: row for row in table}
+    by_name.update({alias: by_name[fine] for alias, fine in WEBEMO_SPELLINGS.items() if fine in by_name})
+    root = Path(image_root) if image_root else list_file.parent
     from tqdm import tqdm
-    items = []
+    items, missing, listed = [], [], 0
     for n, line in enumerate(tqdm(list_file.read_text(encoding="utf-8").splitlines(), desc=f"WebEmo {split}"), 1):
         if not line.strip():
             continue
-        where = f"{list_file}:{n}"
         parts = line.rsplit(None, 1)  # split at the last blank: a path may contain spaces
         image, label = parts if len(parts) == 2 else ("", "")
-        if "://" in image:
-            raise DataError(f"{where}: {image!r} is a URL; download the images and list their local paths "
-                            f"(relative to {list_file.parent} or absolute) instead")
         row = table[int(label)] if label.isdigit() and int(label) < len(table) else by_name.get(label.lower())
         if not image or row is None:
-            raise DataError(f"{where}: expected '<image path> <label id 0-{len(table) - 1} or name>', got {line!r}")
-        items.append((_existing_image(list_file.parent / image, where), row[column]))
+            raise DataError(f"{list_file}:{n}: expected '<image URL or path> <label id 0-{len(table) - 1} or name>', "
+                            f"got {line!r}")
+        # the download script's tree: <split>/<label as listed>/<the URL's last part>
+        path = root / split / label / image.rsplit("/", 1)[-1] if "://" in image else root / image
+        listed += 1
+        if path.is_file():
+            items.append((path, row[column]))
+        else:
+            missing.append(f"{list_file.name}:{n} {path}")
+    if missing and not (skip_missing and items):
+        advice = ("Download them, or pass --skip-missing to convert the images there are" if items else
+                  "None is there: is the download finished and --image-root the folder holding it?")
+        raise DataError(f"{len(missing)} of the {listed} images listed in {list_file} are missing (first: "
+                        f"{missing[0]}); a URL's image is looked for at {root}/{split}/<label id>/<file name of the "
+                        f"URL> (--image-root). {advice}")
+    if missing:
+        print(f"WebEmo {split}: skipped {len(missing)} of {listed} listed images, missing from {root} "
+              f"(first: {missing[0]})")
     return _write_split(out, split, sorted({row[column] for row in table}), items)
 
 
@@ -249,23 +375,28 @@ def _run(parser, args):
     src = Path(args.src)
     if (args.level is None) == (args.dataset == "webemo"):
         parser.error("--level 2, 7 or 25 is required for webemo (the paper's level is unknown) and only for webemo")
-    if args.hierarchy and args.dataset != "webemo":
-        parser.error("--hierarchy is for webemo only")
+    for flag, owner, value in (("--hierarchy", "webemo", args.hierarchy), ("--image-root", "webemo", args.image_root),
+                               ("--skip-missing", "webemo", args.skip_missing),
+                               ("--label-from", "emotion6", args.label_from)):
+        if value and args.dataset != owner:
+            parser.error(f"{flag} is for {owner} only")
     if args.dataset == "emoset":
-        found = [s for s in ("train", "val", "test") if (src / f"{s}.json").exists()]
-        results = [prepare_emoset(src, args.out, s) for s in ([args.split] if args.split else found or ["train"])]
+        splits = [s for s in ("train", "val", "test") if (src / f"{s}.json").exists()]
+        convert = partial(prepare_emoset, src, args.out)
     elif args.dataset == "webemo":
         if src.is_file() and not args.split:
             parser.error(f"{src} is one list file: say which split it is with --split train or --split test")
-        found = [s for s in ("train", "test") if (src / f"{s}25.txt").exists()]
-        splits = [args.split] if args.split else found or ["train"]
-        results = [prepare_webemo(src, args.out, args.level, s, args.hierarchy) for s in splits]
+        splits = [s for s in ("train", "test") if (src / f"{s}25.txt").exists()]
+        convert = partial(prepare_webemo, src, args.out, args.level, hierarchy=args.hierarchy,
+                          image_root=args.image_root, skip_missing=args.skip_missing)
     else:
-        prepare, whole = {"emotion6": (prepare_emotion6, "test"), "fi": (prepare_fi, "train")}[args.dataset]
         fraction = args.test_fraction if args.test_fraction is not None else (0.2 if args.dataset == "fi" else 0.0)
-        splits = [args.split] if args.split else (["train", "test"] if fraction else [whole])
-        results = [prepare(src, args.out, s, fraction, args.seed) for s in splits]
-    for path, count in results:
+        splits = ["train", "test"] if fraction else ["train" if args.dataset == "fi" else "test"]
+        convert = partial(prepare_fi, src, args.out, test_fraction=fraction, seed=args.seed) if args.dataset == "fi" \
+            else partial(prepare_emotion6, src, args.out, test_fraction=fraction, seed=args.seed,
+                         label_from=args.label_from or "folder")
+    for split in [args.split] if args.split else splits or ["train"]:
+        path, count = convert(split)  # one split at a time, so what a converter reports sits above its line
         print(f"wrote {count} rows to {path}")
     print(f"labels: {Path(args.out) / 'labels.txt'}")
 
@@ -278,7 +409,15 @@ def main():
     parser.add_argument("--split", default=None, help="the split to write (default: every split the release "
                                                       "has; emotion6/fi: train and test with --test-fraction)")
     parser.add_argument("--level", type=int, choices=[2, 7, 25], default=None, help="webemo label level")
-    parser.add_argument("--hierarchy", default=None, help="webemo: TSV fine<TAB>mid<TAB>coarse, row i = id i")
+    parser.add_argument("--hierarchy", default=None, help="webemo: the release's category.txt (read from SRC "
+                                                          "when there) or a TSV fine<TAB>mid<TAB>coarse, row i = id i")
+    parser.add_argument("--image-root", default=None, help="webemo: the downloaded tree, <split>/<label id>/<file "
+                                                           "name of the URL> (default: SRC)")
+    parser.add_argument("--skip-missing", action="store_true", help="webemo: convert without the images that are "
+                                                                    "missing (dead links) and report their count")
+    parser.add_argument("--label-from", choices=["folder", "ground_truth"], default=None,
+                        help="emotion6: label by folder (the search keyword; default) or by the annotators' "
+                             "most chosen emotion in ground_truth.txt")
     parser.add_argument("--test-fraction", type=float, default=None,
                         help="emotion6/fi: seeded stratified test share (default: emotion6 0 = all test, fi 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="emotion6/fi: seed of the split")

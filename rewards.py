@@ -19,9 +19,9 @@ Variants (ablation arms; "code" is the default because it produced the published
 - "think"          plain-GRPO baseline: <think> format, 0.9*acc + 0.1*format.
 
 A reflection answer of None means "reflection switched off" and scores 1 (as in the reference).
-When the step text cannot be extracted, coherence_prompt / consistency_prompt return None and the
-caller records NO_PROMPT_ANSWER ("None") instead of generating; the reference asks the model
-"Answer 'None'" there, and we save that generation.
+When the step text cannot be extracted, coherence_prompt / consistency_prompt return None and
+reflection_prompt asks what the reference asks instead: "Answer 'None'" (text) or
+"<image>\nAnswer 'None'" (image); the policy's reply is scored like any other answer.
 
 Quirks of the reference kept on purpose so numbers reproduce: no answer normalisation beyond
 lower-casing and the strip inside \\boxed{} (so \\boxed{\\text{fear}} and \\boxed{fear.} are wrong);
@@ -39,7 +39,8 @@ VARIANTS = ("code", "paper", "set", "coherence", "multiplicative", "think")
 # key a --reward-fn returns), plots.py draws them, validation reads them: adding a term means adding
 # it here and returning it from emor3_reward.
 REWARD_KEYS = ("overall", "format", "accuracy", "reflect_text", "reflect_image")
-NO_PROMPT_ANSWER = "None"  # what the caller records when there is no reflection prompt to ask
+NO_PROMPT_ANSWER = "None"  # the answer the "Answer 'None'" question asks for
+NO_STEPS_ASKS = {"text": "Answer 'None'", "image": "<image>\nAnswer 'None'"}  # the reference's question without steps
 PROMPT_DIR = pathlib.Path(__file__).resolve().parent / "prompts"
 TEMPLATE_NAMES = ("set", "think", "reflect_text", "reflect_image")
 
@@ -241,3 +242,39 @@ def consistency_prompt(response):
     if not step1:
         return None
     return load_template("reflect_image").replace("{response}", step1)
+
+
+def reflection_prompt(kind, response, labels):
+    """The re-ask's question about `response`: kind "text" (coherence, text only) or "image"
+    (consistency, beginning with "<image>\n" where the image goes); without extractable steps, the
+    reference's "Answer 'None'" question of that kind."""
+    ask = coherence_prompt(response, labels) if kind == "text" else consistency_prompt(response)
+    return ask if ask is not None else NO_STEPS_ASKS[kind]
+
+
+def load_reward(variant="code", reward_fn=""):
+    """The reward: emor3_reward(variant=variant), or a user function from `reward_fn` = "path.py:function".
+
+    A user function is called as fn(response, answer, reflect_text, reflect_image) and returns a float
+    or a dict with at least "overall": REWARD_KEYS it lacks are logged as 0, and keys of its
+    own are logged too (reward/KEY). Loading it executes the file, like any Python import: only point
+    it at code you trust.
+    """
+    if not reward_fn:
+        return lambda response, answer, rt, ri: emor3_reward(response, answer, rt, ri, variant=variant)
+    import importlib.util
+    path, _, name = reward_fn.rpartition(":")
+    if not path or not pathlib.Path(path).is_file():
+        raise SystemExit(f"--reward-fn {reward_fn!r}: expected an existing path.py:function")
+    spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, name, None)):
+        raise SystemExit(f"--reward-fn {reward_fn!r}: {path} has no function {name!r}")
+    user_fn = getattr(module, name)
+
+    def score(response, answer, rt, ri):
+        result = user_fn(response, answer, rt, ri)
+        result = result if isinstance(result, dict) else {"overall": float(result)}
+        return {**dict.fromkeys(REWARD_KEYS, 0.0), **{k: float(v) for k, v in result.items()}}
+    return score

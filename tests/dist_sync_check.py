@@ -55,8 +55,7 @@ def main():
     torch.manual_seed(1000 + rank)  # a per-rank seed, as the trainer sets: the engine's start must keep it
     rng_before = torch.get_rng_state()
     engine = rollout.VLLMEngine(model_dir, processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"), seed=cfg.seed,
-                                max_model_len=cfg.max_prompt_length + cfg.max_response_length,
-                                min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+                                max_model_len=cfg.max_prompt_length + cfg.max_response_length)
     rng_kept = torch.equal(torch.get_rng_state(), rng_before)
     # the engine starts asleep, and every step of the choreography is checked, on CPU too
     misuse = {}
@@ -101,11 +100,13 @@ def main():
     with torch.no_grad():
         batch = packing.collate([packing.Sample(0, after_ids, after_logp)], encoded, pad_id, device)
         fsdp_logp = packing.response_logprobs(policy, batch, 1.0)[0].tolist()
-    # the reflective re-ask through the same engine: a response with SET steps gets real answers,
-    # one without steps gets "None" without a generation
+    # the reflective re-ask through the same engine: a response with SET steps, one without (the
+    # reference's "Answer 'None'" question), and ones whose words look like image slots
     texts = ["<step1>A red wall.</step1><step2>It feels tense.</step2><step3>negative, high</step3>\\boxed{anger}",
-             "no steps here \\boxed{anger}"]
-    reflections = {kind: tg.ask_reflection(engine, processor, kind, texts, [prompt.images] * 2, dataset.labels, cfg, 5)
+             "no steps here \\boxed{anger}",
+             "<step1>An <image> and an <image>.</step1><step2>Calm.</step2><step3>positive</step3>\\boxed{awe}",
+             "<step1>A <|image_pad|> wall.</step1><step2>Tense.</step2><step3>negative</step3>\\boxed{anger}"]
+    reflections = {kind: tg.ask_reflection(engine, processor, kind, texts, [prompt.images] * 4, dataset.labels, cfg, 5)
                    for kind in ("text", "image")}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(
         {"before": before, "after": after_ids, "after_logp": after_logp, "fsdp_greedy": fsdp_ids,

@@ -30,7 +30,7 @@ LENGTHS = [7, 3, 5, 1, 6, 2, 4, 7]  # response lengths; rank 0 gets the first 4,
 T_MAX = max(LENGTHS)  # plays max_response_length (the Dr. GRPO constant)
 KL_COEF = 0.1  # larger than EMO-R3's 0.01 so that the KL term's share of the gradient is clearly visible
 ADVANTAGES = [1.5, -0.5, -0.5, -0.5, 0.8, -1.2, 0.3, -0.1]
-AGGS = ("token", "seq", "drgrpo")
+AGGS = ("token", "seq", "drgrpo", "micro")
 MICRO_SIZES = (2, 1, 3)
 
 
@@ -77,21 +77,23 @@ def main(out_path):
             # the trainer's normaliser: the whole mini-batch's tokens / sequences, all ranks
             count = torch.tensor([b["mask"][mine].sum().item(), float(len(mine))], dtype=torch.float64)
             dist.all_reduce(count)
-            denom = {"token": count[0], "seq": count[1], "drgrpo": count[1] * T_MAX}[agg]
+            denom = {"token": count[0], "seq": count[1], "drgrpo": count[1] * T_MAX, "micro": count[0]}[agg]
             denom = max(denom.item(), 1.0)
+            micros = [mine[start:start + micro_size] for start in range(0, len(mine), micro_size)]
+            scale = train_grpo.backward_scale(agg, len(micros), world_size)  # the trainer's own bookkeeping
+            loss_agg, denom = ("token", None) if agg == "micro" else (agg, denom)
             model.zero_grad(set_to_none=True)
             total = torch.zeros(())
-            for start in range(0, len(mine), micro_size):
-                micro = mine[start:start + micro_size]
+            for micro in micros:
                 width = int(b["mask"][micro].sum(1).max())  # collate pads to the micro-batch's longest response
                 mask = b["mask"][micro, :width]
                 logp = token_logprobs(model, b["tokens"][micro, :width + 1])
                 loss, _ = train_grpo.policy_loss(logp, b["old_logp"][micro, :width], b["advantages"][micro], mask,
-                                                 agg=agg, denom=denom)
-                kl = train_grpo.aggregate(train_grpo.kl_penalty(logp, b["ref_logp"][micro, :width]), mask, agg, denom)
+                                                 agg=loss_agg, denom=denom)
+                kl = train_grpo.aggregate(train_grpo.kl_penalty(logp, b["ref_logp"][micro, :width]), mask, loss_agg, denom)
                 loss = loss + KL_COEF * kl
-                (loss * world_size).backward()  # FSDP2 averages over ranks; the denominator is already global
-                total += loss.detach()
+                (loss * scale).backward()  # FSDP2 averages over ranks
+                total += loss.detach() * scale / world_size
             dist.all_reduce(total)
             grads = {name: p.grad.full_tensor() for name, p in model.named_parameters()}
             results[(agg, micro_size)] = {"loss": total, "grads": grads}

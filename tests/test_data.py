@@ -16,6 +16,7 @@ import rewards
 
 MIN_PIXELS = 28 * 28 * 4  # = 3136, the Qwen2.5-VL processor's own floor (shortest_edge)
 MAX_PIXELS = 28 * 28 * 64  # small, so every test image is resized and the suite stays fast
+PROCESSOR_PIXELS = (56 * 56, 28 * 28 * 16384)  # the Qwen2.5-VL processor's own range, the tiny model's too
 
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
 VISION = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -90,7 +91,8 @@ def check_prompt_matches_processor(processor, prompt):
     for image in prompt.images:
         assert isinstance(image, Image.Image) and image.mode == "RGB"
         assert image.width % 28 == 0 and image.height % 28 == 0, image.size
-        assert MIN_PIXELS <= image.width * image.height <= MAX_PIXELS, image.size
+        # the processor's own range (the reference's rounding can step a little outside [MIN_PIXELS, MAX_PIXELS])
+        assert PROCESSOR_PIXELS[0] <= image.width * image.height <= PROCESSOR_PIXELS[1], image.size
     encoded = data.encode(processor, [prompt])
     input_ids = encoded["input_ids"][0].tolist()
     expected_pads = sum((im.height // 14) * (im.width // 14) // 4 for im in prompt.images)
@@ -164,15 +166,19 @@ def test_image_layouts_load_and_token_counts_match_processor(tmp_path, processor
     assert encoded["input_ids"].shape[1] == max(p.num_tokens for p in prompts)
 
 
-def test_resize_follows_smart_resize_bounds(tmp_path, processor):
+def test_resize_follows_reference_bounds(tmp_path, processor):
     """min_pixels / max_pixels would be ignored if small images were not upscaled and big ones not shrunk
-    to qwen-vl-utils' sizes (worked out by hand from smart_resize)."""
+    as the released pipeline does (EasyR1's int(side * sqrt(limit / (w*h))), then the processor rounding
+    each side to a multiple of 28 in its own range [3136, 12845056]), worked out by hand."""
     path, *_ = mixed_jsonl(tmp_path)
     dataset = load(path, processor)
-    # 30x20: beta = sqrt(3136/600) = 2.286 -> ceil(68.6/28)*28 = 84 wide, ceil(45.7/28)*28 = 56 high
-    assert dataset[0].images[0].size == (84, 56)
-    # 500x400: beta = sqrt(200000/50176) = 1.996 -> floor(250.4/28)*28 = 224, floor(200.4/28)*28 = 196
-    assert dataset[1].images[0].size == (224, 196)
+    # 30x20 = 600 < 3136: sqrt(3136/600) = 2.2862 -> int(68.59) = 68, int(45.72) = 45; processor:
+    # round(68/28 = 2.43) = 2 -> 56, round(45/28 = 1.61) = 2 -> 56; 56*56 = 3136 is in range -> 56x56
+    # (qwen-vl-utils' smart_resize gives 84x56)
+    assert dataset[0].images[0].size == (56, 56)
+    # 500x400 = 200000 > 50176: sqrt(50176/200000) = 0.50088 -> int(250.44) = 250, int(200.35) = 200;
+    # processor: round(250/28 = 8.93) = 9 -> 252, round(200/28 = 7.14) = 7 -> 196 -> 252x196 (qwen-vl-utils: 224x196)
+    assert dataset[1].images[0].size == (252, 196)
 
 
 def test_image_dir_resolves_relative_paths(tmp_path, processor):
@@ -208,20 +214,20 @@ def test_rendered_prompt_text(tmp_path, processor, template, body):
 
 def test_image_tags_prepended_or_checked(tmp_path, processor):
     """Images would be dropped or misplaced if untagged problems did not get them in front, or if a
-    tag/image count mismatch reached the processor instead of naming the row."""
+    tag/image count mismatch reached the processor instead of naming the row (at load: no decoding needed)."""
     save_image(tmp_path / "a.png")
     save_image(tmp_path / "b.png", seed=1)
     path = write_jsonl(tmp_path / "train.jsonl", [
         {"images": ["a.png", "b.png"], "problem": "Which emotion?", "answer": "fear"},
         {"images": ["a.png"], "problem": "<image> or <image>?", "answer": "fear"},
     ])
-    dataset = load(path, processor, template="none")
+    with pytest.raises(data.DataError) as error:
+        load(path, processor, template="none")
+    assert str(error.value).startswith(f"{path}:2: the problem has 2 <image> tags but the row has 1 images")
+    dataset = load(path, processor, template="none", skip_bad=True)
+    assert dataset.skipped == [(f"{path}:2", "the problem has 2 <image> tags but the row has 1 images")]
     assert dataset[0].text == SYSTEM + VISION + VISION + "Which emotion?" + ASSISTANT
     check_prompt_matches_processor(processor, dataset[0])
-    with pytest.raises(data.DataError) as error:
-        dataset[1]
-    assert f"{path}:2" in str(error.value)
-    assert "2 <image> tags" in str(error.value) and "1 images" in str(error.value)
 
 
 # --- bad images ---------------------------------------------------------------------------------
@@ -341,21 +347,22 @@ def test_no_usable_rows(tmp_path, processor):
         {"images": ["a.png"], "problem": "<image>Which emotion?", "answer": "boredom"},
         {"images": ["a.png"], "problem": "<image>Which emotion?", "answer": "calm"},
     ])
-    with pytest.raises(data.DataError, match=r"no usable rows \(2 skipped\)"):
+    with pytest.raises(data.DataError, match=r"no usable rows \(2 skipped, 0 over max_prompt_length=2048\)"):
         load(path, processor, skip_bad=True)
 
 
 def test_prompt_longer_than_max_prompt_length(tmp_path, processor):
-    """Over-long prompts would be truncated or overflow the rollout budget if the limit were off by one
-    or not enforced."""
+    """Over-long prompts would be truncated or overflow the rollout budget if the limit were off by one,
+    or, unlike the reference's filter_overlong_prompts, not dropped at load and listed."""
     save_image(tmp_path / "a.png", (200, 200))
     path = write_jsonl(tmp_path / "train.jsonl",
-                       [{"images": ["a.png"], "problem": "<image>Which emotion?", "answer": "fear"}])
+                       [{"images": ["a.png"], "problem": "<image>Which emotion?", "answer": "fear"}] * 2)
     length = load(path, processor)[0].num_tokens
-    assert load(path, processor, max_prompt_length=length)[0].num_tokens == length
+    at_limit = load(path, processor, max_prompt_length=length)
+    assert len(at_limit) == 2 and at_limit.dropped_long == [] and at_limit[1].num_tokens == length
     with pytest.raises(data.DataError) as error:
-        load(path, processor, max_prompt_length=length - 1)[0]
-    assert f"{path}:1" in str(error.value) and f"max_prompt_length={length - 1}" in str(error.value)
+        load(path, processor, max_prompt_length=length - 1)
+    assert str(error.value) == f"{path}: no usable rows (0 skipped, 2 over max_prompt_length={length - 1})"
 
 
 def test_bad_settings(tmp_path, processor):

@@ -311,6 +311,52 @@ def test_micro_batches_and_ranks_equal_one_full_batch(dist_results, agg):
             assert torch.allclose(got["grads"][name], p.grad, rtol=0, atol=1e-6), (micro_size, name)
 
 
+@pytest.mark.parametrize("micro_size", [2, 1, 3])
+def test_micro_aggregation_is_the_released_forks(dist_results, micro_size):
+    """Broken: --loss-agg micro, the released fork's loss: a token mean inside each micro-batch of
+    `micro_size` sequences, divided by the number of micro-batches per rank (gradient accumulation),
+    then averaged over the ranks by FSDP; the KL term aggregated the same way (METHOD.md, "Loss
+    aggregation"). The reference below is that formula, written out for the 2 ranks x 4 sequences."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import dist_token_mean as d
+
+    model = d.build_policy()
+    b = d.make_batch()
+    rank_losses = []
+    for mine in ([0, 1, 2, 3], [4, 5, 6, 7]):  # rank 0's and rank 1's sequences
+        micros = [mine[i:i + micro_size] for i in range(0, len(mine), micro_size)]
+        per_micro = []
+        for micro in micros:
+            logp = d.token_logprobs(model, b["tokens"][micro])
+            mask = b["mask"][micro]
+            tokens = mask.sum()  # this micro-batch's own token count
+            surrogate, _ = policy_loss(logp, b["old_logp"][micro], b["advantages"][micro], mask, agg="token",
+                                       denom=tokens)
+            kl = (kl_penalty(logp, b["ref_logp"][micro]) * mask).sum() / tokens
+            per_micro.append(surrogate + d.KL_COEF * kl)
+        rank_losses.append(sum(per_micro) / len(micros))
+    loss = sum(rank_losses) / 2  # FSDP's mean over the 2 ranks
+    loss.backward()
+    got = dist_results[("micro", micro_size)]
+    assert torch.allclose(got["loss"], loss.detach(), rtol=0, atol=1e-6), (got["loss"], loss)
+    for name, p in model.named_parameters():
+        assert torch.allclose(got["grads"][name], p.grad, rtol=0, atol=1e-6), name
+    if micro_size == 3:  # uneven micro-batches ([3, 1] per rank): not the global token mean
+        token = dist_results[("token", micro_size)]["loss"]
+        assert abs(token - got["loss"]) > 1e-3
+
+
+def test_backward_scale_by_hand():
+    """Broken: the factor a micro-batch's loss gets before backward. One rank, micro-batches with token
+    losses [1, 2, 3] and [4, 5]: micro mean = (2 + 4.5) / 2 = 3.25; global token mean = 15 / 5 = 3."""
+    from train_grpo import backward_scale
+    values = [torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[4.0, 5.0]])]
+    micro = sum(aggregate(v, torch.ones_like(v), "token") * backward_scale("micro", 2, 1) for v in values)
+    token = sum(aggregate(v, torch.ones_like(v), "token", denom=5.0) * backward_scale("token", 2, 1) for v in values)
+    assert micro.item() == 3.25 and token.item() == 3.0
+    assert backward_scale("token", 2, 8) == 8.0 and backward_scale("micro", 4, 8) == 0.25
+
+
 # --- token-budget micro-batches and the chunked LM head (tiny Qwen2.5-VL, FSDP2, 2 ranks) ----------
 
 def test_token_budget_packed_micro_batches_equal_one_padded_batch(tiny_model_dir, demo_dir, tmp_path):

@@ -259,9 +259,21 @@ def test_decompression_bomb_rejected_before_decoding(tmp_path, processor, side):
 
 def test_images_smaller_than_a_patch_are_upscaled(tmp_path, processor):
     """1-pixel and 3-pixel-wide images (icons, spacer GIFs) would crash the processor, which needs
-    28 px per side, if the resize did not scale them up to whole 28-pixel patches."""
+    28 px per side, if the resize did not scale them up to whole 28-pixel patches as the reference does
+    (EasyR1's int(side * sqrt(3136 / (w*h))), then the processor's smart_resize in [3136, 12845056])."""
     colour = (10, 200, 30)
-    sizes = {(1, 1): (56, 56), (3, 500): (28, 504), (500, 3): (504, 28)}
+    sizes = {
+        # 1 < 3136: sqrt(3136/1) = 56 -> 56x56, a multiple of 28 with 3136 pixels: kept
+        (1, 1): (56, 56),
+        # 1500 < 3136: sqrt(3136/1500) = 1.4459 -> int(4.34) = 4, int(722.96) = 722; processor: round(4/28) = 0,
+        # round(722/28 = 25.8) = 26 -> 0 px < 3136, so beta = sqrt(3136/(4*722)) = 1.0421: ceil(4.17/28) = 1 -> 28,
+        # ceil(752.4/28 = 26.9) = 27 -> 756
+        (3, 500): (28, 756),
+        (500, 3): (756, 28),
+        # 40000 is inside [3136, 50176], no EasyR1 step; processor: round(20/28) = 1 -> 28, round(2000/28 = 71.4)
+        # = 71 -> 1988; 1988*28 = 55664 is inside the processor's own range, so kept although over MAX_PIXELS
+        (2000, 20): (1988, 28),
+    }
     names = []
     for width, height in sizes:
         names.append(f"{width}x{height}.png")
@@ -279,9 +291,11 @@ def test_images_smaller_than_a_patch_are_upscaled(tmp_path, processor):
 @pytest.mark.parametrize("size, max_pixels, fragment", [
     ((1000, 4), MAX_PIXELS, "1000x4"),  # aspect ratio 250: qwen-vl-utils refuses it
     ((4, 1000), MAX_PIXELS, "4x1000"),
-    ((2000, 20), MAX_PIXELS, "2000x20"),  # ratio 100, but shrunk under max_pixels the short side is 0 px
+    # ratio 200 is allowed, but 200 < 3136 pixels: sqrt(3136/200) = 3.96 -> int(791.96) = 791, int(3.96) = 3:
+    # ratio 264, which the processor refuses
+    ((200, 1), MAX_PIXELS, "200x1"),
     ((11900, 60), 28 * 28 * 1024, "11900x60"),  # ratio 198, rounded to 11900x56: ratio 212, refused by the processor
-], ids=["wide-250", "tall-250", "shrinks-to-0", "rounds-over-200"])
+], ids=["wide-250", "tall-250", "truncates-over-200", "rounds-over-200"])
 def test_too_thin_images_name_row_and_size(tmp_path, processor, size, max_pixels, fragment):
     """Extreme banners would fail with a bare library error (or, worse, pass here and crash the trainer's
     processor with no row named) if the size and aspect-ratio limits were not checked on the resized image."""
@@ -322,20 +336,21 @@ def test_bad_labels_and_problems_name_row_or_are_counted(tmp_path, processor):
     assert [(where, reason[:len(r)]) for (where, reason), (_, r) in zip(dataset.skipped, expected)] == expected
 
 
-def test_prompt_over_max_prompt_length_is_named_or_counted(tmp_path, processor):
-    """An over-long prompt would be truncated by vLLM, or stop training without a row, if the length
-    check did not name the row, or with skip_bad, leave it out and count it."""
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_prompt_over_max_prompt_length_is_dropped_and_listed(tmp_path, processor, skip_bad):
+    """An over-long prompt would be truncated by vLLM, stop training, or vanish without a trace if it
+    were not dropped at load (as the reference's filter_overlong_prompts, with or without skip_bad) and
+    listed in dropped_long with its row and length."""
     noise((40, 30)).save(tmp_path / "a.png")
-    path = write_jsonl(tmp_path / "train.jsonl", rows_for(["a.png"]) + rows_for(["a.png"], problem=QUESTION + " why?" * 200))
-    short = load(path, processor)[0].num_tokens
-    dataset = load(path, processor, max_prompt_length=short + 5)
-    assert dataset[0].num_tokens == short
-    message = error_of(dataset, 1)
-    assert message.startswith(f"{path}:2: prompt is ") and f"max_prompt_length={short + 5}" in message
-    skipping = load(path, processor, max_prompt_length=short + 5, skip_bad=True)
-    assert [p.index for p in skipping.get_batch([0, 1])] == [0]
-    assert len(skipping.skipped) == 1 and skipping.skipped[0][0] == f"{path}:2"
-    assert skipping.skipped[0][1].startswith("prompt is ")
+    long_question = QUESTION + " why?" * 200
+    path = write_jsonl(tmp_path / "train.jsonl", rows_for(["a.png"]) + rows_for(["a.png"], problem=long_question)
+                       + rows_for(["a.png"]))
+    everything = load(path, processor)
+    short, long = everything[0].num_tokens, everything[1].num_tokens
+    dataset = load(path, processor, max_prompt_length=short + 5, skip_bad=skip_bad)
+    assert [row.where for row in dataset.rows] == [f"{path}:1", f"{path}:3"]  # steps count on these two
+    assert dataset.dropped_long == [(f"{path}:2", long)] and dataset.skipped == []
+    assert [p.num_tokens for p in dataset.get_batch(range(len(dataset)))] == [short, short]
 
 
 # --- empty and unreadable data files --------------------------------------------------------------

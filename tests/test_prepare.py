@@ -1,4 +1,9 @@
-"""Tests for prepare_data.py's converters: small replicas of each public release's layout in tmp_path, real files."""
+"""Tests for prepare_data.py's converters, on small replicas of each public release's real layout.
+
+The replicas copy what the releases ship (their readmes, the authors' loaders, the public WebEmo download
+script): .jpg images, EmoSet's 4-item split entries, Emotion6's ground_truth.txt, WebEmo's URL lists and
+category.txt beside a downloaded tree. Each replica image's expected label is written out by hand below.
+"""
 
 import json
 import re
@@ -16,26 +21,22 @@ REPO = Path(__file__).resolve().parents[1]
 MIN_PIXELS, MAX_PIXELS = 3136, 3136 * 16  # the processor's floor; small so loading stays fast
 MIKELS = ["amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear", "sadness"]
 EKMAN = ["anger", "disgust", "fear", "joy", "sadness", "surprise"]
-# WebEmo's 25 classes by release label id, and their 7- and 2-level parents, copied by hand from public
-# WebEmo loaders (not read from prepare_data.WEBEMO_HIERARCHY)
-WEBEMO_25 = ["affection", "cheerfulness", "confusion", "contentment", "disappointment", "disgust", "enthrallment",
-             "envy", "exasperation", "gratitude", "horror", "irritability", "lust", "neglect", "nervousness",
-             "optimism", "pride", "rage", "relief", "sadness", "shame", "suffering", "surprise", "sympathy", "zest"]
-WEBEMO_7 = ["love", "joy", "confusion", "joy", "sadness", "anger", "joy", "anger", "anger", "love", "fear", "anger",
-            "love", "sadness", "fear", "joy", "joy", "anger", "joy", "sadness", "sadness", "sadness", "surprise",
-            "sadness", "joy"]
-POSITIVE_IDS = {0, 1, 3, 6, 9, 12, 15, 16, 18, 22, 24}
 
 
-def save_png(path, seed=0):
-    """A tiny solid-colour PNG (the converters never decode images; PromptDataset does)."""
+def save_jpg(path, seed=0):
+    """A tiny solid-colour JPEG, as the releases ship (the converters never decode images; PromptDataset does)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (32, 24), (seed * 37 % 256, seed * 91 % 256, seed * 53 % 256)).save(path)
+    Image.new("RGB", (32, 24), (seed * 37 % 256, seed * 91 % 256, seed * 53 % 256)).save(path, "JPEG")
     return path
 
 
 def read_jsonl(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def rows_of(path):
+    """(image, answer) of each written row, in order."""
+    return [(row["images"][0], row["answer"]) for row in read_jsonl(path)]
 
 
 def question(labels):
@@ -52,91 +53,68 @@ def check_loads(path, processor, labels):
     assert dataset.skipped == []
 
 
-# --- replicas of the releases ---------------------------------------------------------------------
+# --- EmoSet-118K: image/<e>/<e>_NNNNN.jpg, annotation/<e>/<e>_NNNNN.json, {train,val,test}.json ----------
+# Split entries are [emotion, image_id, image_path, annotation_path] (the release's readme), in an order
+# that mixes the classes. val's one image has no annotation file, so its label comes from the entry.
+EMOSET_SPLITS = {
+    "train": [("excitement", 3), ("amusement", 0), ("sadness", 7), ("awe", 12), ("anger", 5), ("fear", 1),
+              ("contentment", 9), ("disgust", 2), ("amusement", 4)],
+    "test": [("awe", 20), ("disgust", 21)],
+    "val": [("fear", 30)],
+}
+EMOSET_TRAIN_ROWS = [  # by hand: (image written in train.jsonl, label)
+    ("image/excitement/excitement_00003.jpg", "excitement"), ("image/amusement/amusement_00000.jpg", "amusement"),
+    ("image/sadness/sadness_00007.jpg", "sadness"), ("image/awe/awe_00012.jpg", "awe"),
+    ("image/anger/anger_00005.jpg", "anger"), ("image/fear/fear_00001.jpg", "fear"),
+    ("image/contentment/contentment_00009.jpg", "contentment"), ("image/disgust/disgust_00002.jpg", "disgust"),
+    ("image/amusement/amusement_00004.jpg", "amusement"),
+]
+
 
 def make_emoset(root):
-    """EmoSet-118K: image/<e>/<e>_NNNNN.jpg, annotation/<e>/<e>_NNNNN.json, {train,val,test}.json.
-
-    train.json: 2 per class, 4-item entries [emotion, image_id, image, annotation] (the authors' loader);
-    test.json: 1 per class, 3-item entries [emotion, image, annotation]; val.json: one entry whose
-    annotation file is absent."""
-    number = 0
-    for split, per_class in (("train", 2), ("test", 1)):
-        entries = []
-        for emotion in MIKELS:
-            for _ in range(per_class):
-                image_id = f"{emotion}_{number:05d}"
-                image, annotation = f"image/{emotion}/{image_id}.png", f"annotation/{emotion}/{image_id}.json"
-                save_png(root / image, number)
+    info = {"emotion": {"label2idx": {e: i for i, e in enumerate(MIKELS)}}}
+    (root / "info.json").parent.mkdir(parents=True, exist_ok=True)
+    (root / "info.json").write_text(json.dumps(info))
+    for split, entries in EMOSET_SPLITS.items():
+        listed = []
+        for emotion, number in entries:
+            image_id = f"{emotion}_{number:05d}"
+            image, annotation = f"image/{emotion}/{image_id}.jpg", f"annotation/{emotion}/{image_id}.json"
+            save_jpg(root / image, number)
+            if split != "val":
                 (root / annotation).parent.mkdir(parents=True, exist_ok=True)
                 (root / annotation).write_text(json.dumps({
                     "image_id": image_id, "emotion": emotion, "brightness": 0.4, "colorfulness": 0.6,
                     "scene": "beach", "object": ["dog"], "facial_expression": "happy", "human_action": "run"}))
-                entries.append([emotion, image_id, image, annotation] if split == "train"
-                               else [emotion, image, annotation])
-                number += 1
-        (root / f"{split}.json").write_text(json.dumps(entries))
-    save_png(root / "image/awe/awe_09999.png", 99)
-    (root / "val.json").write_text(json.dumps([["awe", "awe_09999", "image/awe/awe_09999.png",
-                                                "annotation/awe/awe_09999.json"]]))
+            listed.append([emotion, image_id, image, annotation])
+        (root / f"{split}.json").write_text(json.dumps(listed, indent=4))
     return root
 
-
-def make_class_folders(root, labels, per_class):
-    """Folder per class: root/<label>/<n>.png, per_class images each."""
-    for c, label in enumerate(labels):
-        for n in range(per_class):
-            save_png(root / label / f"{n + 1}.png", c * 10 + n)
-    return root
-
-
-def make_emotion6(root, per_class=4):
-    """Emotion6: images/<emotion>/<n>.jpg plus ground_truth.txt (not read by the converter)."""
-    make_class_folders(root / "images", EKMAN, per_class)
-    (root / "ground_truth.txt").write_text(
-        "[image_filename]\t[valence]\t[arousal]\t[prob. anger]\t[prob. disgust]\t[prob. fear]\t[prob. joy]\t"
-        "[prob. sadness]\t[prob. surprise]\t[prob. neutral]\nanger/1.jpg\t3.1\t5.2\t0.5\t0.1\t0.1\t0\t0.1\t0\t0.2\n")
-    return root
-
-
-def make_webemo(root):
-    """WebEmo with downloaded images: images/<id>.png; train25.txt lists one image per class id (0-24),
-    test25.txt three images, one labelled by the release's folder spelling instead of an id."""
-    lines = []
-    for i in range(25):
-        save_png(root / "images" / f"{i}.png", i)
-        lines.append(f"images/{i}.png {i}")
-    (root / "train25.txt").write_text("\n".join(lines) + "\n")
-    (root / "test25.txt").write_text("images/22.png 22\n\nimages/1.png cheerfullness\nimages/11.png irritabilty\n")
-    return root
-
-
-# --- EmoSet -----------------------------------------------------------------------------------------
 
 def test_emoset_rows_relative_paths_and_labels(tmp_path, processor):
     """EmoSet would train on wrong labels or unloadable paths if the split entries were misread."""
     root = make_emoset(tmp_path / "EmoSet-118K")
-    path, count = prepare_data.prepare_emoset(root, root, "train")
-    assert (path, count) == (root / "train.jsonl", 16)
-    rows = read_jsonl(path)
-    assert [row["answer"] for row in rows] == [e for e in MIKELS for _ in range(2)]
-    assert rows[0] == {"images": ["image/amusement/amusement_00000.png"], "problem": question(MIKELS),
-                       "answer": "amusement"}
-    assert all((root / row["images"][0]).is_file() for row in rows)
+    assert prepare_data.prepare_emoset(root, root, "train") == (root / "train.jsonl", 9)
+    assert rows_of(root / "train.jsonl") == EMOSET_TRAIN_ROWS
+    assert read_jsonl(root / "train.jsonl")[0]["problem"] == question(MIKELS)
     assert (root / "labels.txt").read_text() == "\n".join(MIKELS) + "\n"
-    check_loads(path, processor, MIKELS)
+    check_loads(root / "train.jsonl", processor, MIKELS)
 
 
-def test_emoset_outside_out_gets_absolute_paths(tmp_path, processor):
-    """Rows written outside the release would point nowhere if their paths were left relative."""
+def test_emoset_outside_out_gets_absolute_paths_and_3_item_entries(tmp_path, processor):
+    """Rows written outside the release would point nowhere if left relative; older 3-item lists would fail."""
     root = make_emoset(tmp_path / "EmoSet-118K")
     out = tmp_path / "prepared"
-    assert prepare_data.prepare_emoset(root, out, "test") == (out / "test.jsonl", 8)  # 3-item entries
+    assert prepare_data.prepare_emoset(root, out, "test") == (out / "test.jsonl", 2)
+    assert rows_of(out / "test.jsonl") == [(str(root / "image/awe/awe_00020.jpg"), "awe"),
+                                           (str(root / "image/disgust/disgust_00021.jpg"), "disgust")]
     assert prepare_data.prepare_emoset(root, out, "val") == (out / "val.jsonl", 1)  # label from the entry
-    rows = read_jsonl(out / "test.jsonl")
-    assert [row["images"] for row in rows] == [[str(root / f"image/{e}/{e}_{16 + i:05d}.png")]
-                                               for i, e in enumerate(MIKELS)]
-    assert read_jsonl(out / "val.jsonl")[0]["images"] == [str(root / "image/awe/awe_09999.png")]
+    assert rows_of(out / "val.jsonl") == [(str(root / "image/fear/fear_00030.jpg"), "fear")]
+    # [emotion, image_path, annotation_path], as one public loader reads EmoSet
+    entries = json.loads((root / "test.json").read_text())
+    (root / "test.json").write_text(json.dumps([[e[0], e[2], e[3]] for e in entries]))
+    prepare_data.prepare_emoset(root, tmp_path / "three", "test")
+    assert rows_of(tmp_path / "three" / "test.jsonl") == rows_of(out / "test.jsonl")
     check_loads(out / "test.jsonl", processor, MIKELS)
 
 
@@ -154,25 +132,92 @@ def test_emoset_errors_name_the_entry(tmp_path):
     (root / entries[1][2]).unlink()
     expect(entries, re.escape(f"image {root / entries[1][2]} does not exist"))
     expect([entries[0], ["joy", "x", entries[0][2], "annotation/none.json"]], "label 'joy' is not one of the EmoSet")
-    expect([entries[0], ["anger"] + entries[0][1:]], "the split file says 'anger' but .* says 'amusement'")
+    expect([entries[0], ["anger"] + entries[0][1:]], "the split file says 'anger' but .* says 'excitement'")
     expect([entries[0], ["amusement", entries[0][2]]], "expected \\[emotion, image_id, image_path")
     with pytest.raises(data.DataError, match=re.escape(f"{root / 'validation.json'}: no such split file")):
         prepare_data.prepare_emoset(root, tmp_path / "out", "validation")
 
 
-# --- Emotion6 and FI ----------------------------------------------------------------------------------
+# --- Emotion6: images/<emotion>/<n>.jpg and ground_truth.txt ---------------------------------------------
+# ground_truth.txt: one tab-separated row per image with valence, arousal and the annotators' share of each
+# emotion and neutral (public loaders read it this way). Rows are not in folder order.
+EMOTION6_GROUND_TRUTH = [
+    # image           valence arousal anger disgust fear joy sadness surprise neutral
+    ("joy/2.jpg",       "6.1", "5.0", "0", "0", "0", "0.3", "0", "0.4", "0.3"),
+    ("anger/1.jpg",     "3.1", "5.2", "0.4", "0.1", "0.1", "0", "0.1", "0", "0.3"),
+    ("anger/2.jpg",     "3.0", "4.1", "0.1", "0.1", "0.1", "0", "0.5", "0", "0.2"),
+    ("disgust/1.jpg",   "2.5", "3.8", "0.133333", "0.7", "0", "0.0666667", "0.1", "0", "0"),  # the readme's example
+    ("disgust/2.jpg",   "3.3", "5.0", "0.3", "0.3", "0", "0", "0.2", "0", "0.2"),
+    ("fear/1.jpg",      "2.5", "6.8", "0", "0", "0.7", "0", "0.1", "0.1", "0.1"),
+    ("fear/2.jpg",      "4.4", "3.9", "0.1", "0", "0.1", "0", "0.1", "0.1", "0.6"),
+    ("joy/1.jpg",       "7.5", "5.1", "0", "0", "0", "0.8", "0", "0.1", "0.1"),
+    ("sadness/1.jpg",   "2.2", "3.3", "0", "0", "0.1", "0", "0.6", "0", "0.3"),
+    ("sadness/2.jpg",   "3.6", "4.4", "0.2", "0", "0.2", "0", "0.1", "0", "0.5"),
+    ("surprise/1.jpg",  "6.0", "6.2", "0", "0", "0.1", "0.2", "0", "0.6", "0.1"),
+    ("surprise/2.jpg",  "4.2", "5.9", "0", "0", "0.4", "0", "0", "0.2", "0.4"),
+]
+EMOTION6_BY_FOLDER = [(f"images/{e}/{n}.jpg", e) for e in EKMAN for n in (1, 2)]
+EMOTION6_BY_ANNOTATORS = [  # by hand: the largest of the six shares; a tie goes to the folder if tied, else first
+    ("images/anger/1.jpg", "anger"), ("images/anger/2.jpg", "sadness"),
+    ("images/disgust/1.jpg", "disgust"), ("images/disgust/2.jpg", "disgust"),  # anger 0.3 = disgust 0.3: folder
+    ("images/fear/1.jpg", "fear"), ("images/fear/2.jpg", "fear"),  # neutral 0.6 ignored; a 4-way tie has fear
+    ("images/joy/1.jpg", "joy"), ("images/joy/2.jpg", "surprise"),
+    ("images/sadness/1.jpg", "sadness"), ("images/sadness/2.jpg", "anger"),  # anger 0.2 = fear 0.2: first
+    ("images/surprise/1.jpg", "surprise"), ("images/surprise/2.jpg", "fear"),  # fear 0.4 = neutral 0.4: fear
+]
 
-def test_emotion6_default_is_all_test(tmp_path, processor):
+
+def make_emotion6(root):
+    """Emotion6 as released: images/<emotion>/1.jpg and 2.jpg, ground_truth.txt beside images/."""
+    for c, (name, *_) in enumerate(EMOTION6_GROUND_TRUTH):
+        save_jpg(root / "images" / name, c)
+    header = ["[image_filename]", "[valence]", "[arousal]"] + [f"[prob. {e}]" for e in EKMAN + ["neutral"]]
+    (root / "ground_truth.txt").write_text("\n".join("\t".join(row) for row in [header] + EMOTION6_GROUND_TRUTH) + "\n")
+    return root
+
+
+def make_class_folders(root, labels, per_class):
+    """Folder per class: root/<label>/<n>.jpg, per_class images each."""
+    for c, label in enumerate(labels):
+        for n in range(per_class):
+            save_jpg(root / label / f"{n + 1}.jpg", c * 10 + n)
+    return root
+
+
+def test_emotion6_default_is_all_test_labelled_by_folder(tmp_path, processor):
     """Emotion6 (a benchmark) would lose images to an unasked-for train split, or get Ekman labels wrong."""
     root = make_emotion6(tmp_path / "Emotion6")
-    assert prepare_data.prepare_emotion6(root, root) == (root / "test.jsonl", 24)
-    rows = read_jsonl(root / "test.jsonl")
-    assert [row["images"][0] for row in rows] == [f"images/{e}/{n}.png" for e in EKMAN for n in range(1, 5)]
-    assert [row["answer"] for row in rows] == [e for e in EKMAN for _ in range(4)]
-    assert {row["problem"] for row in rows} == {question(EKMAN)}
+    assert prepare_data.prepare_emotion6(root, root) == (root / "test.jsonl", 12)
+    assert rows_of(root / "test.jsonl") == EMOTION6_BY_FOLDER
     assert (root / "labels.txt").read_text() == "\n".join(EKMAN) + "\n"
     assert not (root / "train.jsonl").exists()
     check_loads(root / "test.jsonl", processor, EKMAN)
+
+
+def test_emotion6_ground_truth_argmax(tmp_path, capsys):
+    """--label-from ground_truth would not exist, or pick the wrong emotion on ties and neutral-heavy rows."""
+    root = make_emotion6(tmp_path / "Emotion6")
+    assert prepare_data.prepare_emotion6(root, root, label_from="ground_truth") == (root / "test.jsonl", 12)
+    assert rows_of(root / "test.jsonl") == EMOTION6_BY_ANNOTATORS
+    assert "Emotion6: 4 of 12 images take a label from ground_truth.txt other than their folder's" in \
+        capsys.readouterr().out
+    prepare_data.prepare_emotion6(root / "images", tmp_path / "inner", label_from="ground_truth")  # SRC = images/
+    assert [a for _, a in rows_of(tmp_path / "inner" / "test.jsonl")] == [a for _, a in EMOTION6_BY_ANNOTATORS]
+    # a partial download or a foreign ground_truth.txt is named, not half-used
+    truth = (root / "ground_truth.txt").read_text()
+    (root / "ground_truth.txt").write_text(truth.replace("anger/1.jpg\t", "angry/1.jpg\t"))
+    with pytest.raises(data.DataError, match=re.escape(
+            f"{root / 'ground_truth.txt'}: no row for 1 image(s) in {root / 'images'}, e.g. anger/1.jpg; rows for 1 "
+            f"image(s) not in {root / 'images'}, e.g. angry/1.jpg. Is the download complete")):
+        prepare_data.prepare_emotion6(root, tmp_path / "out", label_from="ground_truth")
+    (root / "ground_truth.txt").write_text(truth)
+    (root / "images" / "joy" / "2.jpg").unlink()
+    with pytest.raises(data.DataError, match=re.escape(f"{root / 'ground_truth.txt'}: rows for 1 image(s) not in "
+                                                       f"{root / 'images'}, e.g. joy/2.jpg. Is the download complete")):
+        prepare_data.prepare_emotion6(root, tmp_path / "out", label_from="ground_truth")
+    (root / "ground_truth.txt").unlink()
+    with pytest.raises(data.DataError, match=re.escape(f"{root}: no ground_truth.txt in it or beside")):
+        prepare_data.prepare_emotion6(root, tmp_path / "out", label_from="ground_truth")
 
 
 def split_of(prepare, root, out, fraction, seed):
@@ -180,7 +225,7 @@ def split_of(prepare, root, out, fraction, seed):
     parts = {}
     for split in ("train", "test"):
         path, count = prepare(root, out, split, fraction, seed)
-        parts[split] = [(row["images"][0], row["answer"]) for row in read_jsonl(path)]
+        parts[split] = rows_of(path)
         assert count == len(parts[split])
     return parts
 
@@ -190,8 +235,8 @@ def test_stratified_split_is_seeded_and_keeps_every_class(tmp_path, processor, d
     """Train/test would overlap, lose a class on one side, or change between runs if the split were wrong."""
     labels, prepare = (EKMAN, prepare_data.prepare_emotion6) if dataset == "emotion6" else \
         (MIKELS, prepare_data.prepare_fi)
-    root = make_class_folders(tmp_path / dataset, labels, per_class=5) if dataset == "fi" else \
-        make_emotion6(tmp_path / dataset, per_class=5)
+    root = tmp_path / dataset
+    make_class_folders(root / "images" if dataset == "emotion6" else root, labels, per_class=5)
     parts = split_of(prepare, root, tmp_path / "a", 0.4, seed=1)
     assert [a for _, a in parts["train"]] == [label for label in labels for _ in range(3)]
     assert [a for _, a in parts["test"]] == [label for label in labels for _ in range(2)]
@@ -214,15 +259,52 @@ def test_fi_default_split_and_folder_names(tmp_path):
     assert (tmp_path / "out" / "labels.txt").read_text() == "\n".join(MIKELS) + "\n"
 
 
+def test_nested_folder_in_a_class_folder_is_refused(tmp_path):
+    """A misplaced folder's images would be labelled with the parent class, and its own class would vanish."""
+    root = make_emotion6(tmp_path / "Emotion6")
+    (root / "images" / "disgust").rename(root / "images" / "fear" / "digust")  # a misspelt copy, one level down
+    with pytest.raises(data.DataError, match=re.escape(
+            f"{root / 'images' / 'fear' / 'digust'}: a folder inside the class folder {root / 'images' / 'fear'}; "
+            f"its images would be labelled 'fear'. Move them")):
+        prepare_data.prepare_emotion6(root, tmp_path / "out")
+    fi = make_class_folders(tmp_path / "FI", MIKELS, per_class=2)
+    save_jpg(fi / "awe" / "more" / "3.jpg")
+    with pytest.raises(data.DataError, match=re.escape(f"{fi / 'awe' / 'more'}: a folder inside the class folder")):
+        prepare_data.prepare_fi(fi, tmp_path / "out")
+    (fi / "awe" / "more" / "3.jpg").unlink()
+    (fi / "awe" / "more").rename(fi / "awe" / ".ipynb_checkpoints")  # hidden tool folders are not data
+    assert prepare_data.prepare_fi(fi, tmp_path / "fi", "train", 0.0)[1] == 16
+    assert not (tmp_path / "out" / "test.jsonl").exists()
+
+
+def test_missing_or_empty_class_is_refused(tmp_path):
+    """labels.txt would list a class no row has, and a partial download would be evaluated as complete."""
+    root = make_emotion6(tmp_path / "Emotion6")
+    for image in (root / "images" / "surprise").iterdir():
+        image.unlink()
+    (root / "images" / "surprise").rmdir()
+    message = (f"{root / 'images'}: no images of surprise; Emotion6 has a folder of images for each of "
+               f"anger, disgust, fear, joy, sadness, surprise")
+    with pytest.raises(data.DataError, match=re.escape(message)):
+        prepare_data.prepare_emotion6(root, tmp_path / "out")
+    (root / "images" / "surprise").mkdir()  # present but empty
+    with pytest.raises(data.DataError, match=re.escape(message)):
+        prepare_data.prepare_emotion6(root, tmp_path / "out")
+    fi = make_class_folders(tmp_path / "FI", [e for e in MIKELS if e not in ("awe", "fear")], per_class=2)
+    with pytest.raises(data.DataError, match=re.escape(f"{fi}: no images of awe, fear; FI has")):
+        prepare_data.prepare_fi(fi, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_class_folder_errors(tmp_path):
     """A stray class folder would be dropped silently, or a 1-image class missing from one split."""
     root = make_class_folders(tmp_path / "FI", MIKELS, per_class=2)
-    save_png(root / "joy" / "1.png")
+    save_jpg(root / "joy" / "1.jpg")
     with pytest.raises(data.DataError, match=re.escape(f"{root / 'joy'}: 'joy' is not one of the FI labels")):
         prepare_data.prepare_fi(root, tmp_path / "out")
-    (root / "joy" / "1.png").rename(root / "awe" / "3.png")
+    (root / "joy" / "1.jpg").rename(root / "awe" / "3.jpg")
     (root / "joy").rmdir()
-    (root / "fear" / "2.png").unlink()
+    (root / "fear" / "2.jpg").unlink()
     with pytest.raises(data.DataError, match=re.escape(f"{root}: class 'fear' has 1 image")):
         prepare_data.prepare_fi(root, tmp_path / "out")
     assert prepare_data.prepare_fi(root, tmp_path / "out", "train", 0.0)[1] == 16  # no split: every image
@@ -231,46 +313,148 @@ def test_class_folder_errors(tmp_path):
         prepare_data.prepare_emotion6(tmp_path / "empty", tmp_path / "out6")
 
 
-# --- WebEmo -------------------------------------------------------------------------------------------
+# --- WebEmo: train25.txt/test25.txt (`<URL> <id>`), category.txt, and the download script's tree ----------
+# category.txt byte for byte as the release ships it: CRLF line ends, tabs, a Python literal, two misspellings.
+WEBEMO_CATEGORY_TXT = (
+    "# Three level emotion hierarchy.\r\nlabels=[('affection', 'love', '+'), \r\n\t('cheerfullness', 'joy', '+'), "
+    "\r\n\t('confusion', 'confusion', '-'), \r\n\t('contentment', 'joy', '+'), \r\n\t('disappointment', 'sadness', "
+    "'-'), \r\n\t('disgust', 'anger', '-'), \r\n\t('enthrallment', 'joy', '+'), \r\n\t('envy', 'anger', '-'),\r\n\t"
+    "('exasperation', 'anger', '-'), \r\n\t('gratitude', 'love', '+'), \r\n\t('horror', 'fear', '-'), \r\n\t"
+    "('irritabilty', 'anger', '-'), \r\n\t('lust', 'love', '+'), \r\n\t('neglect', 'sadness', '-'), \r\n\t"
+    "('nervousness', 'fear', '-'), \r\n\t('optimism', 'joy', '+'), \r\n\t('pride', 'joy', '+'),\r\n\t('rage', "
+    "'anger', '-'), \r\n\t('relief', 'joy', '+'), \r\n\t('sadness', 'sadness', '-'), \r\n\t('shame', 'sadness', "
+    "'-'), \r\n\t('suffering', 'sadness', '-'), \r\n\t('surprise', 'surprise', '+'), \r\n\t('sympathy', 'sadness', "
+    "'-'),\r\n\t('zest', 'joy', '+')]")
+WEBEMO_TABLE = [  # by hand, from category.txt: label id -> (25-level, 7-level, 2-level), spellings corrected
+    ("affection", "love", "positive"), ("cheerfulness", "joy", "positive"), ("confusion", "confusion", "negative"),
+    ("contentment", "joy", "positive"), ("disappointment", "sadness", "negative"), ("disgust", "anger", "negative"),
+    ("enthrallment", "joy", "positive"), ("envy", "anger", "negative"), ("exasperation", "anger", "negative"),
+    ("gratitude", "love", "positive"), ("horror", "fear", "negative"), ("irritability", "anger", "negative"),
+    ("lust", "love", "positive"), ("neglect", "sadness", "negative"), ("nervousness", "fear", "negative"),
+    ("optimism", "joy", "positive"), ("pride", "joy", "positive"), ("rage", "anger", "negative"),
+    ("relief", "joy", "positive"), ("sadness", "sadness", "negative"), ("shame", "sadness", "negative"),
+    ("suffering", "sadness", "negative"), ("surprise", "surprise", "positive"), ("sympathy", "sadness", "negative"),
+    ("zest", "joy", "positive"),
+]
+LEVEL_LABELS = {25: [fine for fine, _, _ in WEBEMO_TABLE],
+                7: ["anger", "confusion", "fear", "joy", "love", "sadness", "surprise"], 2: ["negative", "positive"]}
 
-@pytest.mark.parametrize("level, labels, answers", [
-    (25, WEBEMO_25, WEBEMO_25),
-    (7, ["anger", "confusion", "fear", "joy", "love", "sadness", "surprise"], WEBEMO_7),
-    (2, ["negative", "positive"], ["positive" if i in POSITIVE_IDS else "negative" for i in range(25)]),
-], ids=["25", "7", "2"])
-def test_webemo_levels(tmp_path, processor, level, labels, answers):
-    """WebEmo at a level would have the wrong label set or map a class to the wrong parent."""
+
+def stock_url(n):
+    return f"https://as2.ftcdn.net/jpg/00/42/93/{n % 100:02d}/220_F_{42937800 + n}_x{n}.jpg"
+
+
+def webemo_image(split, label_id, n):
+    """Where the public download script saves a listed URL: <split>/<label as listed>/<URL's file name>."""
+    return f"{split}/{label_id}/220_F_{42937800 + n}_x{n}.jpg"
+
+
+# train25.txt: one image per label id, listed in id order (n = id); test25.txt below, with one dead link
+WEBEMO_TEST = [(100, 22, True), (101, 1, True), (102, 5, False), (103, 11, True)]  # (n, label id, downloaded)
+WEBEMO_TEST_ROWS = {  # by hand: the three downloaded test images and their label at each level
+    25: [(webemo_image("test", 22, 100), "surprise"), (webemo_image("test", 1, 101), "cheerfulness"),
+         (webemo_image("test", 11, 103), "irritability")],
+    7: [(webemo_image("test", 22, 100), "surprise"), (webemo_image("test", 1, 101), "joy"),
+        (webemo_image("test", 11, 103), "anger")],
+    2: [(webemo_image("test", 22, 100), "positive"), (webemo_image("test", 1, 101), "positive"),
+        (webemo_image("test", 11, 103), "negative")],
+}
+
+
+def make_webemo(root, tree=None):
+    """The release (train25.txt, test25.txt, category.txt) with the download script's tree in `tree` (root)."""
+    tree = tree or root
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "category.txt").write_bytes(WEBEMO_CATEGORY_TXT.encode())
+    (root / "train25.txt").write_text("".join(f"{stock_url(i)} {i}\n" for i in range(25)))
+    (root / "test25.txt").write_text("".join(f"{stock_url(n)} {label}\n" for n, label, _ in WEBEMO_TEST))
+    for i in range(25):
+        save_jpg(tree / webemo_image("train", i, i), i)
+    for n, label, downloaded in WEBEMO_TEST:
+        if downloaded:
+            save_jpg(tree / webemo_image("test", label, n), n)
+    return root
+
+
+def test_webemo_reads_category_txt(tmp_path):
+    """The release's category.txt would be refused, its misspellings or +/- signs leak into prompts."""
     root = make_webemo(tmp_path / "WebEmo")
-    out = root / f"level{level}"
+    assert prepare_data.load_webemo_hierarchy(root / "category.txt") == WEBEMO_TABLE
+    # the category.txt beside the lists is the one used: a copy that folds confusion into sadness gives 6 classes
+    (root / "category.txt").write_text(WEBEMO_CATEGORY_TXT.replace("('confusion', 'confusion', '-')",
+                                                                   "('confusion', 'sadness', '-')"))
+    prepare_data.prepare_webemo(root, tmp_path / "folded", 7, "train")
+    assert (tmp_path / "folded" / "labels.txt").read_text() == "anger\nfear\njoy\nlove\nsadness\nsurprise\n"
+    assert rows_of(tmp_path / "folded" / "train.jsonl")[2] == (str(root / webemo_image("train", 2, 2)), "sadness")
+    (root / "category.txt").write_text("labels=[('affection', 'love')]\n")
+    with pytest.raises(data.DataError, match=re.escape(f"{root / 'category.txt'}: cannot read it as WebEmo's "
+                                                       "category.txt (not a list of (fine, mid, coarse)")):
+        prepare_data.prepare_webemo(root, tmp_path / "bad", 25, "train")
+
+
+@pytest.mark.parametrize("level", [25, 7, 2])
+def test_webemo_url_lists_and_downloaded_tree(tmp_path, processor, level):
+    """The release's URL lists would be refused, or their downloaded images not found or mislabelled."""
+    root = make_webemo(tmp_path / "WebEmo")
+    out = tmp_path / f"level{level}"
     assert prepare_data.prepare_webemo(root, out, level, "train") == (out / "train.jsonl", 25)
-    rows = read_jsonl(out / "train.jsonl")
-    assert [row["answer"] for row in rows] == answers
-    assert rows[0]["images"] == [str(root / "images" / "0.png")]
-    assert (out / "labels.txt").read_text() == "\n".join(labels) + "\n"
-    assert prepare_data.prepare_webemo(root, out, level, "test") == (out / "test.jsonl", 3)
-    assert [row["answer"] for row in read_jsonl(out / "test.jsonl")] == [answers[22], answers[1], answers[11]]
-    check_loads(out / "train.jsonl", processor, labels)
+    column = {25: 0, 7: 1, 2: 2}[level]
+    assert rows_of(out / "train.jsonl") == [(str(root / webemo_image("train", i, i)), WEBEMO_TABLE[i][column])
+                                            for i in range(25)]
+    assert (out / "labels.txt").read_text() == "\n".join(LEVEL_LABELS[level]) + "\n"
+    assert prepare_data.prepare_webemo(root, out, level, "test", skip_missing=True) == (out / "test.jsonl", 3)
+    assert rows_of(out / "test.jsonl") == [(str(root / image), label) for image, label in WEBEMO_TEST_ROWS[level]]
+    check_loads(out / "train.jsonl", processor, LEVEL_LABELS[level])
+
+
+def test_webemo_image_root_elsewhere(tmp_path):
+    """Images downloaded away from the lists would not be found without --image-root."""
+    root = make_webemo(tmp_path / "WebEmo", tree=tmp_path / "downloads")
+    first = root / webemo_image("train", 0, 0)  # looked for beside the lists, where the script would have saved it
+    with pytest.raises(data.DataError, match=re.escape(f"25 of the 25 images listed in {root / 'train25.txt'} are "
+                                                       f"missing (first: train25.txt:1 {first})") + ".* None is there"):
+        prepare_data.prepare_webemo(root, tmp_path / "out", 25, "train", skip_missing=True)
+    prepare_data.prepare_webemo(root, tmp_path / "out", 25, "test", image_root=tmp_path / "downloads",
+                                skip_missing=True)
+    assert rows_of(tmp_path / "out" / "test.jsonl") == [(str(tmp_path / "downloads" / image), label)
+                                                        for image, label in WEBEMO_TEST_ROWS[25]]
+
+
+def test_webemo_dead_links_are_counted(tmp_path, capsys):
+    """One dead link would stop the whole conversion, or dead links would be dropped without a word."""
+    root = make_webemo(tmp_path / "WebEmo")
+    dead = root / webemo_image("test", 5, 102)
+    with pytest.raises(data.DataError, match=re.escape(f"1 of the 4 images listed in {root / 'test25.txt'} are "
+                                                       f"missing (first: test25.txt:3 {dead}); a URL's image is looked "
+                                                       f"for at {root}/test/<label id>/<file name of the URL> "
+                                                       "(--image-root). Download them, or pass --skip-missing")):
+        prepare_data.prepare_webemo(root, tmp_path / "out", 25, "test")
+    assert not (tmp_path / "out" / "test.jsonl").exists()
+    assert prepare_data.prepare_webemo(root, tmp_path / "out", 25, "test", skip_missing=True)[1] == 3
+    assert f"WebEmo test: skipped 1 of 4 listed images, missing from {root} (first: test25.txt:3 {dead})" in \
+        capsys.readouterr().out
 
 
 def test_webemo_list_errors_name_the_line(tmp_path):
-    """URL lists (the raw release), unknown labels or missing images would not say which line to fix."""
+    """Unknown labels or malformed lines would not say which line to fix; local paths would not resolve."""
     root = make_webemo(tmp_path / "WebEmo")
     listing = root / "test25.txt"
     for text, message in [
-        ("images/0.png 0\nhttps://farm1.staticflickr.com/1/2.jpg 3\n",
-         re.escape("'https://farm1.staticflickr.com/1/2.jpg' is a URL")),
-        ("images/0.png 0\nimages/1.png 25\n", "expected '<image path> <label id 0-24 or name>'"),
-        ("images/0.png 0\nimages/1.png\n", "expected '<image path>"),
-        ("images/0.png 0\nimages/99.png 3\n", re.escape(f"image {root / 'images' / '99.png'} does not exist")),
+        (f"{stock_url(100)} 22\n{stock_url(1)} 25\n", "expected '<image URL or path> <label id 0-24 or name>'"),
+        (f"{stock_url(100)} 22\n{stock_url(1)}\n", "expected '<image URL or path>"),
     ]:
         listing.write_text(text)
         with pytest.raises(data.DataError, match=re.escape(f"{listing}:2: ") + message):
             prepare_data.prepare_webemo(listing, tmp_path / "out", 25, "test")
+    # lists rewritten with local paths and names (relative to the image root), with the release's spellings
+    listing.write_text(f"{webemo_image('test', 1, 101)} cheerfullness\n\n{webemo_image('test', 11, 103)} irritabilty\n")
+    prepare_data.prepare_webemo(listing, tmp_path / "out", 25, "test")
+    assert [a for _, a in rows_of(tmp_path / "out" / "test.jsonl")] == ["cheerfulness", "irritability"]
     with pytest.raises(ValueError, match="level must be 2, 7 or 25"):
         prepare_data.prepare_webemo(root, tmp_path / "out", 6)
 
 
-def test_webemo_hierarchy_file_overrides_table(tmp_path):
+def test_webemo_hierarchy_tsv_overrides_category_txt(tmp_path):
     """--hierarchy would be ignored, or a malformed one accepted, if the TSV were not read row by row."""
     root = make_webemo(tmp_path / "WebEmo")
     tsv = tmp_path / "hierarchy.tsv"
@@ -291,8 +475,8 @@ def test_second_label_set_in_one_folder_is_refused(tmp_path):
     prepare_data.prepare_webemo(root, tmp_path / "out", 25, "train")
     with pytest.raises(data.DataError, match=re.escape(f"{tmp_path / 'out' / 'labels.txt'}: already holds a "
                                                        "different label set")):
-        prepare_data.prepare_webemo(root, tmp_path / "out", 2, "test")
-    assert prepare_data.prepare_webemo(root, tmp_path / "out", 25, "test")[1] == 3  # same set: fine
+        prepare_data.prepare_webemo(root, tmp_path / "out", 2, "test", skip_missing=True)
+    assert prepare_data.prepare_webemo(root, tmp_path / "out", 25, "test", skip_missing=True)[1] == 3  # same set
 
 
 # --- command line -------------------------------------------------------------------------------------
@@ -314,16 +498,27 @@ def test_cli_matches_functions_and_reports_errors(tmp_path):
         path, _ = prepare_data.prepare_fi(root, tmp_path / "api", split, 0.25, 3)
         assert (tmp_path / "cli" / f"{split}.jsonl").read_text() == path.read_text()
 
-    webemo = make_webemo(tmp_path / "WebEmo")
+    webemo = make_webemo(tmp_path / "WebEmo", tree=tmp_path / "downloads")
     result = run_cli("webemo", webemo, "--out", tmp_path / "w")
     assert result.returncode == 2 and "--level 2, 7 or 25 is required for webemo" in result.stderr
-    result = run_cli("webemo", webemo, "--out", tmp_path / "w", "--level", 7)
+    result = run_cli("webemo", webemo, "--out", tmp_path / "w", "--level", 7, "--image-root", tmp_path / "downloads")
+    assert result.returncode == 1 and "Traceback" not in result.stderr  # the dead link stops it, with its count
+    assert f"error: 1 of the 4 images listed in {webemo / 'test25.txt'} are missing" in result.stderr
+    result = run_cli("webemo", webemo, "--out", tmp_path / "w", "--level", 7, "--image-root", tmp_path / "downloads",
+                     "--skip-missing")
     assert result.returncode == 0, result.stderr
-    assert [line.split(" rows")[0] for line in result.stdout.splitlines()[:2]] == ["wrote 25", "wrote 3"]
-    (webemo / "test25.txt").write_text("http://example.com/a.jpg 1\n")
-    result = run_cli("webemo", webemo / "test25.txt", "--out", tmp_path / "w", "--level", 7, "--split", "test")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert f"error: {webemo / 'test25.txt'}:1: 'http://example.com/a.jpg' is a URL" in result.stderr
+    assert result.stdout.splitlines()[0] == f"wrote 25 rows to {tmp_path / 'w' / 'train.jsonl'}"
+    assert result.stdout.splitlines()[1].startswith("WebEmo test: skipped 1 of 4 listed images")
+    assert result.stdout.splitlines()[2] == f"wrote 3 rows to {tmp_path / 'w' / 'test.jsonl'}"
+
+    emotion6 = make_emotion6(tmp_path / "Emotion6")
+    result = run_cli("emotion6", emotion6, "--out", tmp_path / "e6", "--label-from", "ground_truth")
+    assert result.returncode == 0, result.stderr
+    assert rows_of(tmp_path / "e6" / "test.jsonl") == [(str(emotion6 / image), label)
+                                                        for image, label in EMOTION6_BY_ANNOTATORS]
+    for flags in (["--skip-missing"], ["--image-root", tmp_path], ["--label-from", "folder"]):
+        result = run_cli("fi", root, "--out", tmp_path / "x", *flags)
+        assert result.returncode == 2 and f"{flags[0]} is for" in result.stderr
 
 
 def test_cli_help_names_every_dataset_and_flag():
@@ -331,6 +526,6 @@ def test_cli_help_names_every_dataset_and_flag():
     result = subprocess.run([sys.executable, "prepare_data.py", "--help"], cwd=REPO, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
-    for word in ("emoset", "emotion6", "webemo", "fi", "--out", "--split", "--level", "--hierarchy",
-                 "--test-fraction", "--seed"):
+    for word in ("emoset", "emotion6", "webemo", "fi", "--out", "--split", "--level", "--hierarchy", "--image-root",
+                 "--skip-missing", "--label-from", "--test-fraction", "--seed"):
         assert word in result.stdout, word

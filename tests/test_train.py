@@ -36,12 +36,16 @@ def test_defaults_are_the_emor3_recipe():
         rollout_batch_size=512, group_size=8, temperature=1.0, top_p=1.0,  # 512 prompts, n = 8
         mini_batch_size=256, ppo_epochs=1,  # 2 optimizer steps per rollout batch, 1 PPO epoch
         lr=2e-6, weight_decay=0.01, beta1=0.9, beta2=0.999, lr_warmup_ratio=0.0, grad_clip=1.0,
-        clip_low=0.2, clip_high=0.3, clip_dual=3.0, loss_agg="token", adv_std=True,
+        clip_low=0.2, clip_high=0.3, clip_dual=3.0, adv_std=True,
         kl_coef=0.01, kl_kind="low_var_kl",
         max_prompt_length=2048, max_response_length=2048, min_pixels=512 * 512, max_pixels=2048 * 2048,
         epochs=20, val_freq=1, val_temperature=0.6, val_top_p=0.95,
         reflect_temperature=0.6, reflect_top_p=0.95,  # the re-ask uses the validation sampling
         gradient_checkpointing=True, freeze_vision=False, online_filter=False, seed=1,
+        filter_key="overall", filter_low=0.01, filter_high=0.99, max_try_make_batch=20,  # the DAPO config
+        micro_batch_size=4, logprob_micro_batch_size=16, precision="auto",  # bf16 compute on GPU
+        loss_agg="token",  # the documented deviation: the fork's own is --loss-agg micro
+        reflect_max_tokens=16,  # the documented deviation: the reference allows 2048
     )
     assert {k: getattr(cfg, k) for k in expected} == expected
 
@@ -57,10 +61,15 @@ def test_bad_config_fails_at_start():
 
 
 def test_demo_runs_every_phase(tiny_model_dir, demo_dir, tmp_path):
-    """The CPU demo would not run rollout, reflection, update and sync for real, or lose its outputs."""
+    """The CPU demo would not run rollout, reflection, update and sync for real, or lose its outputs; or
+    validation would drop the rows that do not split evenly over the ranks (15 rows on 2 ranks)."""
     out = tmp_path / "run"
+    rows = [json.loads(line) for line in (demo_dir / "test.jsonl").read_text().splitlines()][:15]
+    for row in rows:  # the same images, from another folder
+        row["images"] = [str(demo_dir / path) for path in row["images"]]
+    (tmp_path / "val15.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     common = ["train_grpo.py", "--demo", "--model", tiny_model_dir, "--train-files", demo_dir / "train.jsonl",
-              "--val-files", demo_dir / "test.jsonl", "--output-dir", out, "--val-freq", "2", "--save-freq", "2"]
+              "--val-files", tmp_path / "val15.jsonl", "--output-dir", out, "--val-freq", "2", "--save-freq", "2"]
     torchrun(*common, "--max-steps", "2")
     config = json.loads((out / "config.json").read_text())
     assert config["group_size"] == 8 and config["model"] == str(tiny_model_dir)
@@ -73,7 +82,7 @@ def test_demo_runs_every_phase(tiny_model_dir, demo_dir, tmp_path):
             assert key in m, key
         # the engine sampled with the weights the trainer has: fp32 log-probs agree
         assert m["rollout/logp_gap_max"] < 1e-3 and m["rollout/logp_gap_mean"] < 1e-4
-    assert "val/accuracy" in metrics[1]
+    assert "val/accuracy" in metrics[1] and metrics[1]["val/rows"] == 15  # every row, none dropped
     samples = read_jsonl(out / "samples.jsonl")
     assert len(samples) == 8 and {"response", "reflect_text_answer", "reflect_image_answer", "overall"} <= set(samples[0])
     assert (out / "checkpoints" / "step_2" / "trainer_state.json").exists()
@@ -98,9 +107,9 @@ def test_weight_sync_is_real(tiny_model_dir, demo_dir, tmp_path):
         # a forgotten step of the wake / push / reset / wake choreography raises (on GPU it would hang)
         assert set(result["misuse"]) == {"generate_asleep", "load_asleep", "kv_before_reset", "generate_after_sleep"}
         assert "sleeping engine" in result["misuse"]["generate_asleep"]
-        for kind in ("text", "image"):  # the re-ask generated for the response with steps only
-            answered, skipped = result["reflections"][kind]
-            assert isinstance(answered, str) and answered != "None" and skipped == "None"
+        for kind in ("text", "image"):  # every response was asked and answered, hostile text included
+            assert len(result["reflections"][kind]) == 4
+            assert all(isinstance(answer, str) for answer in result["reflections"][kind])
 
 
 def test_loop_learns(tiny_model_dir, demo_dir, tmp_path):
@@ -192,3 +201,28 @@ def test_a_real_model_without_cuda_stops_unless_asked(monkeypatch):
     common.require_cuda(allow_cpu=False, demo=True)  # the demo is a CPU job
     with pytest.raises(SystemExit, match="--allow-cpu"):  # and the trainer checks it first thing
         train_grpo.main(["--model", "Qwen/Qwen2.5-VL-3B-Instruct", "--train-files", "x.jsonl"])
+
+
+def test_dapo_filter_draws_more_prompts_until_the_step_is_full(tiny_model_dir, demo_dir, tmp_path):
+    """The DAPO rows would not be the released ones: groups with a mean overall outside (0.01, 0.99) kept,
+    the step not refilled with more prompts, or a dry filter running on instead of stopping.
+
+    tests/reward_dapo.py:by_label scores a group by its label: anger 1.0, sadness 0.0 (both dropped),
+    amusement and contentment 0.5 (kept). The demo data holds the four labels equally, so about half of
+    each draw passes: 8 prompts per rank need about 2 draws, and every kept response scores 0.5."""
+    out = tmp_path / "run"
+    common = ["train_grpo.py", "--demo", "--model", tiny_model_dir, "--train-files", demo_dir / "train.jsonl",
+              "--val-files", "", "--no-reflect-text", "--no-reflect-image", "--kl-coef", "0", "--save-freq", "0",
+              "--online-filter", "--max-response-length", "8"]
+    torchrun(*common, "--output-dir", out, "--max-steps", "2", "--reward-fn", "tests/reward_dapo.py:by_label")
+    for m in read_jsonl(out / "metrics.jsonl"):
+        assert m["reward/overall"] == 0.5  # only the groups strictly inside the bounds went into the step
+        assert m["dapo/tries"] >= 2  # one draw cannot fill it: about half of a draw passes
+        assert 0.3 < m["dapo/kept_fraction"] < 0.7
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *map(str, common),
+           "--output-dir", str(tmp_path / "dry"), "--max-steps", "1", "--max-try-make-batch", "2",
+           "--reward-fn", "tests/reward_dapo.py:always_right"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    assert "the DAPO filter kept too few groups: after 2 draws" in result.stderr + result.stdout
