@@ -2,18 +2,27 @@
 # The CPU demo, the README's main job: the whole EMO-R3 story on the tiny model in a few minutes.
 #   1. build the tiny Qwen2.5-VL and the demo data (images whose emotion is their dominant colour)
 #   2. Cold-Start-Emo (sft.py): a format-only warm-up, so the model writes the SET structure
-#      (<step1>..<step3>, \boxed{}) and answers the reflection questions, but guesses the emotion
+#      (<step1>..<step3>, \boxed{}) and judges step texts by reading them, but guesses the emotion
 #   3. evaluate: format rate high, accuracy near chance
 #   4. EMO-R3 GRPO with the reflective reward (train_grpo.py), starting from the cold start
-#   5. evaluate again: accuracy well above chance
-# Everything lands in $OUT (default runs/demo-DATE-TIME). Extra arguments go to train_grpo.py.
+#   5. evaluate again: accuracy, model-free coherence and the self-judged reflection scores
+# `bash demo.sh --ablation` runs step 4-5 for three arms from the same cold start instead (SET without
+# reflection, SET + coherence, full EMO-R3) and prints one table and one picture of the three.
+# Everything lands in $OUT (default runs/demo-DATE-TIME). Other arguments go to train_grpo.py.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
+ABLATION=0
+if [ "${1:-}" = "--ablation" ]; then ABLATION=1; shift; fi
 PY=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-runs/demo-$(date +%Y%m%d-%H%M%S)}
 TORCHRUN="$PY -m torch.distributed.run --nproc_per_node 2"
 export OMP_NUM_THREADS=1 VLLM_LOGGING_LEVEL=ERROR VLLM_NO_USAGE_STATS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 EVAL="--allow-cpu --data .cache/demo/test.jsonl --names demo --min-pixels 3136 --max-pixels 12544 --max-response-length 64 --reflect"
+if [ $ABLATION = 1 ]; then  # name:reward variant; the re-ask runs in every arm, so every arm's judge is measured
+    ARMS="set-no-reflection:set set-coherence:coherence emo-r3:code"
+else
+    ARMS="grpo:code"
+fi
 
 echo "== 1/5 tiny model and demo data"
 $PY tiny.py
@@ -22,23 +31,34 @@ echo "== 2/5 cold start (sft.py)"
 $TORCHRUN sft.py --demo --output-dir "$OUT/cold-start"
 echo "== 3/5 evaluate the cold start"
 $PY evaluate.py --model "$OUT/cold-start" $EVAL --out "$OUT/eval-cold-start" --method cold-start
-echo "== 4/5 EMO-R3 GRPO (train_grpo.py)"
-$TORCHRUN train_grpo.py --demo --init-from "$OUT/cold-start" --output-dir "$OUT/grpo" "$@"
-echo "== 5/5 evaluate after GRPO"
-$PY evaluate.py --model "$OUT/grpo" $EVAL --out "$OUT/eval-grpo" --method emo-r3
+for arm in $ARMS; do
+    name=${arm%%:*}
+    echo "== 4/5 GRPO: $name (train_grpo.py --reward ${arm#*:})"
+    $TORCHRUN train_grpo.py --demo --init-from "$OUT/cold-start" --output-dir "$OUT/$name" --reward "${arm#*:}" "$@"
+    echo "== 5/5 evaluate $name"
+    $PY evaluate.py --model "$OUT/$name" $EVAL --out "$OUT/eval-$name" --method "$name"
+done
 
-$PY - "$OUT" <<'PY'
+$PY - "$OUT" $ARMS <<'PY'
 import json, sys
 from pathlib import Path
-out = Path(sys.argv[1])
-labels = (Path(".cache/demo/labels.txt").read_text().split("\n"))
-chance = 1 / len([l for l in labels if l])
-print(f"\nEMO-R3 demo summary (held-out demo test set, chance = {chance:.2f})")
-for stage in ("cold-start", "grpo"):
+import plots
+out, arms = Path(sys.argv[1]), [a.split(":")[0] for a in sys.argv[2:]]
+labels = [l for l in Path(".cache/demo/labels.txt").read_text().split("\n") if l]
+print(f"\nEMO-R3 demo summary (64 held-out demo images, chance accuracy = {1 / len(labels):.2f})")
+print("| after | accuracy | format | coherence, model-free | coherence, self-judged | consistency, self-judged yes |")
+print("|---|---|---|---|---|---|")
+for stage in ["cold-start"] + arms:
     m = json.loads((out / f"eval-{stage}" / "demo" / "metrics.json").read_text())
-    print(f"  after {stage:10s}  accuracy {m['accuracy']:.3f}  format {m['format_rate']:.3f}  "
-          f"coherence {m.get('reflect_text_matches_label', 0):.3f}  consistency yes {m.get('reflect_image_yes', 0):.3f}")
-print(f"\n  curves:   {out / 'grpo' / 'curves.png'}")
-print(f"  samples:  {out / 'grpo' / 'samples.jsonl'}")
-print(f"  reports:  {out / 'eval-cold-start' / 'demo' / 'report.md'}, {out / 'eval-grpo' / 'demo' / 'report.md'}")
+    print(f"| {stage} | {m['accuracy']:.3f} | {m['format_rate']:.3f} | {m.get('reasoning_coherent_rate', 0):.3f} | "
+          f"{m.get('reflect_text_matches_answer', 0):.3f} | {m.get('reflect_image_yes', 0):.3f} |")
+print("\nmodel-free coherence: the share of responses whose step 1-2 text names exactly one emotion, the boxed one;\n"
+      "self-judged: the policy's own re-ask answers (coherence: it names the boxed emotion; consistency: it says yes)")
+if len(arms) > 1:
+    picture = plots.draw_arms({a: out / a / "metrics.jsonl" for a in arms}, out / "ablation.png",
+                              title="EMO-R3 demo ablation")
+    print(f"\n  picture:  {picture}")
+for a in arms:
+    print(f"  {a}: curves {out / a / 'curves.png'}, samples {out / a / 'samples.jsonl'}")
+print(f"  reports:  {out}/eval-*/demo/report.md")
 PY

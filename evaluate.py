@@ -4,8 +4,9 @@ Evaluate: a model (a merged folder, a base model path or hub name, or a training
 on the fly) on one or more benchmark files in the data.py layout. For each benchmark it writes, under
 `--out/NAME/`: predictions.jsonl (prompt id, label, full response, parsed answer, format ok, the
 reflection answers with --reflect), metrics.json (accuracy, macro-F1, per-class precision / recall /
-accuracy, confusion matrix, format rate, share of unparseable answers, and with --reflect the rates at
-which the model's own reflection agrees with the label and with its answer), report.md and
+accuracy, confusion matrix, format rate, share of unparseable answers, with the SET template the
+model-free coherence rate (steps 1-2 name exactly one label, the boxed answer), and with --reflect the
+rates at which the model's own reflection agrees with the label and with its answer), report.md and
 confusion.png. Sampling: the paper's evaluation sampling (temperature 0.6, top_p 0.95, one sample) by
 default, --greedy for greedy decoding.
 
@@ -88,10 +89,17 @@ def parse_answer(response, labels, mode="boxed"):
     return (mentioned[0], mentioned[0]) if len(mentioned) == 1 else (None, "None")
 
 
+def reasoning_coherent(response, labels):
+    """Model-free coherence of one SET response: its step 1-2 text names exactly one label, and that
+    label is the boxed answer (rewards.reasoning_names_answer; what the coherence re-ask asks the model)."""
+    return rewards.reasoning_names_answer(response or "", labels) == 1.0
+
+
 def compute_metrics(rows, labels):
     """Accuracy, macro-F1, per-class metrics and the confusion matrix from prediction rows.
 
-    rows: dicts with "label", "prediction" (a label or None), "format_ok", optional "reflect_*".
+    rows: dicts with "label", "prediction" (a label or None), "format_ok", optional "reflect_*" and
+    "reasoning_coherent" (SET responses only; its rate is over the rows that carry it).
     Classes that never occur or are never predicted still count in macro-F1 (with F1 = 0).
     """
     n = len(rows)
@@ -120,6 +128,9 @@ def compute_metrics(rows, labels):
         "confusion_matrix": {"rows_true": labels, "columns_predicted": columns,
                              "counts": [[confusion[t][p] for p in columns] for t in labels]},
     }
+    judged = [r for r in rows if r.get("reasoning_coherent") is not None]
+    if judged:  # model-free: steps 1-2 name exactly one label, the boxed answer (rewards.reasoning_names_answer)
+        metrics["reasoning_coherent_rate"] = sum(bool(r["reasoning_coherent"]) for r in judged) / len(judged)
     asked = [r for r in rows if r.get("reflect_text") is not None]
     if asked:  # the model judging its own reasoning
         metrics["reflect_text_matches_label"] = sum(r["reflect_text"].strip().lower() == r["label"].lower() for r in asked) / len(asked)
@@ -145,6 +156,9 @@ def rescore(path, labels=None, parse="boxed", template="set"):
     for r in rows:
         r["prediction"], r["parsed"] = parse_answer(r["response"], labels, parse)
         r["format_ok"] = rewards.emor3_reward(r["response"], r["label"], variant=variant)["format"] == 1.0
+        r.pop("reasoning_coherent", None)  # recomputed from the response, and only for SET responses
+        if template == "set":
+            r["reasoning_coherent"] = reasoning_coherent(r["response"], labels)
     return rows, compute_metrics(rows, labels)
 
 
@@ -154,9 +168,14 @@ def write_report(out, name, metrics, model):
     lines = [f"# {name}: {model}", "", f"{metrics['count']} prompts", "",
              "| metric | value |", "|---|---|"]
     for key in ("accuracy", "macro_f1", "format_rate", "unparseable_rate", "reflect_text_matches_label",
-                "reflect_text_matches_answer", "reflect_image_yes"):
+                "reflect_text_matches_answer", "reasoning_coherent_rate", "reflect_image_yes"):
         if key in metrics:
             lines.append(f"| {key} | {metrics[key]:.4f} |")
+    if "reasoning_coherent_rate" in metrics:
+        lines += ["", "reasoning_coherent_rate (model-free): the share of responses whose `<step1>`..`</step2>` text "
+                      "names exactly one label (as a whole word, any case) and that label is the `\\boxed{}` answer"
+                  + ("; reflect_text_matches_* are the model's own judgement of the same text."
+                     if "reflect_text_matches_label" in metrics else ".")]
     lines += ["", "| class | precision | recall (accuracy) | F1 | support |", "|---|---|---|---|---|"]
     for c, p in metrics["per_class"].items():
         lines.append(f"| {c} | {p['precision']:.4f} | {p['recall']:.4f} | {p['f1']:.4f} | {p['support']} |")
@@ -299,7 +318,9 @@ def evaluate(cfg):
                 rows.append({"id": p.index, "where": p.where, "label": p.answer, "response": text, "parsed": parsed,
                              "prediction": prediction,
                              "format_ok": rewards.emor3_reward(text, p.answer, variant="think" if cfg.template == "think" else "code")["format"] == 1.0,
-                             "reflect_text": rt, "reflect_image": ri})
+                             "reflect_text": rt, "reflect_image": ri,
+                             **({"reasoning_coherent": reasoning_coherent(text, dataset.labels)}
+                                if cfg.template == "set" else {})})
             bar.update(len(prompts))
         bar.close()
         gathered = [None] * world_size
@@ -316,8 +337,10 @@ def evaluate(cfg):
                 metrics["dropped_long_rows"] = len(dataset.dropped_long)
             write_outputs(out_root / name, name, rows, metrics, cfg.model)
             summary[name] = metrics["accuracy"]
+            coherent = (f"  reasoning coherent {metrics['reasoning_coherent_rate']:.3f}"
+                        if "reasoning_coherent_rate" in metrics else "")
             print(f"{name}: accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
-                  f"format {metrics['format_rate']:.3f}  -> {out_root / name}")
+                  f"format {metrics['format_rate']:.3f}{coherent}  -> {out_root / name}")
     if rank == 0:
         (out_root / "run.json").write_text(json.dumps({"method": cfg.method or Path(cfg.model).name,
                                                         "train_domain": cfg.train_domain, "model": cfg.model,

@@ -18,6 +18,10 @@ Variants (ablation arms; "code" is the default because it produced the published
 - "multiplicative" the authors' commented-out form: 0.9*acc*reflect_text*reflect_image + 0.1*format.
 - "think"          plain-GRPO baseline: <think> format, 0.9*acc + 0.1*format.
 
+Not a reward term: reasoning_names_answer is a model-free check of what the coherence re-ask asks the
+policy to judge (do steps 1-2 name exactly one label, the boxed one?), reported by evaluate.py
+(reasoning_coherent_rate) and logged per training step (coherence/model_free).
+
 A reflection answer of None means "reflection switched off" and scores 1 (as in the reference).
 When the step text cannot be extracted, coherence_prompt / consistency_prompt return None and
 reflection_prompt asks what the reference asks instead: "Answer 'None'" (text) or
@@ -250,6 +254,40 @@ def reflection_prompt(kind, response, labels):
     reference's "Answer 'None'" question of that kind."""
     ask = coherence_prompt(response, labels) if kind == "text" else consistency_prompt(response)
     return ask if ask is not None else NO_STEPS_ASKS[kind]
+
+
+def reasoning_names_answer(response, labels):
+    """Model-free coherence: 1.0 when the response's step 1-2 text names exactly one label and that
+    label is its \\boxed{} answer, else 0.0. No model and no reward term: a check, on any dataset, of
+    what the self-judged coherence re-ask (prompts/reflect_text.txt) asks the policy to judge.
+
+    - Step text: exactly what the coherence re-ask shows the policy, from the first <step1> through the
+      first </step2> after it, on the raw response (_step_text). Without it (no <step1>, no </step2>
+      after it, or "< step1 >" that only the reward's normalisation would repair): 0.0.
+    - A label is named when it occurs as a whole word (or whole phrase), case-insensitively: not
+      preceded or followed by a letter, digit or underscore. So "sad" is not named by "sadness" or
+      "saddened"; a hyphen or apostrophe ends a word, so "awe-inspiring" and "fear's" name awe and fear.
+      Spaces inside a multi-word label match any run of whitespace. Mentions are read left to right,
+      the longest label first where several start at one place: "positive surprise" names that label
+      only, not also "surprise", and a hyphenated label "light-hearted" is not also "light".
+    - Counting is lexical: each distinct label counts once however often it occurs, and a negated
+      mention ("not sad") still names the label.
+    - The answer is the reward's: the last \\boxed{} of the whitespace-normalised response
+      (extract_boxed), compared with the named label lower-cased, without further normalisation.
+    """
+    if isinstance(labels, str):  # a string would be read as a list of one-letter labels
+        raise TypeError("labels must be a list of label strings, e.g. load_labels('emoset')")
+    steps = _step_text(response, "</step2>", include_end=True).lower()
+    # lower-cased label with its spaces collapsed (as matched) -> the label lower-cased (as compared with
+    # the box); blank labels dropped, as an empty pattern would match everywhere
+    wanted = {" ".join(label.lower().split()): label.strip().lower() for label in labels if _as_str(label).strip()}
+    if not steps or not wanted:
+        return 0.0
+    alternatives = sorted(wanted, key=len, reverse=True)  # longest first: Python tries alternatives in order
+    pattern = r"(?<!\w)(?:" + "|".join(r"\s+".join(map(re.escape, a.split())) for a in alternatives) + r")(?!\w)"
+    named = {wanted[" ".join(m.group().split())] for m in re.finditer(pattern, steps)}
+    answer = extract_boxed(normalize_whitespace(_as_str(response))).lower()
+    return 1.0 if len(named) == 1 and answer in named else 0.0
 
 
 def load_reward(variant="code", reward_fn=""):

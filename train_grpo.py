@@ -562,8 +562,12 @@ def main(argv=None):
         sync_guard.check(metrics.get("rollout/logp_gap_mean"), step + 1)  # every rank, gap or not (a collective)
         totals = sum_over_ranks({"count": len(samples), "response_length": sum(len(s.response_ids) for s in samples),
                                  "skipped_rows": len(train_set.skipped),
+                                 # model-free: step 1-2 names exactly one label, the boxed one (what the judge is asked)
+                                 **({"coherence/model_free": sum(rewards.reasoning_names_answer(t, labels) for t in texts)}
+                                    if cfg.template == "set" else {}),
                                  **{f"reward/{k}": sum(sc.get(k, 0.0) for sc in scores) for k in scores[0]}})
-        metrics.update({k: v / totals["count"] for k, v in totals.items() if k.startswith("reward/") or k == "response_length"})
+        metrics.update({k: v / totals["count"] for k, v in totals.items()
+                        if k.startswith(("reward/", "coherence/")) or k == "response_length"})
         metrics["advantage/abs_mean"] = advantages.abs().mean().item()
         if totals["skipped_rows"]:  # rows left out so far, all ranks (--skip-bad-rows)
             metrics["data/skipped_rows"] = int(totals["skipped_rows"])
@@ -600,7 +604,7 @@ def main(argv=None):
 
     progress.close()
     if rank == 0:  # the curves of the whole run (a resumed run included), next to metrics.jsonl
-        draw_curves(out / "metrics.jsonl", out / "curves.png")
+        draw_curves(out / "metrics.jsonl", out / "curves.png", title=f"{out.parent.name}/{out.name}")
     print0(f"done: {total_steps} steps; outputs in {out} (curves.png, samples.jsonl, metrics.jsonl)")
     engine.close()
     if dist.is_initialized():

@@ -54,6 +54,8 @@ def check_hand_metrics(metrics):
     assert metrics["unparseable_rate"] == pytest.approx(0.2, abs=1e-12)
     # rows 3 (no steps) and 6 (no \boxed) fail the SET layout: 8/10
     assert metrics["format_rate"] == pytest.approx(0.8, abs=1e-12)
+    # no row's steps 1-2 name a label (row 10's spaced tags give no step text; row 6 names fear after step 3)
+    assert metrics["reasoning_coherent_rate"] == 0.0
     cm = metrics["confusion_matrix"]
     assert cm["rows_true"] == LABELS
     assert cm["columns_predicted"] == LABELS + ["(unparseable)"]
@@ -251,3 +253,74 @@ def test_table_cli(tmp_path):
     folders = write_fake_runs(tmp_path / "eval")
     evaluate.main(["--table", ",".join(folders), "--out", str(tmp_path / "table")])
     check_table(tmp_path / "table")
+
+
+# --- model-free coherence rate --------------------------------------------------------------------
+
+def steps(step12, answer):
+    """A SET response whose steps 1-2 read `step12` (step 3 names joy, which must not count)."""
+    return f"<step1>{step12}</step1>\n<step2>Viewers react.</step2>\n<step3>Not joy.</step3>\n\\boxed{{{answer}}}"
+
+
+# id, true label, response, stale "reasoning_coherent" from an older file -> coherent? (judged by hand)
+COHERENCE_ROWS = [
+    (1, "anger", steps("He shouts in anger.", "anger"), False),  # names anger only, boxed anger: yes
+    (2, "anger", steps("He shouts in ANGER.", "fear"), True),  # names anger, boxed fear: no
+    (3, "fear", steps("Fear and sadness.", "fear"), True),  # two labels: no
+    (4, "fear", steps("A fearful child.", "fear"), True),  # "fearful" is not fear, nothing named: no
+    (5, "fear", "fear \\boxed{fear}", True),  # no steps: no
+    (6, "sadness", steps("Quiet sadness.", "Sadness"), False),  # sadness, boxed Sadness: yes (compared lower-cased)
+    (7, "sadness", steps("Quiet sadness.", "joy"), None),  # names sadness, boxed joy: no
+    (8, "joy", steps("Pure joy, joy!", "joy"), None),  # joy twice, one label, boxed joy: yes
+]
+# coherent: rows 1, 6, 8 -> 3/8; the stale values (which would give 4 of the 6 rows that carry one) are ignored
+
+
+def test_reasoning_coherent_rate_is_the_hand_count(tmp_path):
+    """The model-free coherence rate in metrics.json would not be the share of responses whose steps 1-2
+    name only the boxed label, or re-scoring would trust stale per-row values, if this failed."""
+    folder = tmp_path / "emotion6"
+    folder.mkdir()
+    (folder / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    path = folder / "predictions.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "label": y, "response": r, "reasoning_coherent": stale}) + "\n"
+                            for i, y, r, stale in COHERENCE_ROWS))
+    rows, metrics = evaluate.rescore(path)
+    assert [r["reasoning_coherent"] for r in rows] == [True, False, False, False, False, True, False, True]
+    assert metrics["reasoning_coherent_rate"] == pytest.approx(3 / 8, abs=1e-12)
+    saved = evaluate.main(["--predictions", str(path)])
+    assert saved["reasoning_coherent_rate"] == pytest.approx(3 / 8, abs=1e-12)
+    on_disk = json.loads((folder / "metrics.rescored.json").read_text())
+    assert on_disk["reasoning_coherent_rate"] == pytest.approx(3 / 8, abs=1e-12)
+    # not SET responses: no per-row value and no rate (a <think> response has no steps to judge)
+    rows, metrics = evaluate.rescore(path, template="think")
+    assert "reasoning_coherent_rate" not in metrics
+    assert all("reasoning_coherent" not in r for r in rows)
+
+
+def test_reasoning_coherent_rate_counts_only_rows_that_carry_it():
+    """The rate would be diluted by rows that were never judged (not SET) if this failed."""
+    rows = [{"label": "fear", "prediction": "fear", "format_ok": True, "reasoning_coherent": True},
+            {"label": "fear", "prediction": "fear", "format_ok": True, "reasoning_coherent": False},
+            {"label": "fear", "prediction": None, "format_ok": False, "reasoning_coherent": True},
+            {"label": "joy", "prediction": "joy", "format_ok": True}]  # not judged
+    assert evaluate.compute_metrics(rows, LABELS)["reasoning_coherent_rate"] == pytest.approx(2 / 3, abs=1e-12)
+    assert "reasoning_coherent_rate" not in evaluate.compute_metrics(rows[3:], LABELS)
+
+
+def test_report_shows_reasoning_coherent_rate_beside_reflection(tmp_path):
+    """report.md would leave out the model-free rate, or not put it next to the self-judged reflection
+    rates, if this failed."""
+    rows = [{"label": "fear", "prediction": "fear", "format_ok": True, "reasoning_coherent": True,
+             "reflect_text": "fear", "reflect_image": "yes"},
+            {"label": "fear", "prediction": "joy", "format_ok": True, "reasoning_coherent": False,
+             "reflect_text": "joy", "reflect_image": "no"}]
+    metrics = evaluate.compute_metrics(rows, LABELS)
+    assert metrics["reasoning_coherent_rate"] == 0.5  # 1 of 2
+    assert metrics["reflect_text_matches_answer"] == 1.0  # both reflections name the row's answer
+    evaluate.write_report(tmp_path, "x", metrics, "m")
+    report = (tmp_path / "report.md").read_text().splitlines()
+    table = [line for line in report if line.startswith("| reflect_") or line.startswith("| reasoning_")]
+    assert table == ["| reflect_text_matches_label | 0.5000 |", "| reflect_text_matches_answer | 1.0000 |",
+                     "| reasoning_coherent_rate | 0.5000 |", "| reflect_image_yes | 0.5000 |"]
+    assert any("model-free" in line and "own judgement" in line for line in report)

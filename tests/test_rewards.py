@@ -355,3 +355,101 @@ def test_score_batch():
     assert score_batch([GOOD], ["fear"], variant="set")[0]["overall"] == pytest.approx(1.0)  # 0.9 + 0.1
     with pytest.raises(ValueError, match="equal length"):
         score_batch([GOOD, GOOD], ["fear"])
+
+
+# --- model-free coherence: do steps 1-2 name exactly one label, the boxed one? ---------------------
+
+EMOTION6 = ["anger", "disgust", "fear", "joy", "sadness", "surprise"]
+
+
+def set_steps(step1, step2, step3="Negative valence, high arousal.", answer="fear"):
+    return (f"<step1>{step1}</step1>\n<step2>{step2}</step2>\n<step3>{step3}</step3>\n"
+            f"The answer is \\boxed{{{answer}}}")
+
+
+@pytest.mark.parametrize("response, expected", [
+    # steps name fear only, the boxed answer: coherent
+    (set_steps("A man screams at a snake.", "Viewers would feel fear."), 1.0),
+    # fear named in both steps, three times: still one label
+    (set_steps("Fear on his face.", "Fear, fear."), 1.0),
+    # boxed fear, steps name fear and sadness: two labels
+    (set_steps("A man screams at a snake.", "Viewers would feel fear and sadness."), 0.0),
+    # boxed fear, steps name sadness only
+    (set_steps("A crying child.", "Viewers would feel sadness."), 0.0),
+    # steps name no label
+    (set_steps("A man screams at a snake.", "Viewers would feel uneasy."), 0.0),
+    # no steps at all, though the text names fear and boxes it
+    ("It is fear. \\boxed{fear}", 0.0),
+    # <step1> without </step2>: the re-ask has no step text either
+    ("<step1>Viewers would feel fear.</step1> \\boxed{fear}", 0.0),
+    # fear named in step 3 only: steps 1-2 name nothing
+    (set_steps("A man screams at a snake.", "Viewers would be uneasy.", step3="Clearly fear."), 0.0),
+    # step 3 naming another label does not spoil coherent steps 1-2
+    (set_steps("A man screams at a snake.", "Viewers would feel fear.", step3="Not joy."), 1.0),
+    # case differs in the steps and in the box: FEAR / Fear match fear
+    (set_steps("FEAR everywhere.", "Viewers feel Fear.", answer="Fear"), 1.0),
+    # "fearful" and "fearsome" are other words, not the label fear: nothing named
+    (set_steps("A fearful man.", "A fearsome snake.", answer="fear"), 0.0),
+    # "joyful" is not joy, so fear is the only label named
+    (set_steps("A joyful dog meets a snake.", "Viewers would feel fear."), 1.0),
+    # hyphen and apostrophe end a word: "fear-inducing" and "fear's" name fear
+    (set_steps("A fear-inducing snake.", "The scene's fear's source."), 1.0),
+    # the boxed answer is not a label: no named label can equal it
+    (set_steps("A man screams.", "Viewers would feel fear.", answer="terror"), 0.0),
+    # steps name fear, the box says joy
+    (set_steps("A man screams.", "Viewers would feel fear.", answer="joy"), 0.0),
+    # only the last \boxed{} counts, as in the reward: fear
+    (set_steps("A man screams.", "Viewers would feel fear.", answer="joy} or \\boxed{fear"), 1.0),
+    # no \boxed{} at all
+    ("<step1>A man screams.</step1><step2>Viewers feel fear.</step2><step3>x</step3> fear", 0.0),
+    # the reward's strip inside \boxed{} and its whitespace normalisation: " fear " is fear
+    ("<step1>A snake.</step1><step2>fear</step2><step3>x</step3>\\boxed{ fear }", 1.0),
+    # spaced tags: the re-ask (raw text) finds no steps, so neither does this check
+    ("< step1 >A snake.</ step1 ><step2>fear</step2><step3>x</step3>\\boxed{fear}", 0.0),
+    # only the first <step1> .. first </step2> counts: the later "sadness" is outside it
+    ("<step1>fear</step1><step2>a</step2><step1>sadness</step1><step2>b</step2>"
+     "<step3>c</step3>\\boxed{fear}", 1.0),
+])
+def test_reasoning_names_answer(response, expected):
+    """The model-free coherence rate would count responses wrongly (wrong span, substrings, case,
+    several labels, a box it does not read like the reward) if a hand-judged response scored otherwise."""
+    assert rewards.reasoning_names_answer(response, EMOTION6) == expected
+
+
+def test_reasoning_names_answer_multiword_and_hyphenated_labels():
+    """A multi-word or hyphenated label would also count as the shorter label inside it (two labels,
+    so 0) if mentions were not read longest first."""
+    labels = ["surprise", "positive surprise", "light", "light-hearted", "fear"]
+
+    def check(step1, step2, answer):
+        return rewards.reasoning_names_answer(set_steps(step1, step2, answer=answer), labels)
+    # "positive surprise" (across a line break) names that label only, not also "surprise"
+    assert check("A party.", "A positive\n surprise.", "positive surprise") == 1.0
+    # the box says surprise, the steps name positive surprise: not the answer
+    assert check("A party.", "A positive surprise.", "surprise") == 0.0
+    # a bare "surprise" next to "positive surprise": two labels
+    assert check("A surprise party.", "A positive surprise.", "positive surprise") == 0.0
+    # "light-hearted" is one label, not also "light"
+    assert check("A light-hearted scene.", "Calm.", "light-hearted") == 1.0
+    # "light" alone
+    assert check("Soft light.", "Calm.", "light") == 1.0
+
+
+def test_reasoning_names_answer_odd_inputs():
+    """A training step could crash, or a blank label match everywhere, if odd inputs were not handled."""
+    good = set_steps("A man screams.", "Viewers would feel fear.")
+    assert rewards.reasoning_names_answer(None, EMOTION6) == 0.0  # not a string: no steps
+    assert rewards.reasoning_names_answer(good, []) == 0.0  # no labels: none can be named
+    assert rewards.reasoning_names_answer(good, ["", "  ", "fear"]) == 1.0  # blank labels are ignored
+    assert rewards.reasoning_names_answer(good, ["Fear", "Joy"]) == 1.0  # labels compared lower-cased
+    assert rewards.reasoning_names_answer(good, ["f.ar", "fear"]) == 1.0  # labels are literal, not regexes
+    with pytest.raises(TypeError, match="list of label strings"):
+        rewards.reasoning_names_answer(good, "fear")
+
+
+def test_reasoning_names_answer_leaves_the_reward_alone():
+    """The check is not a reward term: the reward's keys and values would change if it leaked in."""
+    assert set(emor3_reward(GOOD, "fear")) == KEYS
+    # GOOD's steps name no label ("scared" is not "fear"), though its box is right
+    assert rewards.reasoning_names_answer(GOOD, EMOSET) == 0.0
+    assert emor3_reward(GOOD, "fear")["overall"] == pytest.approx(1.1)

@@ -32,3 +32,38 @@ def test_cold_start_then_grpo_learns(tiny_model_dir, tmp_path):
     # ... and GRPO, not the cold start, teaches the emotions: accuracy starts near chance (0.25) and rises
     assert first < 0.35 and last > first + 0.12, accuracy
     assert (grpo_out / "curves.png").exists()
+
+
+def test_cold_start_reflection_examples_answer_what_the_text_says():
+    """The cold start would teach the judge to guess (answer with the row's label whatever the text says)
+    instead of reading the step text it is asked about; or it would tie images to emotions."""
+    import random
+    from types import SimpleNamespace
+
+    import rewards
+    import sft
+    import tiny
+    labels = ["amusement", "anger", "contentment", "sadness"]
+    prompts = [SimpleNamespace(text=f"prompt {i}", images=[f"image {i}"], answer=label, response=tiny.demo_response(label))
+               for i, label in enumerate(labels * 3)]
+    cfg = sft.Config(reflection_examples=True, shuffle_targets=True)
+    examples = sft.build_examples(prompts, labels, cfg, random.Random(0))
+    colour = {label: tiny.DEMO_COLOUR_NAMES[label] for label in labels}
+    coherence = [e for e in examples if not e.images]
+    consistency = [e for e in examples if e.images and "Can the following text describe the image?" in e.text]
+    assert len(coherence) == 12 and len(consistency) == 24
+    mixed = 0
+    for e in coherence:  # the answer is the emotion its step 2 names, whatever step 1's colour says
+        step2 = e.text[e.text.index("<step2>"):e.text.index("</step2>")]
+        named = [label for label in labels if label in step2]
+        assert named == [e.target], (e.text, e.target)
+        mixed += colour[e.target] not in e.text[:e.text.index("<step2>")]
+    assert mixed > 0  # some step 1 describes another colour than step 2's emotion: only reading step 2 works
+    for e in consistency:  # "yes" exactly when step 1 describes this row's image (its colour)
+        row = prompts[int(e.images[0].split()[1])]
+        step1 = e.text[e.text.index("<step1>"):e.text.index("</step1>")]
+        assert e.target == ("yes" if colour[row.answer] in step1 else "no"), (e.text, e.target)
+    assert {e.target for e in consistency} == {"yes", "no"}
+    # format-only: no example pairs an image with an emotion word as its answer
+    assert all(e.target not in labels for e in examples if e.images)
+    assert rewards.reflection_prompt("text", "no steps", labels) == "Answer 'None'"
