@@ -101,6 +101,20 @@ def start_or_resume(out, resume):
     return (done[-1] if done else None), step
 
 
+def check_resume_config(checkpoint, config, may_change):
+    """Stop when a resumed run's flags (`config`, a dict) differ from the checkpoint's in a way that changes
+    what the run trains (restoring the optimizer would bring back the old lr; another batch size or seed
+    re-slices the data), listing every difference. Fields in `may_change` may differ."""
+    saved = json.loads((checkpoint / "trainer_state.json").read_text())["config"]
+    changed = {k: (saved[k], v) for k, v in config.items() if k in saved and k not in may_change and saved[k] != v}
+    if changed:
+        lines = [f"--{k.replace('_', '-')}: {old!r} in {checkpoint}, {new!r} now" for k, (old, new) in changed.items()]
+        raise SystemExit("--resume: these flags differ from the run being resumed and would change what it "
+                         "trains:\n  " + "\n  ".join(lines) + "\nResume with the run's own flags (its "
+                         "config.json), or start a new run in another --output-dir. Free to change: "
+                         + ", ".join(sorted(may_change)))
+
+
 def truncate_log(path, step):
     """Keep the lines of a jsonl log up to `step`: a resumed run redoes the later ones. A line cut
     short by a kill is dropped too. The file is replaced atomically."""

@@ -125,6 +125,34 @@ def run_folder(output_dir, default):
     return Path(name[0])
 
 
+def lock_run_folder(out):
+    """Hold `out/.lock` for this process's lifetime (rank 0 takes it for the run; every rank learns the
+    outcome). A second run on the same folder (a requeued job, a relaunch during model loading) stops
+    here, before it writes anything, naming the holder. The lock is the kernel's (flock): it dies with
+    its process, so a lock file left by a crashed run never blocks a resume."""
+    import fcntl
+    import socket
+    error = None
+    if dist.get_rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / ".lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            handle.seek(0), handle.truncate()
+            handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "started": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv}))
+            handle.flush()
+            lock_run_folder.handle = handle  # kept open (and locked) until the process ends
+        except BlockingIOError:
+            handle.seek(0)
+            error = (f"{out} is in use by another run ({handle.read().strip() or 'holder unknown'}); wait for it "
+                     f"to end, stop it, or choose another --output-dir")
+    errors = [error]
+    dist.broadcast_object_list(errors, src=0)
+    if errors[0]:
+        raise SystemExit(errors[0])
+
+
 def demo_paths():
     """The tiny model and the demo data, built once by rank 0 (every rank waits): (model_dir, data_dir)."""
     import tiny

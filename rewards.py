@@ -299,7 +299,7 @@ def load_reward(variant="code", reward_fn=""):
     it at code you trust.
     """
     if not reward_fn:
-        return lambda response, answer, rt, ri: emor3_reward(response, answer, rt, ri, variant=variant)
+        return lambda response, answer, rt, ri, index=None: emor3_reward(response, answer, rt, ri, variant=variant)
     import importlib.util
     path, _, name = reward_fn.rpartition(":")
     if not path or not pathlib.Path(path).is_file():
@@ -311,8 +311,18 @@ def load_reward(variant="code", reward_fn=""):
         raise SystemExit(f"--reward-fn {reward_fn!r}: {path} has no function {name!r}")
     user_fn = getattr(module, name)
 
-    def score(response, answer, rt, ri):
-        result = user_fn(response, answer, rt, ri)
-        result = result if isinstance(result, dict) else {"overall": float(result)}
+    def score(response, answer, rt, ri, index=None):
+        # a reward that fails quietly (no "overall" scored 0) trains nothing and tells nobody: fail loudly
+        where = f"--reward-fn {reward_fn}, response {index} (answer {answer!r})"
+        try:
+            result = user_fn(response, answer, rt, ri)
+        except Exception as e:
+            raise SystemExit(f"{where}: the function raised {type(e).__name__}: {e}") from e
+        result = result if isinstance(result, dict) else {"overall": result}
+        if "overall" not in result:
+            raise SystemExit(f"{where}: its result {result!r} has no 'overall'")
+        bad = {k: v for k, v in result.items() if isinstance(v, bool) or not isinstance(v, (int, float))}
+        if bad:
+            raise SystemExit(f"{where}: not numbers: {bad!r}")
         return {**dict.fromkeys(REWARD_KEYS, 0.0), **{k: float(v) for k, v in result.items()}}
     return score

@@ -4,10 +4,10 @@ The paper reports that a small supervised warm-up on label-only data (no reasoni
 lifts EMO-R3's overall score (60.50 -> 62.13); no code for it was released. This is ours:
 - targets: the row's `response` column when it has one (full target responses), else a SET answer
   built from the label alone (--target, a template with {label}); the loss is on response tokens only;
-- optionally (--reflection-examples) the two reflection questions of EMO-R3, answered with what the
-  text actually says (the emotion its step 2 names; "yes" when step 1 is this image's own
-  description, else "no"), on step texts recombined across rows, so the policy judges its own
-  reasoning by reading it from the first GRPO step (build_examples);
+- optionally (--reflection-examples) the two reflection questions of EMO-R3 about each target, with
+  the answers the text supports (the emotion the target's step 2 names; "yes" for a step1 written
+  about the row's own image, "no" for one from a row of another class), so the policy can judge its
+  own reasoning from the first GRPO step;
 - the same model loading, FSDP2 sharding, micro-batching and checkpoint format as train_grpo.py
   (common.py, packing.py, checkpoint.py), so `train_grpo.py --init-from RUN/checkpoints/step_N` starts from the result
   and `merge.py` converts it.
@@ -29,7 +29,8 @@ import data
 import rewards
 import tiny
 from checkpoint import save_checkpoint
-from common import demo_paths, load_model, parse_flags, print0, require_cuda, run_folder, setup_distributed
+from common import (demo_paths, load_model, lock_run_folder, parse_flags, print0, require_cuda, run_folder,
+                    setup_distributed)
 from packing import Sample, collate, encode_prompts, response_logprobs
 
 
@@ -86,32 +87,15 @@ class Example:
     target: str
 
 
-def split_steps(target):
-    """(step 1 text, step 2 text) of a SET target: "<step1>..</step1>" up to <step2>, and "<step2>..</step2>";
-    None when the target lacks them."""
-    start, middle = target.find("<step1>"), target.find("<step2>")
-    end = target.find("</step2>", middle)
-    if start < 0 or middle < start or end < 0:
-        return None
-    return target[start:middle].strip(), target[middle:end + len("</step2>")]
-
-
 def build_examples(prompts, labels, cfg, rng):
-    """The answers to imitate: targets for the prompts, plus (optionally) the reflection questions.
-
-    The reflection examples make an honest judge: each answer is what the text it is asked about says,
-    so the policy learns to read, not to guess. Their step texts are recombined across rows (step 1 of
-    one target, step 2 of another), so the only way to answer right is to read the right step:
-      coherence    which emotion the step 1-2 text names: the label of the target step 2 came from
-                   (a target written for label L names L in its step 2);
-      consistency  "yes" when step 1 is this image's own description (the same text as the row's own
-                   target's step 1), else "no"; one of each per row.
-    None of them ties an image to an emotion, so with --shuffle-targets the warm-up still teaches the
-    format only, not the task.
-    """
+    """The answers to imitate: targets for the prompts, plus (optionally) the reflection questions."""
     targets = [p.response or cfg.target.replace("{label}", p.answer) for p in prompts]
     answers = [p.answer for p in prompts]
-    own_steps = [split_steps(t) for t in targets]  # each row's own description of its image
+    step1_by_label = {}
+    for answer, target in zip(answers, targets):
+        step1 = rewards.consistency_prompt(target)
+        if step1:
+            step1_by_label.setdefault(answer, []).append(step1)
     if cfg.shuffle_targets:  # pair each prompt with another row's target (and its label)
         order = list(range(len(prompts)))
         rng.shuffle(order)
@@ -119,19 +103,16 @@ def build_examples(prompts, labels, cfg, rng):
     examples = [Example(p.text, p.images, target) for p, target in zip(prompts, targets)]
     if not cfg.reflection_examples:
         return examples
-    steps = [(s, a) for s, a in zip(own_steps, [p.answer for p in prompts]) if s]  # (step texts, label)
-    for p, own in zip(prompts, own_steps):
-        if not own or not steps:
-            continue
-        (step1, _), _ = rng.choice(steps)  # step 1 of one row ...
-        (_, step2), label = rng.choice(steps)  # ... step 2 of another, and the label step 2 was written for
-        # coherence (text only, as at GRPO time): the emotion step 2 names
-        examples.append(Example(rewards.coherence_prompt(f"{step1}\n{step2}", labels), [], label))
-        # consistency (this row's image): its own step 1 is "yes", a different step 1 text "no"
-        examples.append(Example(rewards.consistency_prompt(f"{own[0]}\n{step2}"), p.images, "yes"))
-        others = [s[0] for s, _ in steps if s[0] != own[0]]
-        if others:
-            examples.append(Example(rewards.consistency_prompt(f"{rng.choice(others)}\n{step2}"), p.images, "no"))
+    for p, target, answer in zip(prompts, targets, answers):
+        ask = rewards.coherence_prompt(target, labels)
+        if ask:  # coherence: which emotion the reasoning names (text only, as at GRPO time)
+            examples.append(Example(ask, [], answer))
+        own = rewards.consistency_prompt(p.response or cfg.target.replace("{label}", p.answer))
+        others = [s for label, texts in step1_by_label.items() if label != p.answer for s in texts]
+        if own:  # consistency: "yes" for a step1 written about this row's own image ...
+            examples.append(Example(own, p.images, "yes"))
+        if others:  # ... and "no" for a step1 written about an image of another class
+            examples.append(Example(rng.choice(others), p.images, "no"))
     return examples
 
 
@@ -154,6 +135,7 @@ def main(argv=None):
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     out = run_folder(cfg.output_dir, "runs/sft-%Y%m%d-%H%M%S")
+    lock_run_folder(out)  # one run per folder, before anything is written
     if (out / "checkpoints").exists():
         raise SystemExit(f"{out} already holds a run; choose another --output-dir")
     if cfg.demo:  # the tiny model and the demo data (the --demo defaults of --model and --train-files)

@@ -48,9 +48,10 @@ import torch.distributed as dist
 import data
 import rewards
 import tiny
-from checkpoint import find_checkpoint, load_checkpoint, load_weights, save_checkpoint, start_or_resume
-from common import (Tracker, compute_dtype, demo_paths, get_batch_on_every_rank, load_model, mean, parse_flags,
-                    print0, require_cuda, run_folder, setup_distributed, sum_over_ranks, timed)
+from checkpoint import (check_resume_config, checkpoint_dirs, find_checkpoint, load_checkpoint, load_weights,
+                        save_checkpoint, start_or_resume)
+from common import (Tracker, compute_dtype, demo_paths, get_batch_on_every_rank, load_model, lock_run_folder, mean,
+                    parse_flags, print0, require_cuda, run_folder, setup_distributed, sum_over_ranks, timed)
 from packing import Sample, batched_logprobs, collate, encode_prompts, micro_batches, pad_stack, response_logprobs
 from plots import draw_curves
 from rollout import HFEngine, Request, SyncGuard, VLLMEngine, full_weights, plain_turn_requests
@@ -180,10 +181,19 @@ def check_config(cfg):
         problems.append("--engine must be vllm or hf")
     if cfg.filter_key not in rewards.REWARD_KEYS and not cfg.reward_fn:
         problems.append(f"--filter-key must be one of {rewards.REWARD_KEYS}")
+    if cfg.resume and not cfg.output_dir:
+        problems.append("--resume needs --output-dir: the run folder to continue")
     if cfg.precision not in ("auto", "bf16", "fp32"):
         problems.append("--precision must be auto, bf16 or fp32")
     if problems:
         raise SystemExit("config error:\n  " + "\n  ".join(problems))
+
+
+# Flags a resumed run may change: how often things happen, how far the run goes, where output goes
+# and how the engine is sized. Any other change alters what the run means, and --resume refuses it.
+RESUME_MAY_CHANGE = {"max_steps", "epochs", "val_freq", "save_freq", "save_limit", "samples_per_step", "logger",
+                     "resume", "allow_cpu", "max_bad_updates", "logp_gap_limit", "logp_gap_patience",
+                     "logp_check_prompts", "gpu_memory_utilization", "cpu_kv_cache_gb", "skip_bad_rows"}
 
 
 # --- GRPO math (EasyR1's; METHOD.md, "GRPO") --------------------------------------------------
@@ -392,8 +402,13 @@ def main(argv=None):
     torch.manual_seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
     out = run_folder(cfg.output_dir, "runs/emo-r3-%Y%m%d-%H%M%S")
+    lock_run_folder(out)  # one run per folder, before anything is written
     if not cfg.resume and ((out / "metrics.jsonl").exists() or (out / "checkpoints").exists()):
         raise SystemExit(f"{out} already holds a run: pass --resume to continue it, or another --output-dir")
+    if cfg.resume and checkpoint_dirs(out):  # the same run, or stop (before touching its files): a changed lr,
+        # batch size or seed would silently change what it trains
+        check_resume_config(checkpoint_dirs(out)[-1], dataclasses.asdict(cfg), RESUME_MAY_CHANGE)
+    resume_from, start_step = start_or_resume(out, cfg.resume)  # a half-written step_N.tmp never counts
     if cfg.demo:  # the tiny model and the demo data (the --demo defaults of --model, --train-files, --val-files)
         demo_paths()
     if cfg.rollout_batch_size % world_size or cfg.mini_batch_size % world_size:
@@ -445,7 +460,6 @@ def main(argv=None):
     else:
         engine = HFEngine(cfg.model, processor, device, image_pad_id, trust_remote_code=cfg.trust_remote_code)
 
-    resume_from, start_step = start_or_resume(out, cfg.resume)  # a half-written step_N.tmp never counts
     if resume_from:
         load_checkpoint(policy, optimizer, resume_from, rank, scheduler)
         print0(f"resumed from {resume_from} (step {start_step})")
@@ -502,8 +516,8 @@ def main(argv=None):
                                    for kind, enabled in (("text", cfg.reflect_text), ("image", cfg.reflect_image))}
             # 4. reward
             with timed(timings, "reward"):
-                new_scores = [score(t, batch[s.prompt].answer, rt, ri) for t, s, rt, ri
-                              in zip(new_texts, new, new_reflections["text"], new_reflections["image"])]
+                new_scores = [score(t, batch[s.prompt].answer, rt, ri, index=k) for k, (t, s, rt, ri)
+                              in enumerate(zip(new_texts, new, new_reflections["text"], new_reflections["image"]))]
             means = torch.tensor([sc[cfg.filter_key] for sc in new_scores]).view(-1, n).mean(1).tolist()
             for i in [i for i, m in enumerate(means) if not cfg.online_filter or cfg.filter_low < m < cfg.filter_high]:
                 prompts.append(batch[i])

@@ -35,8 +35,8 @@ def test_cold_start_then_grpo_learns(tiny_model_dir, tmp_path):
 
 
 def test_cold_start_reflection_examples_answer_what_the_text_says():
-    """The cold start would teach the judge to guess (answer with the row's label whatever the text says)
-    instead of reading the step text it is asked about; or it would tie images to emotions."""
+    """The cold start would teach the judge answers the text does not support (a label its step 2 does not
+    name; "yes" for a step 1 describing another colour than the image's), or tie images to emotions."""
     import random
     from types import SimpleNamespace
 
@@ -52,13 +52,10 @@ def test_cold_start_reflection_examples_answer_what_the_text_says():
     coherence = [e for e in examples if not e.images]
     consistency = [e for e in examples if e.images and "Can the following text describe the image?" in e.text]
     assert len(coherence) == 12 and len(consistency) == 24
-    mixed = 0
-    for e in coherence:  # the answer is the emotion its step 2 names, whatever step 1's colour says
+    for e in coherence:  # the answer is the emotion its step 2 names
         step2 = e.text[e.text.index("<step2>"):e.text.index("</step2>")]
         named = [label for label in labels if label in step2]
         assert named == [e.target], (e.text, e.target)
-        mixed += colour[e.target] not in e.text[:e.text.index("<step2>")]
-    assert mixed > 0  # some step 1 describes another colour than step 2's emotion: only reading step 2 works
     for e in consistency:  # "yes" exactly when step 1 describes this row's image (its colour)
         row = prompts[int(e.images[0].split()[1])]
         step1 = e.text[e.text.index("<step1>"):e.text.index("</step1>")]

@@ -1,0 +1,84 @@
+"""Runs that cannot collide or silently change: one run per folder, --resume refusing changed flags, user
+rewards failing loudly. In-process where possible; the lock with real processes (a flock dies with them)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import checkpoint
+import rewards
+import train_grpo
+
+REPO = Path(__file__).resolve().parents[1]
+LOCK = """
+import sys, time
+sys.path.insert(0, {repo!r})
+import torch.distributed as dist
+from pathlib import Path
+import common
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{port}", rank=0, world_size=1)
+common.lock_run_folder(Path({out!r}))
+print("locked", flush=True)
+time.sleep(float(sys.argv[1]))
+"""
+
+
+def lock_process(out, seconds, port):
+    code = LOCK.format(repo=str(REPO), out=str(out), port=port)
+    return subprocess.Popen([sys.executable, "-c", code, str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_one_run_per_folder(tmp_path):
+    """Two runs on one --output-dir (a requeued job, a relaunch) would delete each other's checkpoints and
+    interleave their metrics; a lock left by a crashed run must not block a resume."""
+    out = tmp_path / "run"
+    holder = lock_process(out, 60, 29611)
+    assert holder.stdout.readline().strip() == "locked"
+    second = lock_process(out, 0, 29612)
+    _, err = second.communicate(timeout=120)
+    assert second.returncode != 0 and "is in use by another run" in err and f'"pid": {holder.pid}' in err
+    holder.kill()  # a crash: the lock file stays, the kernel's lock goes with the process
+    holder.wait()
+    assert (out / ".lock").exists()
+    third = lock_process(out, 0, 29613)
+    assert third.communicate(timeout=120)[0].strip() == "locked" and third.returncode == 0
+
+
+def test_resume_refuses_changed_flags(tmp_path):
+    """Resuming with another --lr would silently train at the checkpoint's lr (the optimizer state brings it
+    back); another --seed or --rollout-batch-size re-slices the data."""
+    ckpt = tmp_path / "checkpoints" / "step_4"
+    ckpt.mkdir(parents=True)
+    saved = {"lr": 1e-3, "seed": 1, "rollout_batch_size": 16, "max_steps": 10, "val_freq": 5}
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 4, "config": saved}))
+    may = train_grpo.RESUME_MAY_CHANGE
+    checkpoint.check_resume_config(ckpt, {**saved, "max_steps": 20, "val_freq": 1}, may)  # extend, validate more
+    with pytest.raises(SystemExit) as refused:
+        checkpoint.check_resume_config(ckpt, {**saved, "lr": 1e-4, "seed": 2, "max_steps": 20}, may)
+    message = str(refused.value)
+    assert "--lr: 0.001 in" in message and "0.0001 now" in message and "--seed: 1 in" in message
+    assert "--max-steps" not in message.split("Free to change")[0]  # allowed changes are not listed as faults
+    with pytest.raises(SystemExit, match="--resume needs --output-dir"):
+        train_grpo.parse_config(["--demo", "--resume"])
+
+
+def test_user_rewards_fail_loudly(tmp_path):
+    """A --reward-fn whose dict lacks "overall" scored 0 for everything: the run learned nothing, silently."""
+    (tmp_path / "mine.py").write_text(
+        "def no_overall(r, a, t, i):\n    return {'accuracy': 1.0}\n"
+        "def text(r, a, t, i):\n    return {'overall': 'high'}\n"
+        "def broken(r, a, t, i):\n    raise KeyError('label')\n"
+        "def extra(r, a, t, i):\n    return {'overall': 0.5, 'brevity': 0.25}\n")
+    for name, expected in (("no_overall", "has no 'overall'"), ("text", "not numbers: {'overall': 'high'}"),
+                           ("broken", "the function raised KeyError")):
+        score = rewards.load_reward(reward_fn=f"{tmp_path / 'mine.py'}:{name}")
+        with pytest.raises(SystemExit, match=expected) as failed:
+            score("a response", "anger", None, None, index=7)
+        assert "response 7 (answer 'anger')" in str(failed.value) and name in str(failed.value)
+    score = rewards.load_reward(reward_fn=f"{tmp_path / 'mine.py'}:extra")
+    assert score("x", "anger", None, None) == {"overall": 0.5, "format": 0.0, "accuracy": 0.0, "reflect_text": 0.0,
+                                               "reflect_image": 0.0, "brevity": 0.25}  # its own key is kept
