@@ -87,11 +87,14 @@ def load_checkpoint(model, optimizer, path, rank, scheduler=None):
     return state["step"]
 
 
-def start_or_resume(out, resume):
+def start_or_resume(out, resume, config=None, may_change=()):
     """The step a run starts from: 0, or with `resume` the newest complete checkpoint's (the caller then
-    loads it). Rank 0 drops what the metrics and samples logs hold beyond that step (it is redone) and
+    loads it), after check_resume_config against `config` (a dict of the run's flags) when given. Only
+    then does rank 0 drop what the metrics and samples logs hold beyond that step (it is redone) and
     the half-written step_N.tmp a kill during a save left behind."""
     done = checkpoint_dirs(out) if resume else []
+    if done and config is not None:
+        check_resume_config(done[-1], config, may_change)
     step = json.loads((done[-1] / "trainer_state.json").read_text())["step"] if done else 0
     if dist.get_rank() == 0 and out.exists():
         for name in ("metrics.jsonl", "samples.jsonl"):

@@ -39,7 +39,7 @@ class Sample:
     response_ids: list
     rollout_logp: list  # the engine's log-probs of the sampled tokens (for the vLLM-vs-FSDP gap)
     advantage: float = 0.0
-    weight: float = 1.0  # 0 = left out of the loss (DAPO filter) but still run, to keep ranks in step
+    weight: float = 1.0  # 0 = run in the forward but left out of the loss (sft.py's dummy image example)
 
 
 def encode_prompts(processor, prompts):

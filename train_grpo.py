@@ -48,8 +48,7 @@ import torch.distributed as dist
 import data
 import rewards
 import tiny
-from checkpoint import (check_resume_config, checkpoint_dirs, find_checkpoint, load_checkpoint, load_weights,
-                        save_checkpoint, start_or_resume)
+from checkpoint import find_checkpoint, load_checkpoint, load_weights, save_checkpoint, start_or_resume
 from common import (Tracker, compute_dtype, demo_paths, get_batch_on_every_rank, load_model, lock_run_folder, mean,
                     parse_flags, print0, require_cuda, run_folder, setup_distributed, sum_over_ranks, timed)
 from packing import Sample, batched_logprobs, collate, encode_prompts, micro_batches, pad_stack, response_logprobs
@@ -335,9 +334,8 @@ def update_policy(policy, optimizer, samples, encoded, old_logp, ref_logp, cfg, 
     losses, micro_stats, gaps, stats = [], [], [], {}
     for mini in minis:
         # the normaliser of the whole mini-batch across ranks: tokens, sequences or sequences x T
-        count = sum_over_ranks({"tokens": sum(len(samples[i].response_ids) * samples[i].weight for i in mini),
-                                "seqs": sum(samples[i].weight for i in mini)})
-        if count["tokens"] == 0:  # every group filtered out (DAPO): no signal, and AdamW must not drift
+        count = sum_over_ranks({"tokens": sum(len(samples[i].response_ids) for i in mini), "seqs": len(mini)})
+        if count["tokens"] == 0:  # no response token anywhere: no signal, and AdamW must not drift
             continue
         # "micro": each micro-batch's own token mean (denom None), micro-batches of --micro-batch-size in order
         agg, denom = ("token", None) if cfg.loss_agg == "micro" else (cfg.loss_agg, {
@@ -351,7 +349,7 @@ def update_policy(policy, optimizer, samples, encoded, old_logp, ref_logp, cfg, 
         for micro in micros:
             chunk = [samples[i] for i in micro]
             batch = collate(chunk, encoded, pad_id, device)
-            mask = batch["response_mask"] * torch.tensor([s.weight for s in chunk], device=device)[:, None]
+            mask = batch["response_mask"]
             logp = response_logprobs(policy, batch, cfg.temperature)  # (B, R), fp32
             if old_logp is None:  # on-policy: old = current (ratio 1, gradient intact); the gap's trainer side
                 old = logp.detach()
@@ -405,10 +403,9 @@ def main(argv=None):
     lock_run_folder(out)  # one run per folder, before anything is written
     if not cfg.resume and ((out / "metrics.jsonl").exists() or (out / "checkpoints").exists()):
         raise SystemExit(f"{out} already holds a run: pass --resume to continue it, or another --output-dir")
-    if cfg.resume and checkpoint_dirs(out):  # the same run, or stop (before touching its files): a changed lr,
-        # batch size or seed would silently change what it trains
-        check_resume_config(checkpoint_dirs(out)[-1], dataclasses.asdict(cfg), RESUME_MAY_CHANGE)
-    resume_from, start_step = start_or_resume(out, cfg.resume)  # a half-written step_N.tmp never counts
+    # --resume: the newest complete checkpoint (a half-written step_N.tmp never counts), of the same run or stop
+    # before touching its files: a changed lr, batch size or seed would silently change what it trains
+    resume_from, start_step = start_or_resume(out, cfg.resume, dataclasses.asdict(cfg), RESUME_MAY_CHANGE)
     if cfg.demo:  # the tiny model and the demo data (the --demo defaults of --model, --train-files, --val-files)
         demo_paths()
     if cfg.rollout_batch_size % world_size or cfg.mini_batch_size % world_size:
