@@ -14,6 +14,7 @@ packed and scored (packing.py), checkpoints (checkpoint.py).
 
 import argparse
 import dataclasses
+import datetime
 import json
 import os
 import random
@@ -72,18 +73,26 @@ def process_group_backend(use_cuda):
     return "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
 
 
-def setup_distributed():
-    """torchrun sets RANK/WORLD_SIZE/...; a plain `python train_grpo.py` becomes a world of one."""
+def setup_distributed(timeout_minutes=30.0):
+    """torchrun sets RANK/WORLD_SIZE/...; a plain `python train_grpo.py` becomes a world of one.
+
+    `timeout_minutes` bounds every collective wait (gloo and NCCL alike): a rank that dies or hangs on
+    another node ends the run with a timeout error on the others instead of a silent wait forever.
+    The stage scripts pass their --dist-timeout-minutes.
+    """
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(29500 + os.getpid() % 1000))):
         os.environ.setdefault(key, value)
+    if timeout_minutes <= 0:
+        raise SystemExit(f"--dist-timeout-minutes must be > 0, got {timeout_minutes}")
+    timeout = datetime.timedelta(minutes=timeout_minutes)
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-        dist.init_process_group(process_group_backend(True), device_id=device)
+        dist.init_process_group(process_group_backend(True), device_id=device, timeout=timeout)
     else:
         device = torch.device("cpu")
-        dist.init_process_group(process_group_backend(False))
+        dist.init_process_group(process_group_backend(False), timeout=timeout)
     return dist.get_rank(), dist.get_world_size(), device
 
 
@@ -153,12 +162,16 @@ def lock_run_folder(out):
         raise SystemExit(errors[0])
 
 
-def demo_paths():
-    """The tiny model and the demo data, built once by rank 0 (every rank waits): (model_dir, data_dir)."""
+def demo_paths(model=None, files=()):
+    """Build the tiny model and the demo data once, by rank 0 (every rank waits): only what the run
+    uses, so --demo with your own --model or --train-files leaves the repository's .cache alone.
+    Without arguments both are built. Returns (model_dir, data_dir)."""
     import tiny
     if dist.get_rank() == 0:
-        tiny.build_tiny_model(tiny.DEFAULT_DIR)
-        tiny.make_demo_dataset(tiny.DEMO_DIR)
+        if model is None or Path(model).resolve() == tiny.DEFAULT_DIR.resolve():
+            tiny.build_tiny_model(tiny.DEFAULT_DIR)
+        if model is None or any(f and Path(f).resolve().parent == tiny.DEMO_DIR.resolve() for f in files):
+            tiny.make_demo_dataset(tiny.DEMO_DIR)
     dist.barrier()
     return tiny.DEFAULT_DIR, tiny.DEMO_DIR
 
@@ -247,6 +260,15 @@ def sum_over_ranks(values):
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, {k: float(v) for k, v in values.items()})
     return {k: sum(g.get(k, 0.0) for g in gathered) for k in sorted({k for g in gathered for k in g})}
+
+
+def skipped_on_any_rank(dataset):
+    """How many distinct rows `dataset` has left out (--skip-bad-rows) on any rank. Rows refused at load
+    are listed by every rank, a row whose image fails is seen only by the rank that fetched it: a sum
+    over ranks counts the first kind world-size times, one rank's list misses the second."""
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, [where for where, _ in dataset.skipped])
+    return len({where for part in gathered for where in part})
 
 
 def get_batch_on_every_rank(dataset, indices, empty_error=None):

@@ -10,6 +10,14 @@ rates at which the model's own reflection agrees with the label and with its ans
 confusion.png. Sampling: the paper's evaluation sampling (temperature 0.6, top_p 0.95, one sample) by
 default, --greedy for greedy decoding.
 
+A training checkpoint is merged by rank 0 into `--out/.merged-model/` (a 3B model: ~7.5 GB) while the
+other ranks wait (up to --merge-timeout-minutes); every rank then loads it from there, so on several
+nodes --out must be on storage they all share (a checkpoint sweep's folder usually is). The merged
+folder is deleted when the evaluation ends, also when it fails. An --out that already holds an
+evaluation (run.json, NAME/metrics.json or predictions.jsonl, a merged model) is refused before any
+model is loaded, unless --overwrite is given. Every other collective wait ends the run after
+--dist-timeout-minutes instead of hanging.
+
     python evaluate.py --model merged/ --data EmoSet2k@test,Emotion6/test.jsonl,WebEmo/test7.jsonl \\
         --names emoset,emotion6,webemo --out eval/emor3-emoset --method "EMO-R3 n=8" --train-domain emoset
     torchrun --nproc_per_node 8 evaluate.py ...           # data parallel: each rank takes a share
@@ -26,8 +34,10 @@ import csv
 import dataclasses
 import json
 import re
-import tempfile
+import shutil
+import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
@@ -44,7 +54,8 @@ class Config:
     data: str = ""  # benchmark files (data.py layout), comma separated
     names: str = ""  # a name per benchmark, comma separated (default: the file names); emoset/emotion6/webemo for --table
     labels: str = ""  # label set for every benchmark (default: each benchmark's own labels.txt / answers)
-    out: str = "eval"  # output folder: one sub-folder per benchmark
+    out: str = "eval"  # output folder: one sub-folder per benchmark (on shared storage for a checkpoint on several nodes)
+    overwrite: bool = False  # write into an --out that already holds an evaluation (its files are replaced)
     method: str = ""  # method name for --table (default: the model's folder name)
     train_domain: str = ""  # the dataset the model was trained on (emoset, emotion6), for --table
     template: str = "set"  # prompt template: set, think, none (zero-shot baselines)
@@ -72,6 +83,8 @@ class Config:
     predictions: str = ""  # re-score this predictions.jsonl (no model needed)
     table: str = ""  # build Table 1 from these evaluate.py output folders, comma separated
     allow_cpu: bool = False  # evaluate on the CPU when CUDA is unusable, instead of stopping
+    dist_timeout_minutes: float = 30.0  # minutes a collective may wait (a rank died or hangs) before the run stops
+    merge_timeout_minutes: float = 240.0  # minutes the other ranks wait for rank 0 to merge a checkpoint (3B: a few)
 
 
 # --- parsing and metrics (pure Python: re-scoring needs no torch) ---------------------------------
@@ -249,106 +262,165 @@ def write_outputs(out, name, rows, metrics, model):
 
 # --- evaluation with a model ----------------------------------------------------------------------
 
+def previous_evaluation(out):
+    """The files in `out` that an earlier evaluate.py run left (none: a new or unrelated folder)."""
+    out = Path(out)
+    found = [p for p in (out / "run.json", out / ".merged-model") if p.exists()]
+    return found + sorted(out.glob("*/metrics.json")) + sorted(out.glob("*/predictions.jsonl"))
+
+
+def merge_checkpoint(checkpoint, folder, timeout_minutes, dtype=None):
+    """Rank 0 merges a training checkpoint into the Hugging Face folder `folder` while the other ranks
+    wait; every rank returns once it can read the folder. Returns the gloo group the ranks waited on."""
+    import torch.distributed as dist
+
+    from checkpoint import export_hf_folder
+
+    # A 3B merge takes minutes, more on slow storage: longer than --dist-timeout-minutes may allow. So
+    # the waiting ranks wait on a group of their own, whose timeout is this one (torch gives a gloo
+    # new_group the timeout passed here, or gloo's 30-minute default, never the default group's).
+    group = dist.new_group(backend="gloo", timeout=timedelta(minutes=timeout_minutes))
+    error = [None]
+    if dist.get_rank() == 0:
+        try:  # overwrite: a killed run's leftover (the --overwrite check has let it through)
+            export_hf_folder(checkpoint, folder, dtype=dtype, overwrite=True)
+        except (Exception, SystemExit) as e:  # told to every rank, so none waits for a folder that never comes
+            error = [f"merging {checkpoint} into {folder} failed: {type(e).__name__}: {e}"]
+    dist.broadcast_object_list(error, src=0, group=group)
+    if error[0]:
+        raise SystemExit(error[0])
+    # on several nodes the folder is visible everywhere only if --out is on shared storage: say so here,
+    # not as a "not a valid model identifier" on some ranks while the others wait for them
+    seen = [None] * dist.get_world_size()
+    dist.all_gather_object(seen, (socket.gethostname(), Path(folder, "config.json").exists()), group=group)
+    blind = sorted({host for host, ok in seen if not ok})
+    if blind:
+        raise SystemExit(f"{folder}, merged by rank 0, is not visible on {', '.join(blind)}: on several nodes "
+                         f"--out must be on storage that every node shares")
+    return str(folder), group
+
+
+def remove_merged(root, group, rank, timeout_minutes):
+    """Rank 0 deletes the merged model once every rank has closed its engine (on NFS a file another
+    process still holds open cannot go). group None: the merge never finished, so no rank read it."""
+    import torch.distributed as dist
+
+    if group is not None:
+        try:  # a timeout of its own: a dead or hung rank must not hold the others for the merge's hours
+            dist.monitored_barrier(group, timeout=timedelta(minutes=timeout_minutes))
+        except RuntimeError as e:  # a rank that failed or died reads nothing any more either
+            print(f"rank {rank}: {e}")
+    if rank == 0:
+        shutil.rmtree(root, ignore_errors=True)
+        if root.exists():
+            print(f"could not remove the merged model {root}; delete it by hand")
+
+
 def evaluate(cfg):
     import torch.distributed as dist
     from tqdm import tqdm
     from transformers import AutoProcessor
 
-    from checkpoint import export_hf_folder
-    from common import compute_dtype, require_cuda, setup_distributed
+    from common import compute_dtype, require_cuda, setup_distributed, skipped_on_any_rank
     from rollout import HFEngine, Request, VLLMEngine
     from train_grpo import ask_reflection  # the trainer's re-ask, exactly
 
     require_cuda(cfg.allow_cpu)
-    rank, world_size, device = setup_distributed()
-    model_path = cfg.model
-    if Path(model_path, "trainer_state.json").exists() or Path(model_path, "checkpoints").is_dir():
-        # a training checkpoint: merge it once (rank 0) into a temporary HF folder
-        merged = [str(Path(tempfile.mkdtemp(prefix="emo-r3-eval-")) / "model")]
-        if rank == 0:
-            export_hf_folder(model_path, merged[0], dtype="float32" if device.type == "cpu" else None)
-        dist.broadcast_object_list(merged, src=0)
-        dist.barrier()
-        model_path = merged[0]
-    processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
-    tokenizer = processor.tokenizer
-    image_pad_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    if cfg.engine == "vllm":
-        engine = VLLMEngine(model_path, image_pad_id, dtype=compute_dtype("auto", device), seed=cfg.seed,
-                            max_model_len=cfg.max_prompt_length + max(cfg.max_response_length, cfg.reflect_max_tokens),
-                            tensor_parallel_size=cfg.tensor_parallel_size,
-                            gpu_memory_utilization=cfg.gpu_memory_utilization, cpu_kv_cache_gb=cfg.cpu_kv_cache_gb,
-                            trust_remote_code=cfg.trust_remote_code)
-    else:
-        engine = HFEngine(model_path, processor, device, image_pad_id, trust_remote_code=cfg.trust_remote_code)
-    # engines start asleep (on GPU a sleeping vLLM engine would wait forever): the weights are the
-    # folder's own, so there is nothing to push, no cache to reset
-    engine.wake_up(["weights", "kv_cache"])
-    temperature = 0.0 if cfg.greedy else cfg.temperature
-
-    files = [f for f in cfg.data.split(",") if f]
-    names = [n for n in cfg.names.split(",") if n] or [Path(f.partition("@")[0]).stem + (f"-{f.partition('@')[2]}" if "@" in f else "") for f in files]
-    if len(names) != len(files):
-        raise SystemExit(f"--names has {len(names)} entries for {len(files)} --data files")
+    rank, world_size, device = setup_distributed(cfg.dist_timeout_minutes)
     out_root = Path(cfg.out)
-    summary = {}
-    for file, name in zip(files, names):
-        dataset = data.PromptDataset(file, processor, template=cfg.template, labels=cfg.labels or None,
-                                     min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
-                                     max_prompt_length=cfg.max_prompt_length, skip_bad=cfg.skip_bad_rows)
-        count = min(len(dataset), cfg.max_samples or len(dataset))
-        mine = list(range(count))[rank::world_size]  # strided share: every rank gets ~count / world
-        rows = []
-        bar = tqdm(total=len(mine), desc=f"{name} (rank 0's share)", disable=rank != 0)
-        # every rank calls generate the same number of times (TP groups must stay in step)
-        num_batches = -(-(-(-count // world_size)) // cfg.batch_size)
-        for start in range(0, num_batches * cfg.batch_size, cfg.batch_size):
-            prompts = dataset.get_batch(mine[start:start + cfg.batch_size])
-            requests = [Request(p.text, p.prompt_ids, p.images) for p in prompts]
-            outputs = engine.generate(requests, 1, temperature, cfg.top_p, cfg.max_response_length, cfg.seed + start,
-                                      logprobs_for=0)
-            texts = [tokenizer.decode(o[0][0], skip_special_tokens=True) for o in outputs]
-            reflect_text = reflect_image = [None] * len(texts)
-            if cfg.reflect:
-                images = [p.images for p in prompts]
-                reflect_text, reflect_image = (ask_reflection(engine, processor, kind, texts, images, dataset.labels,
-                                                                 cfg, cfg.seed + start) for kind in ("text", "image"))
-            for p, text, rt, ri in zip(prompts, texts, reflect_text, reflect_image):
-                prediction, parsed = parse_answer(text, dataset.labels, cfg.parse)
-                rows.append({"id": p.index, "where": p.where, "label": p.answer, "response": text, "parsed": parsed,
-                             "prediction": prediction,
-                             "format_ok": rewards.emor3_reward(text, p.answer, variant="think" if cfg.template == "think" else "code")["format"] == 1.0,
-                             "reflect_text": rt, "reflect_image": ri,
-                             **({"reasoning_coherent": reasoning_coherent(text, dataset.labels)}
-                                if cfg.template == "set" else {})})
-            bar.update(len(prompts))
-        bar.close()
-        gathered = [None] * world_size
-        dist.all_gather_object(gathered, rows)
+    if rank == 0 and cfg.overwrite:  # run.json is written last: a replacement that fails part-way is never
+        (out_root / "run.json").unlink(missing_ok=True)  # taken for a finished evaluation (--table refuses it)
+    model_path, merged_root, merge_group, engine = cfg.model, None, None, None
+    try:
+        if Path(model_path, "trainer_state.json").exists() or Path(model_path, "checkpoints").is_dir():
+            # a training checkpoint: merged once, by rank 0, under --out, which every node can read
+            merged_root = out_root / ".merged-model"
+            model_path, merge_group = merge_checkpoint(cfg.model, merged_root / "model", cfg.merge_timeout_minutes,
+                                                       dtype="float32" if device.type == "cpu" else None)
+        processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+        tokenizer = processor.tokenizer
+        image_pad_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        if cfg.engine == "vllm":
+            engine = VLLMEngine(model_path, image_pad_id, dtype=compute_dtype("auto", device), seed=cfg.seed,
+                                max_model_len=cfg.max_prompt_length + max(cfg.max_response_length, cfg.reflect_max_tokens),
+                                tensor_parallel_size=cfg.tensor_parallel_size,
+                                gpu_memory_utilization=cfg.gpu_memory_utilization, cpu_kv_cache_gb=cfg.cpu_kv_cache_gb,
+                                trust_remote_code=cfg.trust_remote_code)
+        else:
+            engine = HFEngine(model_path, processor, device, image_pad_id, trust_remote_code=cfg.trust_remote_code)
+        # engines start asleep (on GPU a sleeping vLLM engine would wait forever): the weights are the
+        # folder's own, so there is nothing to push, no cache to reset
+        engine.wake_up(["weights", "kv_cache"])
+        temperature = 0.0 if cfg.greedy else cfg.temperature
+
+        files = [f for f in cfg.data.split(",") if f]
+        names = [n for n in cfg.names.split(",") if n] or [Path(f.partition("@")[0]).stem + (f"-{f.partition('@')[2]}" if "@" in f else "") for f in files]
+        if len(names) != len(files):
+            raise SystemExit(f"--names has {len(names)} entries for {len(files)} --data files")
+        summary = {}
+        for file, name in zip(files, names):
+            dataset = data.PromptDataset(file, processor, template=cfg.template, labels=cfg.labels or None,
+                                         min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
+                                         max_prompt_length=cfg.max_prompt_length, skip_bad=cfg.skip_bad_rows)
+            count = min(len(dataset), cfg.max_samples or len(dataset))
+            mine = list(range(count))[rank::world_size]  # strided share: every rank gets ~count / world
+            rows = []
+            bar = tqdm(total=len(mine), desc=f"{name} (rank 0's share)", disable=rank != 0)
+            # every rank calls generate the same number of times (TP groups must stay in step)
+            num_batches = -(-(-(-count // world_size)) // cfg.batch_size)
+            for start in range(0, num_batches * cfg.batch_size, cfg.batch_size):
+                prompts = dataset.get_batch(mine[start:start + cfg.batch_size])
+                requests = [Request(p.text, p.prompt_ids, p.images) for p in prompts]
+                outputs = engine.generate(requests, 1, temperature, cfg.top_p, cfg.max_response_length, cfg.seed + start,
+                                          logprobs_for=0)
+                texts = [tokenizer.decode(o[0][0], skip_special_tokens=True) for o in outputs]
+                reflect_text = reflect_image = [None] * len(texts)
+                if cfg.reflect:
+                    images = [p.images for p in prompts]
+                    reflect_text, reflect_image = (ask_reflection(engine, processor, kind, texts, images, dataset.labels,
+                                                                     cfg, cfg.seed + start) for kind in ("text", "image"))
+                for p, text, rt, ri in zip(prompts, texts, reflect_text, reflect_image):
+                    prediction, parsed = parse_answer(text, dataset.labels, cfg.parse)
+                    rows.append({"id": p.index, "where": p.where, "label": p.answer, "response": text, "parsed": parsed,
+                                 "prediction": prediction,
+                                 "format_ok": rewards.emor3_reward(text, p.answer, variant="think" if cfg.template == "think" else "code")["format"] == 1.0,
+                                 "reflect_text": rt, "reflect_image": ri,
+                                 **({"reasoning_coherent": reasoning_coherent(text, dataset.labels)}
+                                    if cfg.template == "set" else {})})
+                bar.update(len(prompts))
+            bar.close()
+            gathered = [None] * world_size
+            dist.all_gather_object(gathered, rows)
+            skipped = skipped_on_any_rank(dataset)  # rows each rank left out (--skip-bad-rows), each once
+            if rank == 0:
+                rows = sorted((r for part in gathered for r in part), key=lambda r: r["id"])
+                labels_by_case = {label.lower(): label for label in dataset.labels}
+                for r in rows:  # answers are matched case-insensitively; count them under the label's spelling
+                    r["label"] = labels_by_case[r["label"].lower()]
+                metrics = compute_metrics(rows, dataset.labels)
+                if skipped:
+                    metrics["skipped_rows"] = skipped
+                if dataset.dropped_long:  # over --max-prompt-length, dropped at load as in the reference
+                    metrics["dropped_long_rows"] = len(dataset.dropped_long)
+                write_outputs(out_root / name, name, rows, metrics, cfg.model)
+                summary[name] = metrics["accuracy"]
+                coherent = (f"  reasoning coherent {metrics['reasoning_coherent_rate']:.3f}"
+                            if "reasoning_coherent_rate" in metrics else "")
+                print(f"{name}: accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
+                      f"format {metrics['format_rate']:.3f}{coherent}  -> {out_root / name}")
         if rank == 0:
-            rows = sorted((r for part in gathered for r in part), key=lambda r: r["id"])
-            labels_by_case = {label.lower(): label for label in dataset.labels}
-            for r in rows:  # answers are matched case-insensitively; count them under the label's spelling
-                r["label"] = labels_by_case[r["label"].lower()]
-            metrics = compute_metrics(rows, dataset.labels)
-            if dataset.skipped:
-                metrics["skipped_rows"] = len(dataset.skipped)
-            if dataset.dropped_long:  # over --max-prompt-length, dropped at load as in the reference
-                metrics["dropped_long_rows"] = len(dataset.dropped_long)
-            write_outputs(out_root / name, name, rows, metrics, cfg.model)
-            summary[name] = metrics["accuracy"]
-            coherent = (f"  reasoning coherent {metrics['reasoning_coherent_rate']:.3f}"
-                        if "reasoning_coherent_rate" in metrics else "")
-            print(f"{name}: accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
-                  f"format {metrics['format_rate']:.3f}{coherent}  -> {out_root / name}")
-    if rank == 0:
-        (out_root / "run.json").write_text(json.dumps({"method": cfg.method or Path(cfg.model).name,
-                                                        "train_domain": cfg.train_domain, "model": cfg.model,
-                                                        "config": dataclasses.asdict(cfg), "accuracy": summary}, indent=1))
-    engine.close()
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return summary
+            (out_root / "run.json").write_text(json.dumps({"method": cfg.method or Path(cfg.model).name,
+                                                            "train_domain": cfg.train_domain, "model": cfg.model,
+                                                            "config": dataclasses.asdict(cfg), "accuracy": summary},
+                                                           indent=1))
+        return summary
+    finally:  # on success and on failure alike
+        if engine is not None:
+            engine.close()
+        if merged_root is not None:
+            remove_merged(merged_root, merge_group, rank, cfg.dist_timeout_minutes)
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def main(argv=None):
@@ -368,6 +440,13 @@ def main(argv=None):
         return table
     if not (cfg.model and cfg.data):
         raise SystemExit("give --model and --data (or --predictions FILE, or --table FOLDERS)")
+    if cfg.merge_timeout_minutes <= 0:
+        raise SystemExit(f"--merge-timeout-minutes must be > 0, got {cfg.merge_timeout_minutes}")
+    found = previous_evaluation(cfg.out)
+    if found and not cfg.overwrite:  # checked on every rank, before any model is loaded
+        raise SystemExit(f"--out {cfg.out} already holds an evaluation: {', '.join(map(str, found[:6]))}"
+                         f"{f' and {len(found) - 6} more' if len(found) > 6 else ''}. Choose another --out, or "
+                         f"pass --overwrite to replace it")
     return evaluate(cfg)
 
 

@@ -35,6 +35,7 @@ Pure standard library; nothing is read at import time (templates are read lazily
 """
 
 import functools
+import math
 import pathlib
 import re
 
@@ -295,8 +296,9 @@ def load_reward(variant="code", reward_fn=""):
 
     A user function is called as fn(response, answer, reflect_text, reflect_image) and returns a float
     or a dict with at least "overall": REWARD_KEYS it lacks are logged as 0, and keys of its
-    own are logged too (reward/KEY). Loading it executes the file, like any Python import: only point
-    it at code you trust.
+    own are logged too (reward/KEY). A missing "overall", a value that is not a finite number, or an
+    exception stops the run, naming the function, the response index and the answer. Loading it
+    executes the file, like any Python import: only point it at code you trust.
     """
     if not reward_fn:
         return lambda response, answer, rt, ri, index=None: emor3_reward(response, answer, rt, ri, variant=variant)
@@ -324,5 +326,8 @@ def load_reward(variant="code", reward_fn=""):
         bad = {k: v for k, v in result.items() if isinstance(v, bool) or not isinstance(v, (int, float))}
         if bad:
             raise SystemExit(f"{where}: not numbers: {bad!r}")
+        bad = {k: v for k, v in result.items() if not math.isfinite(v)}
+        if bad:  # a NaN or inf reward makes every advantage of its group NaN: the update would be lost
+            raise SystemExit(f"{where}: not finite: {bad!r}")
         return {**dict.fromkeys(REWARD_KEYS, 0.0), **{k: float(v) for k, v in result.items()}}
     return score

@@ -50,7 +50,8 @@ import rewards
 import tiny
 from checkpoint import find_checkpoint, load_checkpoint, load_weights, save_checkpoint, start_or_resume
 from common import (Tracker, compute_dtype, demo_paths, get_batch_on_every_rank, load_model, lock_run_folder, mean,
-                    parse_flags, print0, require_cuda, run_folder, setup_distributed, sum_over_ranks, timed)
+                    parse_flags, print0, require_cuda, run_folder, setup_distributed, skipped_on_any_rank,
+                    sum_over_ranks, timed)
 from packing import Sample, batched_logprobs, collate, encode_prompts, micro_batches, pad_stack, response_logprobs
 from plots import draw_curves
 from rollout import HFEngine, Request, SyncGuard, VLLMEngine, full_weights, plain_turn_requests
@@ -131,6 +132,7 @@ class Config:
     save_freq: int = 5  # checkpoint every k steps (EMO-R3); 0 = only at the end
     save_limit: int = 0  # keep the newest k checkpoints, deleting older ones once the new one is complete (0 = all)
     max_bad_updates: int = 3  # stop after this many consecutive updates with a non-finite loss or grad norm
+    dist_timeout_minutes: float = 30.0  # longest wait in a collective: a dead or hung rank elsewhere ends the run
     output_dir: str = ""  # config.json, metrics.jsonl, samples.jsonl, checkpoints/ (default: runs/emo-r3-DATE-TIME)
     resume: bool = False  # continue from the newest complete checkpoint in output_dir
     samples_per_step: int = 4  # rollouts written to samples.jsonl per step (rank 0)
@@ -192,7 +194,8 @@ def check_config(cfg):
 # and how the engine is sized. Any other change alters what the run means, and --resume refuses it.
 RESUME_MAY_CHANGE = {"max_steps", "epochs", "val_freq", "save_freq", "save_limit", "samples_per_step", "logger",
                      "resume", "allow_cpu", "max_bad_updates", "logp_gap_limit", "logp_gap_patience",
-                     "logp_check_prompts", "gpu_memory_utilization", "cpu_kv_cache_gb", "skip_bad_rows"}
+                     "logp_check_prompts", "gpu_memory_utilization", "cpu_kv_cache_gb", "skip_bad_rows",
+                     "dist_timeout_minutes"}
 
 
 # --- GRPO math (EasyR1's; METHOD.md, "GRPO") --------------------------------------------------
@@ -304,8 +307,9 @@ def validate(engine, val_set, cfg, tokenizer, step, score):
               for p, o in zip(prompts[:counted], outputs)]
     totals = sum_over_ranks({"count": counted, **{k: sum(s[k] for s in scores) for k in ("overall", "accuracy", "format")}})
     count = max(totals["count"], 1)
+    skipped = {"val/skipped_rows": skipped_on_any_rank(val_set)} if cfg.skip_bad_rows else {}
     return {"val/reward": totals["overall"] / count, "val/accuracy": totals["accuracy"] / count,
-            "val/format": totals["format"] / count, "val/rows": int(totals["count"])}
+            "val/format": totals["format"] / count, "val/rows": int(totals["count"]), **skipped}
 
 
 # --- the update -----------------------------------------------------------------------------------
@@ -396,7 +400,7 @@ def update_policy(policy, optimizer, samples, encoded, old_logp, ref_logp, cfg, 
 def main(argv=None):
     cfg = parse_config(argv)
     require_cuda(cfg.allow_cpu, cfg.demo)
-    rank, world_size, device = setup_distributed()
+    rank, world_size, device = setup_distributed(cfg.dist_timeout_minutes)
     torch.manual_seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
     out = run_folder(cfg.output_dir, "runs/emo-r3-%Y%m%d-%H%M%S")
@@ -406,8 +410,8 @@ def main(argv=None):
     # --resume: the newest complete checkpoint (a half-written step_N.tmp never counts), of the same run or stop
     # before touching its files: a changed lr, batch size or seed would silently change what it trains
     resume_from, start_step = start_or_resume(out, cfg.resume, dataclasses.asdict(cfg), RESUME_MAY_CHANGE)
-    if cfg.demo:  # the tiny model and the demo data (the --demo defaults of --model, --train-files, --val-files)
-        demo_paths()
+    if cfg.demo:  # the tiny model and the demo data, where --model, --train-files, --val-files point at them
+        demo_paths(cfg.model, [cfg.train_files, cfg.val_files])
     if cfg.rollout_batch_size % world_size or cfg.mini_batch_size % world_size:
         raise SystemExit(f"--rollout-batch-size and --mini-batch-size must be multiples of the world size ({world_size})")
 
@@ -572,7 +576,6 @@ def main(argv=None):
             metrics["rollout/logp_gap_mean"], metrics["rollout/logp_gap_max"] = gap.mean().item(), gap.max().item()
         sync_guard.check(metrics.get("rollout/logp_gap_mean"), step + 1)  # every rank, gap or not (a collective)
         totals = sum_over_ranks({"count": len(samples), "response_length": sum(len(s.response_ids) for s in samples),
-                                 "skipped_rows": len(train_set.skipped),
                                  # model-free: step 1-2 names exactly one label, the boxed one (what the judge is asked)
                                  **({"coherence/model_free": sum(rewards.reasoning_names_answer(t, labels) for t in texts)}
                                     if cfg.template == "set" else {}),
@@ -580,8 +583,8 @@ def main(argv=None):
         metrics.update({k: v / totals["count"] for k, v in totals.items()
                         if k.startswith(("reward/", "coherence/")) or k == "response_length"})
         metrics["advantage/abs_mean"] = advantages.abs().mean().item()
-        if totals["skipped_rows"]:  # rows left out so far, all ranks (--skip-bad-rows)
-            metrics["data/skipped_rows"] = int(totals["skipped_rows"])
+        if cfg.skip_bad_rows and (skipped := skipped_on_any_rank(train_set)):  # distinct rows left out so far
+            metrics["data/skipped_rows"] = skipped
         metrics.update({f"data/dropped_long_{name}": count for name, count in dropped.items() if count})
         if val_set is not None and ((step + 1) % cfg.val_freq == 0 or step + 1 == total_steps):
             with timed(timings, "validate"):  # the updated policy, with the rollout's choreography

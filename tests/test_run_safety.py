@@ -67,14 +67,18 @@ def test_resume_refuses_changed_flags(tmp_path):
 
 
 def test_user_rewards_fail_loudly(tmp_path):
-    """A --reward-fn whose dict lacks "overall" scored 0 for everything: the run learned nothing, silently."""
+    """A --reward-fn whose dict lacks "overall" scored 0 for everything: the run learned nothing, silently.
+    A NaN or inf reward made its whole group's advantages NaN and the update was skipped, silently too."""
     (tmp_path / "mine.py").write_text(
         "def no_overall(r, a, t, i):\n    return {'accuracy': 1.0}\n"
         "def text(r, a, t, i):\n    return {'overall': 'high'}\n"
         "def broken(r, a, t, i):\n    raise KeyError('label')\n"
+        "def nan(r, a, t, i):\n    return float('nan')\n"
+        "def inf(r, a, t, i):\n    return {'overall': 1.0, 'accuracy': float('-inf')}\n"
         "def extra(r, a, t, i):\n    return {'overall': 0.5, 'brevity': 0.25}\n")
     for name, expected in (("no_overall", "has no 'overall'"), ("text", "not numbers: {'overall': 'high'}"),
-                           ("broken", "the function raised KeyError")):
+                           ("broken", "the function raised KeyError"), ("nan", "not finite: {'overall': nan}"),
+                           ("inf", "not finite: {'accuracy': -inf}")):
         score = rewards.load_reward(reward_fn=f"{tmp_path / 'mine.py'}:{name}")
         with pytest.raises(SystemExit, match=expected) as failed:
             score("a response", "anger", None, None, index=7)
@@ -82,3 +86,20 @@ def test_user_rewards_fail_loudly(tmp_path):
     score = rewards.load_reward(reward_fn=f"{tmp_path / 'mine.py'}:extra")
     assert score("x", "anger", None, None) == {"overall": 0.5, "format": 0.0, "accuracy": 0.0, "reflect_text": 0.0,
                                                "reflect_image": 0.0, "brevity": 0.25}  # its own key is kept
+
+
+def test_demo_builds_only_what_the_run_uses(tmp_path, monkeypatch, tiny_model_dir, demo_dir):
+    """--demo with your own --model / --train-files rebuilt the repository's .cache anyway (tests leaked
+    into it); it builds the tiny model and the demo data only where the run's paths point at them."""
+    import common
+    import tiny
+    monkeypatch.setattr(tiny, "DEFAULT_DIR", tmp_path / "cache" / "tiny")
+    monkeypatch.setattr(tiny, "DEMO_DIR", tmp_path / "cache" / "demo")
+    monkeypatch.setattr(common.dist, "get_rank", lambda: 0)  # rank 0 of a world of one, in-process
+    monkeypatch.setattr(common.dist, "barrier", lambda: None)
+    common.demo_paths(str(tiny_model_dir), [str(demo_dir / "train.jsonl"), ""])
+    assert not (tmp_path / "cache").exists()
+    common.demo_paths(str(tiny_model_dir), [str(tiny.DEMO_DIR / "train.jsonl")])  # the demo data only
+    assert (tiny.DEMO_DIR / "demo.json").exists() and not tiny.DEFAULT_DIR.exists()
+    common.demo_paths(str(tiny.DEFAULT_DIR), [str(demo_dir / "train.jsonl")])  # the tiny model only
+    assert (tiny.DEFAULT_DIR / "config.json").exists()

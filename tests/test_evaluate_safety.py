@@ -1,0 +1,146 @@
+"""evaluate.py runs that leave no merged model behind, never overwrite an earlier evaluation by accident,
+and do not time out while rank 0 merges. In-process where possible (the tiny model, --engine hf, a world
+of one); the merge wait with two real processes, since a timeout needs someone to wait."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import checkpoint
+import evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def evaluate_args(model, data, out, *extra):
+    return ["--model", str(model), "--data", str(data), "--names", "demo", "--out", str(out), "--engine", "hf",
+            "--max-samples", "2", "--max-response-length", "8", "--min-pixels", "3136", "--max-pixels", "12544",
+            "--allow-cpu", *map(str, extra)]
+
+
+@pytest.fixture
+def merges(tiny_model_dir, monkeypatch, tmp_path):
+    """A training checkpoint (tmp_path/step_1: evaluate.py knows one by its trainer_state.json) and a
+    stand-in for its merge that copies the tiny model, recording where it went: the merge itself is
+    checkpoint.py's, tested in test_merge_evaluate.py. The temporary folder is pointed under tmp_path,
+    so that a merged model left anywhere (the old tempfile.mkdtemp) is found by the test."""
+    import torch.distributed as dist
+    step = tmp_path / "step_1"
+    step.mkdir()
+    (step / "trainer_state.json").write_text(json.dumps({"step": 1, "config": {"model": str(tiny_model_dir)}}))
+    made = []
+
+    def merge(ckpt, out, **kwargs):
+        made.append(Path(out))
+        shutil.copytree(tiny_model_dir, out)
+    monkeypatch.setattr(checkpoint, "export_hf_folder", merge)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    yield step, made
+    assert not dist.is_initialized()  # evaluate() ends its process group whatever happened
+
+
+def test_checkpoint_evaluation_leaves_no_merged_model(demo_dir, tmp_path, merges):
+    """A checkpoint sweep would fill the disk: every evaluation of a checkpoint left its merged model
+    (7.5 GB for a 3B model) in a temporary folder that nothing removed."""
+    step, merges = merges
+    out = tmp_path / "eval"
+    summary = evaluate.main(evaluate_args(step, demo_dir / "test.jsonl", out))
+    assert "demo" in summary and (out / "demo" / "metrics.json").exists() and (out / "run.json").exists()
+    assert merges == [out / ".merged-model" / "model"]  # merged under --out, where every node can read it
+    assert not list(tmp_path.rglob("model.safetensors")), "a merged model was left behind"
+    assert not (out / ".merged-model").exists()
+
+
+def test_failed_checkpoint_evaluation_leaves_no_merged_model(tmp_path, merges):
+    """An evaluation that fails after the merge (here a --data path that does not exist, read after the
+    engine is up) would leave its merged model behind."""
+    step, merges = merges
+    out = tmp_path / "eval"
+    with pytest.raises(ValueError, match="no such file"):
+        evaluate.main(evaluate_args(step, tmp_path / "missing.jsonl", out))
+    assert merges == [out / ".merged-model" / "model"]  # it did fail after merging
+    assert not list(tmp_path.rglob("model.safetensors")), "a merged model was left behind"
+    assert not (out / ".merged-model").exists()
+
+
+def test_out_holding_an_evaluation_is_refused_without_overwrite(tmp_path, monkeypatch):
+    """A second evaluation into the same --out (a typo, a copied command) would silently overwrite the
+    first one's predictions and metrics, or mix its benchmarks with the new run.json."""
+    started = []
+    monkeypatch.setattr(evaluate, "evaluate", started.append)  # stands for loading the model
+    args = ["--model", tmp_path / "no-model", "--data", tmp_path / "x.jsonl", "--out", tmp_path / "eval"]
+    evaluate.main(list(map(str, args)))  # a new folder: fine
+    # what each earlier run left -> what the refusal names
+    for left, named in (("run.json", "run.json"), ("emoset/metrics.json", "emoset/metrics.json"),
+                        ("emoset/predictions.jsonl", "emoset/predictions.jsonl"),
+                        (".merged-model/model/config.json", ".merged-model")):  # a killed (or running) one's merge
+        out = tmp_path / left.replace("/", "-")
+        (out / left).parent.mkdir(parents=True)
+        (out / left).write_text("{}")
+        argv = list(map(str, args[:-1] + [out]))
+        with pytest.raises(SystemExit, match="already holds an evaluation") as refused:
+            evaluate.main(argv)
+        assert str(out / named) in str(refused.value) and "--overwrite" in str(refused.value)
+        evaluate.main(argv + ["--overwrite"])
+    assert len(started) == 5 and [cfg.overwrite for cfg in started] == [False] + [True] * 4
+    (tmp_path / "other").mkdir()  # an unrelated folder's files are not an evaluation
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    evaluate.main(list(map(str, args[:-1] + [tmp_path / "other"])))
+
+
+MERGE_WAIT = """
+import os, sys, time
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+import checkpoint, common, evaluate
+rank, tmp = int(os.environ["RANK"]), Path({tmp!r})
+
+def slow_merge(ckpt, out, **kwargs):  # a merge longer than --dist-timeout-minutes
+    time.sleep({merge_seconds})
+    Path(out).mkdir(parents=True)
+    (Path(out) / "config.json").write_text("{{}}")
+checkpoint.export_hf_folder = slow_merge
+
+(tmp / f"ready{{rank}}").touch()  # start together: the short timeout also bounds joining the group
+while not (tmp / f"ready{{1 - rank}}").exists():
+    time.sleep(0.05)
+common.setup_distributed(timeout_minutes={dist_seconds} / 60)
+folder, group = evaluate.merge_checkpoint("ckpt", tmp / ".merged-model" / "model", timeout_minutes=1)
+print("merged", Path(folder, "config.json").exists(), flush=True)
+if rank == 1:  # the last rank to close its engine: the folder must still be there until it has
+    time.sleep(2)
+    print("still there", Path(folder).exists(), flush=True)
+evaluate.remove_merged(tmp / ".merged-model", group, rank, timeout_minutes=1)
+"""
+
+
+def test_ranks_wait_for_a_long_merge_without_timing_out(tmp_path):
+    """Ranks waiting for rank 0's merge of a 3B checkpoint (minutes, more on slow storage) would hit
+    --dist-timeout-minutes and end the run; rank 0 would delete the merged model under a rank still
+    reading it."""
+    with socket.socket() as s:  # a free port for the two processes' rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = MERGE_WAIT.format(repo=str(REPO), tmp=str(tmp_path), merge_seconds=12, dist_seconds=5)
+    env = {**os.environ, "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen([sys.executable, "-c", code], env={**env, "RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        results = [p.communicate(timeout=300) for p in ranks]
+    finally:  # a hang must not outlive the test
+        for p in ranks:
+            p.kill()
+    for p, (out, err) in zip(ranks, results):
+        assert p.returncode == 0, err[-3000:]
+        assert "merged True" in out
+    assert "still there True" in results[1][0]
+    assert not (tmp_path / ".merged-model").exists()
