@@ -1,13 +1,23 @@
 """Runs on disk: save, load, find, prune and resume checkpoints, and turn one into a Hugging Face folder.
 
-A checkpoint is `RUN/checkpoints/step_N/`: the model and optimizer as torch.distributed.checkpoint
-shards (readable at any world size), `trainer_state.json` (step, the run's config, the LR schedule)
-and each rank's RNG states. It is written into `step_N.tmp` and renamed when complete, so a kill
-mid-save leaves the older checkpoints as they were. Shared by train_grpo.py, sft.py, merge.py and
-evaluate.py. Not here: when to save (the stage scripts' loops), the metrics files' contents.
+A checkpoint is `RUN/checkpoints/step_N/` and holds no pickle, so loading one runs no code from it:
+- `shard-*.safetensors`, one per rank: the model and the AdamW tensors (exp_avg, exp_avg_sq, step), written
+  by torch.distributed.checkpoint's HuggingFaceStorageWriter with each shard's offsets in its safetensors
+  header, so that DCP reshards them to any world size when loading;
+- `rng_rankR.json`: each rank's RNG states;
+- `trainer_state.json`: the step, the run's config, the LR schedule, the optimizer's param_groups (its
+  hyper-parameters: the non-tensor part, which DCP's safetensors writer cannot store) and the name and
+  size of every other file, which the loaders check before trusting the folder.
+It is written into `step_N.tmp`, flushed to disk (fsync) and renamed when complete, so a kill or a machine
+crash mid-save leaves the older checkpoints as they were; --resume skips a damaged newest checkpoint and
+says why. A folder of the older format (DCP's `.metadata`, a pickle, which runs code when read) is refused:
+convert_pickle_checkpoint rewrites one that your own run wrote. Shared by train_grpo.py, sft.py, merge.py
+and evaluate.py. Not here: when to save (the stage scripts' loops), the metrics files' contents.
 """
 
+import base64
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -26,11 +36,55 @@ def checkpoint_dirs(out):
                   key=lambda p: int(p.name[5:]))
 
 
+def fsync(path):
+    """Flush a file's data, or a folder's entries (files created, renamed or deleted in it), to the disk.
+    Without it a power loss can keep a rename but not the data written before it (ext4 and xfs write data
+    back later): a complete-looking step_N of empty or zero-filled files."""
+    fd = os.open(path, os.O_RDONLY)  # a folder opens read-only too (Linux)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_rng_states(path, states):
+    """RNG states as JSON (the generators' ByteTensors in base64): nothing to unpickle when read back."""
+    def encode(t):
+        return base64.b64encode(t.numpy().tobytes()).decode()
+    path.write_text(json.dumps({"torch": encode(states["torch"]), "python": states["python"],
+                                **({"cuda": [encode(t) for t in states["cuda"]]} if "cuda" in states else {})}))
+    fsync(path)
+
+
+def load_rng_states(path):
+    def decode(text):
+        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+    saved = json.loads(path.read_text())
+    version, internal, gauss = saved["python"]  # random.setstate wants the tuples JSON made lists
+    states = {"torch": decode(saved["torch"]), "python": (version, tuple(internal), gauss)}
+    if "cuda" in saved:
+        states["cuda"] = [decode(text) for text in saved["cuda"]]
+    return states
+
+
+def without_tied_copies(model, state):
+    """`state` (a model state dict) without the second name of a tied weight (the embedding and the LM
+    head are one Parameter under two names): safetensors refuses to write one memory twice, and loading
+    the first name fills both."""
+    seen, copies = set(), set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            copies.add(name)
+        seen.add(id(param))
+    return {name: value for name, value in state.items() if name not in copies}
+
+
 def save_checkpoint(model, optimizer, step, config, out, rank, scheduler=None, save_limit=0):
     """Sharded model + optimizer (torch.distributed.checkpoint), step, LR schedule, RNG states.
 
-    Written into step_N.tmp and renamed to step_N when complete: a kill mid-save leaves the previous
-    checkpoints as they were. With save_limit, older checkpoints are deleted only after the rename.
+    Written into step_N.tmp, flushed and renamed to step_N when complete: a kill or a crash mid-save leaves
+    the previous checkpoints as they were. With save_limit, older checkpoints are deleted only after the
+    rename is on disk.
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -42,21 +96,76 @@ def save_checkpoint(model, optimizer, step, config, out, rank, scheduler=None, s
         tmp.mkdir(parents=True)
     dist.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp))
-    torch.save(rng_states(), tmp / f"rng_rank{rank}.pt")
+    # Tensors only: HuggingFaceStorageWriter would write a non-tensor value (param_groups) as pickled
+    # bytes in front of a shard's safetensors data, a file that no longer loads. save_distributed: each
+    # rank writes its own shard file with its offsets (DCP fsyncs it); no pickled .metadata is written.
+    tensors = {"model": without_tied_copies(model, model_sd), "optimizer": {"state": optim_sd["state"]}}
+    dcp.save(tensors, storage_writer=dcp.HuggingFaceStorageWriter(str(tmp), save_distributed=True))
+    save_rng_states(tmp / f"rng_rank{rank}.json", rng_states())
     dist.barrier()
     if rank == 0:
-        state = {"step": step, "config": config}  # a dict: the run's resolved flags
+        # "files": DCP's safetensors reader loads whatever shards it finds, and a lost one can leave tensors
+        # silently half-filled; the loaders compare the folder with this list first (checkpoint_problem).
+        state = {"step": step, "config": config,  # config: a dict, the run's resolved flags
+                 "param_groups": optim_sd["param_groups"],
+                 "files": {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}}
         if scheduler is not None:
             state["scheduler"] = scheduler.state_dict()
         (tmp / "trainer_state.json").write_text(json.dumps(state))
+        fsync(tmp / "trainer_state.json")
+        fsync(tmp)  # the folder's entries for every rank's files
+        fsync(tmp.parent)  # step_N.tmp's own entry, before it is renamed
         if final.exists():  # the same step saved again (a resumed run that ends there): the new one wins
             shutil.rmtree(final)
         tmp.rename(final)  # only now does the checkpoint count as complete
+        fsync(final.parent)  # the rename itself: only then may older checkpoints go
         if save_limit:
             for old in checkpoint_dirs(out)[:-save_limit]:
                 shutil.rmtree(old)
     dist.barrier()
+
+
+def checkpoint_problem(path):
+    """Why the checkpoint folder `path` cannot be loaded, or None. A cheap look at its files (trainer_state.json,
+    the size and safetensors header of each file it lists) that gives every rank the same answer; a failed
+    load instead can fail on one rank only and leave the others waiting in a collective."""
+    from safetensors import safe_open
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except ValueError as e:  # empty or cut short (JSONDecodeError and UnicodeDecodeError are ValueErrors)
+        return f"trainer_state.json is empty or cut short ({e})"
+    if not isinstance(state, dict) or not {"step", "config"} <= state.keys():
+        return "trainer_state.json has no step or config"
+    if "files" not in state:
+        if (path / ".metadata").exists():
+            return ("a checkpoint of the older format, whose .metadata is a pickle that runs code when read: "
+                    "it is not loaded. If your own run wrote it, convert it once with: python -c \"import "
+                    f"checkpoint; checkpoint.convert_pickle_checkpoint('{path}')\"")
+        return "trainer_state.json lists no files"
+    unlisted = {p.name for p in path.glob("*.safetensors")} - set(state["files"])
+    if unlisted:  # DCP's reader would load these too
+        return f"files not written with this checkpoint: {sorted(unlisted)}"
+    for name, size in state["files"].items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes, {size} were written (cut short?)"
+        if name.endswith(".safetensors"):
+            try:
+                with safe_open(file, framework="pt"):  # reads and checks the header only
+                    pass
+            except Exception as e:  # safetensors raises its own error types
+                return f"{name} is not a readable safetensors file ({e})"
+    return None
+
+
+def require_loadable(path):
+    problem = checkpoint_problem(path)
+    if problem:
+        raise SystemExit(f"{path}: cannot load this checkpoint: {problem}")
 
 
 def load_weights(model, path):
@@ -64,9 +173,12 @@ def load_weights(model, path):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-    state = {"model": get_model_state_dict(model)}
-    dcp.load(state, checkpoint_id=str(path))
-    set_model_state_dict(model, state["model"])
+    require_loadable(path)
+    model_sd = get_model_state_dict(model)
+    # always a HuggingFaceStorageReader: dcp.load(checkpoint_id=...) alone would pick the pickle reader.
+    # It fills the tensors in place, the tied copy's too (one memory).
+    dcp.load({"model": without_tied_copies(model, model_sd)}, storage_reader=dcp.HuggingFaceStorageReader(str(path)))
+    set_model_state_dict(model, model_sd)
 
 
 def load_checkpoint(model, optimizer, path, rank, scheduler=None):
@@ -74,34 +186,64 @@ def load_checkpoint(model, optimizer, path, rank, scheduler=None):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+    require_loadable(path)
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    state = {"model": model_sd, "optimizer": optim_sd}
-    dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-    rng_file = path / f"rng_rank{rank}.pt"
-    if rng_file.exists():  # absent when resuming at a larger world size: seeds then come from the step
-        set_rng_states(torch.load(rng_file, weights_only=True))  # ByteTensors and a tuple of ints: no pickled code
+    tensors = {"model": without_tied_copies(model, model_sd), "optimizer": {"state": optim_sd["state"]}}
+    dcp.load(tensors, storage_reader=dcp.HuggingFaceStorageReader(str(path)))  # fills model_sd in place
     state = json.loads((path / "trainer_state.json").read_text())
+    # JSON turned tuples (AdamW's betas) into lists; "params" is the list of parameter names
+    param_groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in group.items()}
+                    for group in state["param_groups"]]
+    set_state_dict(model, optimizer, model_state_dict=model_sd,
+                   optim_state_dict={"state": tensors["optimizer"]["state"], "param_groups": param_groups})
+    rng_file = path / f"rng_rank{rank}.json"
+    if rng_file.exists():  # absent when resuming at a larger world size: seeds then come from the step
+        set_rng_states(load_rng_states(rng_file))
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
     return state["step"]
 
 
+def newest_loadable(out):
+    """The newest checkpoint of the run folder `out` that checkpoint_problem passes (or None), and
+    [(folder, why)] for the newer ones it skipped. Every rank reads the same files: the same answer."""
+    skipped = []
+    for path in reversed(checkpoint_dirs(out)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, skipped
+        skipped.append((path, problem))
+    return None, skipped
+
+
 def start_or_resume(out, resume, config=None, may_change=()):
-    """The step a run starts from: 0, or with `resume` the newest complete checkpoint's (the caller then
-    loads it), after check_resume_config against `config` (a dict of the run's flags) when given. Only
-    then does rank 0 drop what the metrics and samples logs hold beyond that step (it is redone) and
-    the half-written step_N.tmp a kill during a save left behind."""
-    done = checkpoint_dirs(out) if resume else []
-    if done and config is not None:
-        check_resume_config(done[-1], config, may_change)
-    step = json.loads((done[-1] / "trainer_state.json").read_text())["step"] if done else 0
+    """The step a run starts from: 0, or with `resume` the newest checkpoint that is complete and intact (the
+    caller then loads it), after check_resume_config against `config` (a dict of the run's flags) when given.
+    A damaged newer checkpoint (cut short by a machine crash, a lost file) is skipped with a message and
+    renamed step_N.bad, so that --save-limit does not keep it over the new ones. Only then does rank 0 drop
+    what the metrics and samples logs hold beyond that step (it is redone) and the half-written step_N.tmp
+    a kill during a save left behind."""
+    found, skipped = newest_loadable(out) if resume else (None, [])
+    if skipped and found is None:
+        raise SystemExit(f"--resume: no checkpoint of {out} can be loaded:\n  " + "\n  ".join(
+            f"{path.name}: {why}" for path, why in skipped) + "\nRepair or convert a checkpoint named above, "
+            "or start a new run in another --output-dir.")
+    if dist.get_rank() == 0:
+        for path, why in skipped:
+            print(f"--resume: skipping {path}: {why}")
+    if found and config is not None:
+        check_resume_config(found, config, may_change)
+    step = json.loads((found / "trainer_state.json").read_text())["step"] if found else 0
     if dist.get_rank() == 0 and out.exists():
+        for path, _ in skipped:  # out of checkpoint_dirs, kept for a look
+            shutil.rmtree(path.with_name(path.name + ".bad"), ignore_errors=True)
+            path.rename(path.with_name(path.name + ".bad"))
+            print(f"--resume: {path.name} renamed {path.name}.bad; resuming from {found.name}")
         for name in ("metrics.jsonl", "samples.jsonl"):
             truncate_log(out / name, step)
         for tmp in (out / "checkpoints").glob("step_*.tmp"):
             shutil.rmtree(tmp)
-    return (done[-1] if done else None), step
+    return found, step
 
 
 def check_resume_config(checkpoint, config, may_change):
@@ -135,15 +277,18 @@ def truncate_log(path, step):
 
 
 def find_checkpoint(path):
-    """A checkpoint folder, or the newest complete one (by step) of a run folder."""
+    """A checkpoint folder, or the newest loadable one (by step) of a run folder."""
     path = Path(path)
     if (path / "trainer_state.json").exists():
         return path
-    steps = checkpoint_dirs(path)
-    if not steps:
-        raise SystemExit(f"{path}: neither a checkpoint (no trainer_state.json) nor a run with complete "
-                         f"checkpoints under {path / 'checkpoints'}")
-    return steps[-1]
+    found, skipped = newest_loadable(path)
+    if found is None:
+        raise SystemExit(f"{path}: neither a checkpoint (no trainer_state.json) nor a run with a loadable checkpoint "
+                         f"under {path / 'checkpoints'}" + "".join(f"\n  {p.name}: {why}" for p, why in skipped))
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        for folder, why in skipped:
+            print(f"skipping {folder}: {why}")
+    return found
 
 
 def load_trained_model(checkpoint, base_model=None, dtype=None):
@@ -152,6 +297,7 @@ def load_trained_model(checkpoint, base_model=None, dtype=None):
     from transformers import AutoModelForImageTextToText
 
     checkpoint = find_checkpoint(checkpoint)
+    require_loadable(checkpoint)
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     base = base_model or state["config"]["model"]
     model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
@@ -160,7 +306,8 @@ def load_trained_model(checkpoint, base_model=None, dtype=None):
     model_state = model.state_dict()
     with warnings.catch_warnings():  # "torch.distributed is ... uninitialized": single-process on purpose
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load({"model": model_state}, checkpoint_id=str(checkpoint), no_dist=True)  # fills tensors in place
+        dcp.load({"model": without_tied_copies(model, model_state)},  # fills the tensors in place
+                 storage_reader=dcp.HuggingFaceStorageReader(str(checkpoint)), no_dist=True)
     model.load_state_dict(model_state)
     if model.config.tie_word_embeddings:
         model.tie_weights()
@@ -192,3 +339,32 @@ def export_hf_folder(checkpoint, out, base_model=None, dtype=None, overwrite=Fal
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def convert_pickle_checkpoint(path):
+    """Rewrite in place a checkpoint of the older format (DCP's pickled .metadata and .distcp shards, RNG
+    states as .pt) in today's, as one shard (it loads at any world size). Reading .metadata unpickles it,
+    which can run code: only for folders your own runs wrote. Holds the whole checkpoint in CPU memory."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    path = Path(path)
+    with warnings.catch_warnings():  # single-process on purpose; the new files go next to the old ones
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        warnings.filterwarnings("ignore", message="Detected an existing checkpoint")
+        dcp_to_torch_save(path, path / "legacy.pt")  # the one place a pickle is read, on purpose
+        legacy = torch.load(path / "legacy.pt", weights_only=True)
+        tensors = {"model": legacy["model"], "optimizer": {"state": legacy["optimizer"]["state"]}}
+        dcp.save(tensors, storage_writer=dcp.HuggingFaceStorageWriter(str(path), save_distributed=True), no_dist=True)
+    for rng_file in path.glob("rng_rank*.pt"):
+        save_rng_states(rng_file.with_suffix(".json"), torch.load(rng_file, weights_only=True))
+    old = [path / ".metadata", path / "legacy.pt", *path.glob("*.distcp"), *path.glob("rng_rank*.pt")]
+    state = json.loads((path / "trainer_state.json").read_text())
+    state["param_groups"] = legacy["optimizer"]["param_groups"]
+    state["files"] = {p.name: p.stat().st_size for p in sorted(path.iterdir())
+                      if p not in old and p.name != "trainer_state.json"}
+    (path / "trainer_state.json.tmp").write_text(json.dumps(state))  # until this rename, a rerun starts over
+    (path / "trainer_state.json.tmp").replace(path / "trainer_state.json")
+    for p in old:
+        p.unlink()
+    print(f"{path}: converted to safetensors shards and JSON")

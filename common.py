@@ -250,6 +250,7 @@ class Tracker:
     def log(self, metrics, step):
         self.file.write(json.dumps({"step": step, **metrics}) + "\n")
         self.file.flush()
+        os.fsync(self.file.fileno())  # on disk before the step's checkpoint is: a machine crash keeps both or the line
         for backend in self.backends:
             backend(metrics, step)
 

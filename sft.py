@@ -12,15 +12,25 @@ lifts EMO-R3's overall score (60.50 -> 62.13); no code for it was released. This
   (common.py, packing.py, checkpoint.py), so `train_grpo.py --init-from RUN/checkpoints/step_N` starts from the result
   and `merge.py` converts it.
 
+Safe as the trainer: a checkpoint every --save-freq steps (--save-limit keeps the newest k);
+--resume continues the newest complete one with the same flags (the data order is a function of
+--seed and the step, so it picks up at the same example); an --output-dir that already holds a run
+is refused without --resume; a step whose loss or grad norm is not finite on any rank is skipped on
+every rank, and --max-bad-updates of them in a row stop the run. Images are decoded per step, only
+those of the step's examples (all of EmoSet at once would not fit in host memory).
+
     torchrun --nproc_per_node 2 sft.py --demo                 # CPU, the tiny model on the demo data
     torchrun --nproc_per_node 8 sft.py --model Qwen/Qwen2.5-VL-3B-Instruct --train-files EmoSet2k@train \\
         --labels emoset --output-dir runs/cold-start
+    torchrun --nproc_per_node 8 sft.py ...the same flags... --resume   # after a crash or preemption
 """
 
 import dataclasses
 import json
+import math
 import random
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -28,9 +38,9 @@ import torch.distributed as dist
 import data
 import rewards
 import tiny
-from checkpoint import save_checkpoint
-from common import (demo_paths, load_model, lock_run_folder, parse_flags, print0, require_cuda, run_folder,
-                    setup_distributed)
+from checkpoint import load_checkpoint, save_checkpoint, start_or_resume
+from common import (demo_paths, get_batch_on_every_rank, load_model, lock_run_folder, parse_flags, print0,
+                    require_cuda, run_folder, setup_distributed)
 from packing import Sample, collate, encode_prompts, response_logprobs
 
 
@@ -58,14 +68,19 @@ class Config:
     seed: int = 1
     gradient_checkpointing: bool = True
     freeze_vision: bool = False
-    skip_bad_rows: bool = False
+    skip_bad_rows: bool = False  # leave out bad rows (counted: at load in the log, mid-run in metrics.jsonl) instead of stopping
+    save_freq: int = 50  # checkpoint every k steps (ours); 0 = only at the end
+    save_limit: int = 0  # keep the newest k checkpoints, deleting older ones once the new one is complete (0 = all)
+    max_bad_updates: int = 3  # stop after this many consecutive steps with a non-finite loss or grad norm (as train_grpo.py)
     output_dir: str = ""  # metrics.jsonl, config.json, checkpoints/ (default: runs/sft-DATE-TIME)
+    resume: bool = False  # continue from the newest complete checkpoint in output_dir
+    dist_timeout_minutes: float = 30.0  # the process-group timeout: a rank that dies on another node ends the run after this instead of hanging
     demo: bool = False  # tiny model + demo data + CPU sizes
     allow_cpu: bool = False  # train a real model (not --demo) on the CPU when CUDA is unusable, instead of stopping
 
 
 DEMO_DEFAULTS = dict(min_pixels=56 * 56, max_pixels=112 * 112, max_prompt_length=512, batch_size=16,
-                     micro_batch_size=8, lr=3e-3, max_steps=60, gradient_checkpointing=False,
+                     micro_batch_size=8, lr=3e-3, max_steps=400, save_freq=200, gradient_checkpointing=False,
                      reflection_examples=True, shuffle_targets=True, model=str(tiny.DEFAULT_DIR),
                      train_files=str(tiny.DEMO_DIR / "train.jsonl"))  # built at start-up (common.demo_paths)
 
@@ -76,139 +91,201 @@ def parse_config(argv=None):
         raise SystemExit("config error: --model and --train-files are required (or --demo)")
     if "{label}" not in cfg.target:
         raise SystemExit("config error: --target must contain {label}")
+    if cfg.resume and not cfg.output_dir:
+        raise SystemExit("config error: --resume needs --output-dir: the run folder to continue")
     return cfg
+
+
+# Flags a resumed run may change: how far it goes, how often it saves, its guards, where it runs. Any
+# other change (lr, batch size, seed, targets, data) alters what the run trains, and --resume refuses it.
+RESUME_MAY_CHANGE = {"max_steps", "epochs", "save_freq", "save_limit", "max_bad_updates", "resume", "allow_cpu",
+                     "skip_bad_rows", "dist_timeout_minutes", "output_dir"}
 
 
 @dataclass
 class Example:
-    """One supervised pair: a prompt (chat text + images) and the target response text."""
-    text: str
-    images: list
+    """One supervised pair: a prompt and the target response text. The prompt is dataset row `row`'s own
+    (question None) or a reflection `question` asked about that row's images (row None: text only). Only
+    the row's index is kept: its images are decoded when the example's step comes (encode_step)."""
+    row: int | None
+    question: str | None
     target: str
 
 
-def build_examples(prompts, labels, cfg, rng):
-    """The answers to imitate: targets for the prompts, plus (optionally) the reflection questions."""
-    targets = [p.response or cfg.target.replace("{label}", p.answer) for p in prompts]
-    answers = [p.answer for p in prompts]
+def build_examples(rows, labels, cfg, rng):
+    """The answers to imitate: targets for the rows (data.Row: answer, response), plus (optionally) the
+    reflection questions. No image is opened here."""
+    targets = [r.response or cfg.target.replace("{label}", r.answer) for r in rows]
+    answers = [r.answer for r in rows]
     step1_by_label = {}
     for answer, target in zip(answers, targets):
         step1 = rewards.consistency_prompt(target)
         if step1:
             step1_by_label.setdefault(answer, []).append(step1)
     if cfg.shuffle_targets:  # pair each prompt with another row's target (and its label)
-        order = list(range(len(prompts)))
+        order = list(range(len(rows)))
         rng.shuffle(order)
         targets, answers = [targets[i] for i in order], [answers[i] for i in order]
-    examples = [Example(p.text, p.images, target) for p, target in zip(prompts, targets)]
+    examples = [Example(i, None, target) for i, target in enumerate(targets)]
     if not cfg.reflection_examples:
         return examples
-    for p, target, answer in zip(prompts, targets, answers):
+    others_of = {}  # label -> the step1 texts of every other label, built once per label (not per row: N^2)
+    for i, (r, target, answer) in enumerate(zip(rows, targets, answers)):
         ask = rewards.coherence_prompt(target, labels)
         if ask:  # coherence: which emotion the reasoning names (text only, as at GRPO time)
-            examples.append(Example(ask, [], answer))
-        own = rewards.consistency_prompt(p.response or cfg.target.replace("{label}", p.answer))
-        others = [s for label, texts in step1_by_label.items() if label != p.answer for s in texts]
+            examples.append(Example(None, ask, answer))
+        own = rewards.consistency_prompt(r.response or cfg.target.replace("{label}", r.answer))
+        if r.answer not in others_of:
+            others_of[r.answer] = [s for label, texts in step1_by_label.items() if label != r.answer for s in texts]
         if own:  # consistency: "yes" for a step1 written about this row's own image ...
-            examples.append(Example(own, p.images, "yes"))
-        if others:  # ... and "no" for a step1 written about an image of another class
-            examples.append(Example(rng.choice(others), p.images, "no"))
+            examples.append(Example(i, own, "yes"))
+        if others_of[r.answer]:  # ... and "no" for a step1 written about an image of another class
+            examples.append(Example(i, rng.choice(others_of[r.answer]), "no"))
     return examples
 
 
-def encode_examples(processor, examples):
-    """Processor tensors of each prompt (the trainer's encode_prompts) plus the target's token ids,
-    ending in <|im_end|>. Reflection questions are plain user turns, rendered here."""
-    tokenizer = processor.tokenizer
-    rendered = [ex if ex.text.startswith("<|im_start|>")
-                else dataclasses.replace(ex, text=data.render_prompt(processor, ex.text, "none")) for ex in examples]
-    end = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    samples = [Sample(i, tokenizer(ex.target, add_special_tokens=False)["input_ids"] + end, [])
-               for i, ex in enumerate(examples)]
-    return encode_prompts(processor, rendered), samples
+def encode_step(processor, dataset, examples):
+    """This rank's examples of one step, ready for collate: (encoded prompts, Samples, examples left out).
+
+    The images of the rows they use are decoded here, a step's worth at a time: decoding the whole
+    dataset up front (tens of thousands of EmoSet images, on every rank) runs out of host memory. A
+    bad image stops every rank together, or with --skip-bad-rows its row's examples are left out.
+    Prompts get the trainer's encode_prompts; targets their token ids, ending in <|im_end|>."""
+    rows = sorted({ex.row for ex in examples if ex.row is not None})
+    prompts = {p.index: p for p in get_batch_on_every_rank(dataset, rows)}
+    kept = [ex for ex in examples if ex.row is None or ex.row in prompts]
+    chats = []
+    for ex in kept:
+        if ex.question is None:  # the row's own prompt, rendered by the dataset
+            chats.append(prompts[ex.row])
+        else:  # a reflection question: a plain user turn, with the row's images or none
+            chats.append(SimpleNamespace(text=data.render_prompt(processor, ex.question, "none"),
+                                         images=prompts[ex.row].images if ex.row is not None else []))
+    end = [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    samples = [Sample(i, processor.tokenizer(ex.target, add_special_tokens=False)["input_ids"] + end, [])
+               for i, ex in enumerate(kept)]
+    return encode_prompts(processor, chats), samples, len(examples) - len(kept)
 
 
 def main(argv=None):
     cfg = parse_config(argv)
     require_cuda(cfg.allow_cpu, cfg.demo)
-    rank, world_size, device = setup_distributed()
+    rank, world_size, device = setup_distributed(timeout_minutes=cfg.dist_timeout_minutes)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     out = run_folder(cfg.output_dir, "runs/sft-%Y%m%d-%H%M%S")
     lock_run_folder(out)  # one run per folder, before anything is written
-    if (out / "checkpoints").exists():
-        raise SystemExit(f"{out} already holds a run; choose another --output-dir")
+    # metrics without checkpoints is a run that crashed before its first save: appending to it would mix two runs
+    if not cfg.resume and ((out / "metrics.jsonl").exists() or (out / "checkpoints").exists()):
+        raise SystemExit(f"{out} already holds a run: pass --resume to continue it, or another --output-dir")
+    # --resume: the newest complete checkpoint, refused (before any file is touched) if the flags now would
+    # train something else; metrics.jsonl lines after it are dropped, those steps are redone
+    resume_from, start_step = start_or_resume(out, cfg.resume, dataclasses.asdict(cfg), RESUME_MAY_CHANGE)
     if cfg.demo:  # the tiny model and the demo data (the --demo defaults of --model and --train-files)
-        demo_paths()
+        demo_paths(cfg.model, [cfg.train_files])
 
+    from PIL import Image
     from tqdm import tqdm
     from transformers import AutoProcessor
     processor = AutoProcessor.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
     pad_id = processor.tokenizer.pad_token_id
+    # rows are read and checked here, image sizes from the headers (for --max-prompt-length); no pixel is decoded
     dataset = data.PromptDataset(cfg.train_files, processor, template=cfg.template, labels=cfg.labels or None,
                                  min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
                                  max_prompt_length=cfg.max_prompt_length, skip_bad=cfg.skip_bad_rows)
-    prompts = dataset.get_batch(range(len(dataset)))
-    examples = build_examples(prompts, dataset.labels, cfg, rng)
+    # built from --seed alone, the same on every rank and in a resumed run: step N gets the same examples
+    examples = build_examples(dataset.rows, dataset.labels, cfg, rng)
     rng.shuffle(examples)
-    encoded, samples = encode_examples(processor, examples)
-    # a zero-weight image example, added to any micro-batch without an image: every rank must run
-    # the vision tower in every forward, or the FSDP collectives of the vision blocks fall out of step
-    dummy = len(encoded)
-    encoded += encode_examples(processor, [Example(prompts[0].text, prompts[0].images, "")])[0]
-    steps_per_epoch = len(samples) // cfg.batch_size
+    # a zero-weight image example, added to any micro-batch without an image: every rank must run the vision
+    # tower in every forward, or the FSDP collectives of the vision blocks fall out of step. A blank image at
+    # the processor's smallest size: its pixels never reach the loss
+    blank = data.resize_image(Image.new("RGB", (28, 28)), *dataset.processor_pixels, dataset.processor_pixels)
+    dummy = encode_prompts(processor, [SimpleNamespace(text=data.render_prompt(processor, "<image>", "none"),
+                                                       images=[blank])])[0]
+    steps_per_epoch = len(examples) // cfg.batch_size
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     if steps_per_epoch == 0 or cfg.batch_size % world_size:
-        raise SystemExit(f"{len(samples)} examples, --batch-size {cfg.batch_size}, world size {world_size}: the batch must "
-                         f"fit the data and split evenly over the ranks")
+        raise SystemExit(f"{len(examples)} examples, --batch-size {cfg.batch_size}, world size {world_size}: the batch "
+                         f"must fit the data and split evenly over the ranks")
 
     policy = load_model(cfg.model, device, trainable=True, gradient_checkpointing=cfg.gradient_checkpointing,
                         freeze_vision=cfg.freeze_vision, trust_remote_code=cfg.trust_remote_code)
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    if resume_from:  # weights, AdamW state, LR schedule and this rank's RNG states
+        load_checkpoint(policy, optimizer, resume_from, rank, scheduler)
+        print0(f"resumed from {resume_from} (step {start_step})")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
         metrics_file = open(out / "metrics.jsonl", "a")
-        print(f"sft: {len(prompts)} prompts -> {len(samples)} examples, {total} steps of {cfg.batch_size} "
-              f"({len(dataset.dropped_long)} rows over --max-prompt-length dropped at load)")
-    progress = tqdm(total=total, desc="sft", disable=rank != 0, dynamic_ncols=True)
+        print(f"sft: {len(dataset)} rows -> {len(examples)} examples, {total} steps of {cfg.batch_size} "
+              f"({len(dataset.dropped_long)} rows over --max-prompt-length dropped at load, "
+              f"{len(dataset.skipped)} bad rows skipped)")
+    progress = tqdm(total=total, initial=start_step, desc="sft", disable=rank != 0, dynamic_ncols=True)
 
     share = cfg.batch_size // world_size
-    for step in range(total):
-        order = data.step_indices(len(samples), cfg.batch_size, step, cfg.seed)
-        mine = [samples[i] for i in data.rank_slice(order, rank, world_size)]
+    bad_updates = 0  # consecutive steps skipped for a non-finite loss or grad norm
+    for step in range(start_step, total):
+        # data: a pure function of (step, seed), so a resumed run continues with the same examples
+        order = data.step_indices(len(examples), cfg.batch_size, step, cfg.seed)
+        mine = [examples[i] for i in data.rank_slice(order, rank, world_size)]
+        encoded, samples, left_out = encode_step(processor, dataset, mine)  # decodes this step's images
+        encoded.append(dummy)
         # token-mean over the whole batch across ranks: each micro-batch divides by the global count
-        tokens = torch.tensor(float(sum(len(s.response_ids) for s in mine)))
+        tokens = torch.tensor(float(sum(len(s.response_ids) for s in samples)))
         dist.all_reduce(tokens)
-        optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros(())
+        # the same number of micro-batches on every rank (from the share, not from what survived --skip-bad-rows)
         for start in range(0, share, cfg.micro_batch_size):
-            chunk = mine[start:start + cfg.micro_batch_size]
+            chunk = samples[start:start + cfg.micro_batch_size]
             if not any("pixel_values" in encoded[s.prompt] for s in chunk):
-                chunk = chunk + [Sample(dummy, [pad_id], [], weight=0.0)]
+                chunk = chunk + [Sample(len(encoded) - 1, [pad_id], [], weight=0.0)]
             batch = collate(chunk, encoded, pad_id, device)
             mask = batch["response_mask"] * torch.tensor([s.weight for s in chunk], device=device)[:, None]
             logp = response_logprobs(policy, batch, 1.0)
-            loss = -(logp * mask).sum() / tokens.item()
+            loss = -(logp * mask).sum() / tokens.clamp(min=1).item()
+            # even a non-finite loss goes backward: every rank must run the same collectives
             (loss * world_size).backward()  # FSDP averages gradients over ranks; the mean is already global
             loss_sum += loss.detach().cpu()
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        if torch.isfinite(grad_norm):
+        grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
+        # update: skipped on every rank when the loss or grad norm is not finite on any. The grad norm is
+        # global, but a NaN in one rank's loss value need not reach the gradients, so each rank's verdict
+        # travels with the loss sum and the left-out count in one collective
+        finite_here = bool(loss_sum.isfinite()) and math.isfinite(grad_norm)
+        totals = torch.tensor([loss_sum.item(), float(not finite_here), left_out])
+        dist.all_reduce(totals)
+        loss_total, bad_ranks, left_out_total = totals.tolist()
+        if bad_ranks == 0:
             optimizer.step()
-        scheduler.step()
-        dist.all_reduce(loss_sum)
+            bad_updates = 0
+        else:
+            bad_updates += 1
+            print0(f"step {step + 1}: non-finite loss or grad norm ({loss_total}, {grad_norm}), update skipped "
+                   f"({bad_updates} in a row)")
+            if bad_updates >= cfg.max_bad_updates:
+                raise SystemExit(f"step {step + 1}: {bad_updates} consecutive steps with a non-finite loss or grad "
+                                 f"norm (--max-bad-updates {cfg.max_bad_updates}); stopping. Lower --lr, check the "
+                                 f"targets, or continue from the last checkpoint with --resume.")
+        optimizer.zero_grad(set_to_none=True)  # a skipped step's gradients must not leak into the next
+        lr = scheduler.get_last_lr()[0]  # the LR this step used
+        scheduler.step()  # once per step, skipped or not, as the trainer does
+
+        # log, then checkpoint: a crash between the two leaves a line that --resume drops and redoes
         if rank == 0:
-            metrics_file.write(json.dumps({"step": step + 1, "loss": loss_sum.item(), "grad_norm": grad_norm.item(),
-                                           "lr": scheduler.get_last_lr()[0]}) + "\n")
+            metrics = {"step": step + 1, "loss": loss_total, "grad_norm": grad_norm, "lr": lr,
+                       **({"update/skipped": 1} if bad_ranks else {}),
+                       **({"data/skipped_examples": int(left_out_total)} if left_out_total else {})}
+            metrics_file.write(json.dumps(metrics) + "\n")
             metrics_file.flush()
-            progress.set_postfix(loss=f"{loss_sum.item():.3f}")
+            progress.set_postfix(loss=f"{loss_total:.3f}")
         progress.update(1)
+        # the trainer's checkpoint format, so train_grpo.py --init-from and merge.py take it as it is
+        if (cfg.save_freq and (step + 1) % cfg.save_freq == 0) or step + 1 == total:
+            save_checkpoint(policy, optimizer, step + 1, dataclasses.asdict(cfg), out, rank, scheduler, cfg.save_limit)
     progress.close()
-    # the trainer's checkpoint format, so train_grpo.py --init-from and merge.py take it as it is
-    save_checkpoint(policy, optimizer, total, dataclasses.asdict(cfg), out, rank)
     print0(f"sft done: {out / 'checkpoints' / f'step_{total}'}")
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -38,6 +38,7 @@ model (fp32 master weights, gradients, AdamW, reference), plus activations and v
 import dataclasses
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -195,7 +196,7 @@ def check_config(cfg):
 RESUME_MAY_CHANGE = {"max_steps", "epochs", "val_freq", "save_freq", "save_limit", "samples_per_step", "logger",
                      "resume", "allow_cpu", "max_bad_updates", "logp_gap_limit", "logp_gap_patience",
                      "logp_check_prompts", "gpu_memory_utilization", "cpu_kv_cache_gb", "skip_bad_rows",
-                     "dist_timeout_minutes"}
+                     "dist_timeout_minutes", "output_dir"}
 
 
 # --- GRPO math (EasyR1's; METHOD.md, "GRPO") --------------------------------------------------
@@ -594,12 +595,8 @@ def main(argv=None):
                 engine.wake_up(["kv_cache"])
                 metrics.update(validate(engine, val_set, cfg, tokenizer, step, score))
                 engine.sleep()
-        if (cfg.save_freq and (step + 1) % cfg.save_freq == 0) or step + 1 == total_steps:
-            with timed(timings, "checkpoint"):
-                save_checkpoint(policy, optimizer, step + 1, dataclasses.asdict(cfg), out, rank, scheduler,
-                                cfg.save_limit)
         metrics.update(timings)
-        metrics["time/step"] = time.perf_counter() - step_start  # the whole step, validation and checkpoint included
+        metrics["time/step"] = time.perf_counter() - step_start  # the whole step, validation included
         if device.type == "cuda":
             metrics["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30  # vLLM's pool not included
             torch.cuda.reset_peak_memory_stats()
@@ -613,7 +610,12 @@ def main(argv=None):
                                                "reflect_image_answer": reflections["image"][k],
                                                **scores[k], "advantage": s.advantage}) + "\n")
             samples_file.flush()
+            os.fsync(samples_file.fileno())
             progress.set_postfix(reward=f"{metrics['reward/overall']:.3f}", acc=f"{metrics['reward/accuracy']:.2f}")
+        # the checkpoint after the step's log lines: a kill between the two leaves lines that --resume drops
+        # and redoes; the other order would lose this step's line for good
+        if (cfg.save_freq and (step + 1) % cfg.save_freq == 0) or step + 1 == total_steps:
+            save_checkpoint(policy, optimizer, step + 1, dataclasses.asdict(cfg), out, rank, scheduler, cfg.save_limit)
         progress.update(1)
 
     progress.close()

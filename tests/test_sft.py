@@ -1,8 +1,99 @@
-"""sft.py (Cold-Start-Emo) and the demo's story: cold start, then EMO-R3 GRPO that visibly learns."""
+"""sft.py (Cold-Start-Emo) and the demo's story: cold start, then EMO-R3 GRPO that visibly learns; and
+sft.py as safe as the trainer: checkpoints, exact --resume, refused folders, non-finite steps, images
+decoded per step. Most runs are in-process worlds of one (~seconds); torchrun only where ranks matter."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
-from test_train import read_jsonl, torchrun
+import pytest
+import torch
+import torch.distributed as dist
+
+import common
+import data
+import sft
+from checkpoint import load_checkpoint
+from test_train import REPO, read_jsonl, torchrun
+
+PORTS = iter(range(29850, 29900))  # in-process runs' rendezvous ports; torchrun launches use 29801-29849
+
+
+def world_of_one(monkeypatch):
+    """The environment torchrun would give a single process, on a port of this file's own range."""
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=str(next(PORTS))).items():
+        monkeypatch.setenv(key, value)
+
+
+def run_sft(monkeypatch, *args):
+    """sft.main in this process as a world of one: no torchrun, no second import of torch and transformers."""
+    world_of_one(monkeypatch)
+    try:
+        sft.main([str(a) for a in args])
+    finally:  # a refused run exits before its own clean-up; the next run needs a fresh group and lock
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        if getattr(common.lock_run_folder, "handle", None):
+            common.lock_run_folder.handle.close()
+            del common.lock_run_folder.handle
+
+
+def small(tiny_model_dir, demo_dir, out, *more):
+    """The demo's sizes, 4 examples a step in 2 micro-batches, an LR that warms up over 4 steps (so a resume
+    that lost the schedule shows), without --demo (which builds into .cache)."""
+    return ["--model", tiny_model_dir, "--train-files", demo_dir / "train.jsonl", "--output-dir", out,
+            "--min-pixels", 56 * 56, "--max-pixels", 112 * 112, "--max-prompt-length", 512, "--batch-size", 4,
+            "--micro-batch-size", 2, "--lr", 3e-3, "--warmup-steps", 4, "--no-gradient-checkpointing",
+            "--reflection-examples", "--shuffle-targets", "--allow-cpu", *more]
+
+
+def restored(checkpoint, model_dir, monkeypatch):
+    """{name: tensor} of the weights and AdamW moments that load_checkpoint restores from `checkpoint`, as
+    a resumed run gets them (read through checkpoint.py, whatever its on-disk format)."""
+    world_of_one(monkeypatch)
+    common.setup_distributed()
+    try:
+        model = common.load_model(str(model_dir), torch.device("cpu"), trainable=True)
+        optimizer = torch.optim.AdamW(model.parameters())
+        load_checkpoint(model, optimizer, checkpoint, 0)
+        full = {name: p for name, p in model.named_parameters()}
+        full.update({f"{name}/{key}": optimizer.state[p][key] for name, p in model.named_parameters()
+                     for key in ("exp_avg", "exp_avg_sq")})
+        return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in full.items()}
+    finally:
+        dist.destroy_process_group()
+
+
+def recorded_run(monkeypatch, *args):
+    """A run that records the rows each step asks for, and every image decoded (header reads not counted)."""
+    steps, decoded = [], []
+    real_batch, real_open = sft.get_batch_on_every_rank, data.open_image
+
+    def get_batch_on_every_rank(dataset, rows):
+        steps.append(list(rows))
+        return real_batch(dataset, rows)
+
+    def open_image(source, base_dir, size_only=False):
+        if not size_only:
+            decoded.append(source)
+        return real_open(source, base_dir, size_only)
+    monkeypatch.setattr(sft, "get_batch_on_every_rank", get_batch_on_every_rank)
+    monkeypatch.setattr(data, "open_image", open_image)
+    run_sft(monkeypatch, *args)
+    return steps, decoded
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_model_dir, demo_dir, tmp_path_factory):
+    """One uninterrupted 4-step run (checkpoints every 2 steps), shared by the tests below."""
+    out = tmp_path_factory.mktemp("sft") / "straight"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        steps, decoded = recorded_run(monkeypatch, *small(tiny_model_dir, demo_dir, out, "--max-steps", 4,
+                                                          "--save-freq", 2))
+    return out, steps, decoded
 
 
 def test_cold_start_then_grpo_learns(tiny_model_dir, tmp_path):
@@ -13,16 +104,16 @@ def test_cold_start_then_grpo_learns(tiny_model_dir, tmp_path):
     import tiny
     demo = tiny.make_demo_dataset(tmp_path / "demo", num_train=128, num_test=16, seed=0)
     sft_out, grpo_out = tmp_path / "cold-start", tmp_path / "grpo"
-    torchrun("sft.py", "--demo", "--model", tiny_model_dir, "--train-files", demo / "train.jsonl",
-             "--output-dir", sft_out, "--max-steps", "60")
+    torchrun("--master-port", "29801", "sft.py", "--demo", "--model", tiny_model_dir, "--train-files",
+             demo / "train.jsonl", "--output-dir", sft_out, "--max-steps", "60")
     losses = [m["loss"] for m in read_jsonl(sft_out / "metrics.jsonl")]
     assert len(losses) == 60 and sum(losses[-5:]) / 5 < 0.25 * sum(losses[:5]) / 5, losses
     checkpoint = sft_out / "checkpoints" / "step_60"
     assert json.loads((checkpoint / "trainer_state.json").read_text())["config"]["model"] == str(tiny_model_dir)
 
-    torchrun("train_grpo.py", "--demo", "--model", tiny_model_dir, "--train-files", demo / "train.jsonl",
-             "--val-files", "", "--init-from", checkpoint, "--output-dir", grpo_out, "--max-steps", "40",
-             "--save-freq", "0")
+    torchrun("--master-port", "29802", "train_grpo.py", "--demo", "--model", tiny_model_dir, "--train-files",
+             demo / "train.jsonl", "--val-files", "", "--init-from", checkpoint, "--output-dir", grpo_out,
+             "--max-steps", "40", "--save-freq", "0")
     metrics = read_jsonl(grpo_out / "metrics.jsonl")
     accuracy = [m["reward/accuracy"] for m in metrics]
     fmt = [m["reward/format"] for m in metrics]
@@ -44,23 +135,138 @@ def test_cold_start_reflection_examples_answer_what_the_text_says():
     import sft
     import tiny
     labels = ["amusement", "anger", "contentment", "sadness"]
-    prompts = [SimpleNamespace(text=f"prompt {i}", images=[f"image {i}"], answer=label, response=tiny.demo_response(label))
-               for i, label in enumerate(labels * 3)]
+    rows = [SimpleNamespace(answer=label, response=tiny.demo_response(label)) for label in labels * 3]
     cfg = sft.Config(reflection_examples=True, shuffle_targets=True)
-    examples = sft.build_examples(prompts, labels, cfg, random.Random(0))
+    examples = sft.build_examples(rows, labels, cfg, random.Random(0))
     colour = {label: tiny.DEMO_COLOUR_NAMES[label] for label in labels}
-    coherence = [e for e in examples if not e.images]
-    consistency = [e for e in examples if e.images and "Can the following text describe the image?" in e.text]
+    coherence = [e for e in examples if e.row is None]  # text only
+    consistency = [e for e in examples if e.row is not None and e.question is not None]  # with the row's image
     assert len(coherence) == 12 and len(consistency) == 24
+    assert all("Can the following text describe the image?" in e.question for e in consistency)
     for e in coherence:  # the answer is the emotion its step 2 names
-        step2 = e.text[e.text.index("<step2>"):e.text.index("</step2>")]
+        step2 = e.question[e.question.index("<step2>"):e.question.index("</step2>")]
         named = [label for label in labels if label in step2]
-        assert named == [e.target], (e.text, e.target)
+        assert named == [e.target], (e.question, e.target)
     for e in consistency:  # "yes" exactly when step 1 describes this row's image (its colour)
-        row = prompts[int(e.images[0].split()[1])]
-        step1 = e.text[e.text.index("<step1>"):e.text.index("</step1>")]
-        assert e.target == ("yes" if colour[row.answer] in step1 else "no"), (e.text, e.target)
+        step1 = e.question[e.question.index("<step1>"):e.question.index("</step1>")]
+        assert e.target == ("yes" if colour[rows[e.row].answer] in step1 else "no"), (e.question, e.target)
     assert {e.target for e in consistency} == {"yes", "no"}
     # format-only: no example pairs an image with an emotion word as its answer
-    assert all(e.target not in labels for e in examples if e.images)
+    assert all(e.target not in labels for e in examples if e.row is not None)
     assert rewards.reflection_prompt("text", "no steps", labels) == "Answer 'None'"
+
+
+def test_images_are_decoded_per_step(straight, demo_dir):
+    """sft.py would decode every image of the dataset up front, on every rank: at EmoSet scale (tens of
+    thousands of images) the ranks run out of host memory before the first step."""
+    out, steps, decoded = straight
+    rows = len((demo_dir / "train.jsonl").read_text().splitlines())
+    assert len(steps) == 4 and all(0 < len(step) <= 4 for step in steps)  # a step's 4 examples use <= 4 rows
+    assert len(decoded) == sum(len(step) for step in steps) < rows, (len(decoded), rows)  # each once, when used
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_checkpoints_and_exact_resume(straight, tiny_model_dir, demo_dir, tmp_path, monkeypatch, capsys):
+    """A killed cold start would lose all its work (one checkpoint, at the end), could not be resumed, would
+    resume with other flags or another data order, or a relaunch would mix a second run into its folder."""
+    out, straight_steps, _ = straight
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2", "step_4"]  # --save-freq 2
+
+    # a run killed after logging step 3, before its checkpoint: the newest complete checkpoint is step_2
+    crashed = tmp_path / "crashed"
+    run_sft(monkeypatch, *small(tiny_model_dir, demo_dir, crashed, "--max-steps", 3, "--save-freq", 2))
+    shutil.rmtree(crashed / "checkpoints" / "step_3")
+    with pytest.raises(SystemExit, match="already holds a run: pass --resume"):
+        run_sft(monkeypatch, *small(tiny_model_dir, demo_dir, crashed, "--max-steps", 4))
+    with pytest.raises(SystemExit, match="--lr: 0.003 in .*0.001 now") as refused:
+        run_sft(monkeypatch, *small(tiny_model_dir, demo_dir, crashed, "--max-steps", 4, "--resume", "--lr", 1e-3))
+    assert "--max-steps" not in str(refused.value).split("Free to change")[0]  # extending a run is allowed
+    assert len(read_jsonl(crashed / "metrics.jsonl")) == 3  # refusals touch nothing
+    capsys.readouterr()
+
+    # resume: from step_2, the same rows for steps 3 and 4, the same losses and weights as the straight run
+    steps, _ = recorded_run(monkeypatch, *small(tiny_model_dir, demo_dir, crashed, "--max-steps", 4, "--resume",
+                                                "--save-limit", 1))
+    assert f"resumed from {crashed / 'checkpoints' / 'step_2'} (step 2)" in capsys.readouterr().out
+    assert steps == straight_steps[2:]
+    resumed, reference = read_jsonl(crashed / "metrics.jsonl"), read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4]  # step 3's first line was dropped, the step redone
+    for a, b in zip(resumed, reference):
+        assert a == pytest.approx(b, rel=1e-5), (a, b)
+    assert sorted(p.name for p in (crashed / "checkpoints").iterdir()) == ["step_4"]  # --save-limit 1
+    a = restored(out / "checkpoints" / "step_4", tiny_model_dir, monkeypatch)
+    b = restored(crashed / "checkpoints" / "step_4", tiny_model_dir, monkeypatch)
+    assert a.keys() == b.keys() and len(a) > 100
+    far = [k for k in a if not torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6)]
+    assert not far, far[:5]
+
+
+def test_refuses_a_crashed_run_folder_and_passes_the_timeout(tiny_model_dir, demo_dir, tmp_path, monkeypatch):
+    """A relaunch into the folder of a run that crashed before its first checkpoint would append a second
+    run to its metrics.jsonl; --resume without a folder would start afresh; a dead rank would hang the rest."""
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    (crashed / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    with pytest.raises(SystemExit, match="already holds a run: pass --resume to continue it, or another --output-dir"):
+        run_sft(monkeypatch, *small(tiny_model_dir, demo_dir, crashed, "--max-steps", 1))
+    with pytest.raises(SystemExit, match="--resume needs --output-dir"):
+        sft.parse_config(["--demo", "--resume"])
+
+    assert sft.Config().dist_timeout_minutes == 30.0
+    seen = []
+
+    def setup_distributed(**kwargs):
+        seen.append(kwargs)
+        raise SystemExit("stop here")
+    monkeypatch.setattr(sft, "setup_distributed", setup_distributed)
+    with pytest.raises(SystemExit, match="stop here"):
+        sft.main(["--demo", "--dist-timeout-minutes", "7.5"])
+    assert seen == [{"timeout_minutes": 7.5}]
+
+
+# rank 1's loss turns NaN on steps 2, 4 and 5 without reaching its gradients (a NaN added to the log-probs:
+# d(logp + c)/d logp = 1), so the grad norm stays finite and only rank 1 sees the problem; every rank
+# writes the steps at which it stepped its optimizer
+NAN_DRIVER = """
+import os, sys
+sys.path.insert(0, {repo!r})
+import torch
+import sft
+rank, calls = int(os.environ["RANK"]), []
+real_logprobs, real_step = sft.response_logprobs, torch.optim.AdamW.step
+
+def response_logprobs(*args):
+    calls.append(1)  # one micro-batch per step: the call count is the step
+    logp = real_logprobs(*args)
+    return logp + float("nan") if rank == 1 and len(calls) in (2, 4, 5) else logp
+
+def step(self, *args, **kwargs):
+    with open(os.path.join({out!r}, f"stepped_rank{{rank}}.txt"), "a") as f:
+        f.write(f"{{len(calls)}}\\n")
+    return real_step(self, *args, **kwargs)
+
+sft.response_logprobs, torch.optim.AdamW.step = response_logprobs, step
+sft.main(sys.argv[1:])
+"""
+
+
+def test_non_finite_steps_are_skipped_on_every_rank_then_stop(tiny_model_dir, demo_dir, tmp_path):
+    """A NaN loss on one rank would be stepped on the others (the shards of one model updated on some ranks
+    only), or a run of them would go on forever. Step 3 resets the count; steps 4 and 5 stop the run."""
+    out = tmp_path / "run"
+    out.mkdir()
+    driver = tmp_path / "driver.py"
+    driver.write_text(NAN_DRIVER.format(repo=str(REPO), out=str(out)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master-port", "29803", driver,
+           *small(tiny_model_dir, demo_dir, out, "--max-steps", 8, "--max-bad-updates", 2,
+                  "--no-reflection-examples")]
+    result = subprocess.run([str(c) for c in cmd], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0, result.stderr[-3000:]
+    assert "step 5: 2 consecutive steps with a non-finite loss or grad norm (--max-bad-updates 2)" in result.stderr
+    for rank in (0, 1):  # both ranks stepped exactly at steps 1 and 3
+        assert (out / f"stepped_rank{rank}.txt").read_text().split() == ["1", "3"], result.stderr[-3000:]
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert [m.get("update/skipped", 0) for m in metrics] == [0, 1, 0, 1]
+    assert metrics[2]["loss"] == metrics[2]["loss"]  # step 3 is finite: step 2's NaN never reached the weights
