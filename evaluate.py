@@ -301,8 +301,8 @@ def merge_checkpoint(checkpoint, folder, timeout_minutes, dtype=None):
 
 
 def remove_merged(root, group, rank, timeout_minutes):
-    """Rank 0 deletes the merged model once every rank has closed its engine (on NFS a file another
-    process still holds open cannot go). group None: the merge never finished, so no rank read it."""
+    """Rank 0 deletes the merged model once every rank is done with it (every engine has finished
+    generating). group None: the merge never finished, so no rank read it."""
     import torch.distributed as dist
 
     if group is not None:
@@ -415,10 +415,12 @@ def evaluate(cfg):
                                                            indent=1))
         return summary
     finally:  # on success and on failure alike
-        if engine is not None:
-            engine.close()
+        # before engine.close: vLLM's shutdown tears down the process groups the wait needs (the engine
+        # read the weights into memory at start-up and holds no file of the folder open)
         if merged_root is not None:
             remove_merged(merged_root, merge_group, rank, cfg.dist_timeout_minutes)
+        if engine is not None:
+            engine.close()
         if dist.is_initialized():
             dist.destroy_process_group()
 

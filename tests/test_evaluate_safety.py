@@ -47,12 +47,14 @@ def merges(tiny_model_dir, monkeypatch, tmp_path):
     assert not dist.is_initialized()  # evaluate() ends its process group whatever happened
 
 
-def test_checkpoint_evaluation_leaves_no_merged_model(demo_dir, tmp_path, merges):
+@pytest.mark.parametrize("engine", ["hf", "vllm"])
+def test_checkpoint_evaluation_leaves_no_merged_model(demo_dir, tmp_path, merges, engine):
     """A checkpoint sweep would fill the disk: every evaluation of a checkpoint left its merged model
-    (7.5 GB for a 3B model) in a temporary folder that nothing removed."""
+    (7.5 GB for a 3B model) in a temporary folder that nothing removed. With vLLM the cleanup must
+    wait for the ranks before the engine's shutdown, which tears down the process groups."""
     step, merges = merges
     out = tmp_path / "eval"
-    summary = evaluate.main(evaluate_args(step, demo_dir / "test.jsonl", out))
+    summary = evaluate.main(evaluate_args(step, demo_dir / "test.jsonl", out, "--engine", engine))
     assert "demo" in summary and (out / "demo" / "metrics.json").exists() and (out / "run.json").exists()
     assert merges == [out / ".merged-model" / "model"]  # merged under --out, where every node can read it
     assert not list(tmp_path.rglob("model.safetensors")), "a merged model was left behind"
