@@ -12,7 +12,8 @@
 - `batched_logprobs`, `pad_stack`: no-grad log-probs for many samples; ragged rows to a padded tensor.
 
 Not here: what the log-probs are for (the GRPO loss, the KL term: train_grpo.py), model loading and
-sharding (common.py). tests/dist_microbatch_check.py holds this file to a plainly padded reference.
+sharding (common.py). tests/test_grpo_math.py (via tests/dist_update_check.py) holds the update built on
+this file to a plainly padded one-process reference.
 """
 
 from dataclasses import dataclass
@@ -76,8 +77,8 @@ def collate(samples, encoded, pad_id, device):
       token_index  (B, R)  its response tokens (R = the longest response; beyond its length: clamped, masked)
       logit_index  (B, R)  the state predicting each response token: the prompt's last token for the
                            first one, the previous response token after that
-    So every response's log-probs are those of the plain [prompt | response] sequence; the test in
-    tests/dist_microbatch_check.py compares the two.
+    So every response's log-probs are those of the plain [prompt | response] sequence; tests/test_grpo_math.py
+    (via tests/dist_update_check.py) compares the two.
     """
     lengths = packed_lengths(samples, encoded)
     rows, width = list(lengths), max(lengths.values())  # distinct prompts, in order of first use
@@ -262,6 +263,12 @@ def batched_logprobs(model, samples, encoded, micro_batch_size, micro_batch_toke
         logp = response_logprobs(model, collate(chunk, encoded, pad_id, device), temperature)
         for k, i in enumerate(micro):
             out[i] = logp[k, :len(samples[i].response_ids)]
+    if hasattr(model, "reshard"):
+        # FSDP2 keeps the root module's parameters unsharded after a forward (it expects the backward
+        # next). Left so, the update's backward never reduce-scatters the root's gradients: the vision
+        # patch embedding, merger, token embedding / tied LM head and final norm silently got none
+        # whenever old log-probs were computed (more than one update per rollout, EMO-R3's default).
+        model.reshard()
     return out
 
 

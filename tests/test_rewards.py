@@ -2,6 +2,8 @@
 
 import random
 import re
+import signal
+import time
 
 import pytest
 
@@ -196,12 +198,57 @@ def test_never_raises_on_odd_inputs():
 
 
 def test_adversarial_inputs_return():
-    """The reference regexes backtrack for minutes on inputs like these; ours must simply return."""
-    for response in ("<step1>" * 5000, "<step1></step1>" * 5000 + "\\boxed{", "a" + " " * 200000 + "b",
-                     "<step1>" + "<step2>" * 5000):
-        emor3_reward(response, "fear", response, response)
-        coherence_prompt(response, EMOSET)
-        consistency_prompt(response)
+    """The reference regexes backtrack for minutes on inputs like these (its whitespace regex alone is
+    quadratic: 30k spaces took 24 s here, 200k would take ~20 min); ours must return within seconds,
+    with the right scores and reflection prompts."""
+    good_steps = "<step1>a</step1><step2>b</step2>"
+    junk_step1 = "<step1>" * 5000 + "</step1>"
+    buried = junk_step1 + " " * 100000 + "<step2>x</step2><step3>y</step3>\\boxed{ fear }" + "}" * 50000
+    # (response, reflect_text, reflect_image), the answer is "fear";
+    # (format, accuracy, reflect_text, reflect_image) of the "code" variant;
+    # the <step1>..</step2> text the coherence question quotes and the step1 text the image question
+    # quotes (None: not extractable, the prompt is None)
+    cases = [
+        # no </step1>, no \boxed; the reflection answers are the response itself: not "fear" (0), no yes/no (0.5)
+        (("<step1>" * 5000,) * 3, (0.0, 0.0, 0.0, 0.5), None, None),
+        (("<step1></step1>" * 5000 + "\\boxed{",) * 3, (0.0, 0.0, 0.0, 0.5), None, None),  # \boxed never closes
+        (("a" + " " * 200000 + "b",) * 3, (0.0, 0.0, 0.0, 0.5), None, None),
+        (("<step1>" + "<step2>" * 5000,) * 3, (0.0, 0.0, 0.0, 0.5), None, "<step1>"),  # step1 ends at the first <step2>
+        # a brace bomb: \boxed{ never closes (answer "None", no "}" after it: format 0); reflection off scores 1 + 1
+        ((good_steps + "<step3>c</step3>\\boxed{" + "{" * 100000 + "fear", None, None), (0.0, 0.0, 1.0, 1.0),
+         good_steps, "<step1>a</step1>"),
+        # a well-formed response buried in junk earns every term; \boxed{ fear } is stripped, the "}"s after it ignored
+        ((buried, "fear", "Yes"), (1.0, 1.0, 1.0, 1.0), junk_step1 + " " * 100000 + "<step2>x</step2>", junk_step1),
+    ]
+
+    def too_slow(signum, frame):
+        raise TimeoutError("the rewards took over 10 s on hostile inputs: a regex is backtracking")
+
+    results = []
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(10)  # a catastrophic regex fails the test instead of hanging the suite (re checks for signals)
+    start = time.perf_counter()
+    try:
+        for (response, reflect_text, reflect_image), *_ in cases:
+            by_variant = {v: emor3_reward(response, "fear", reflect_text, reflect_image, variant=v) for v in VARIANTS}
+            results.append((by_variant, coherence_prompt(response, EMOSET), consistency_prompt(response)))
+        elapsed = time.perf_counter() - start
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert elapsed < 5.0, f"{elapsed:.2f} s for {len(cases)} hostile responses x {len(VARIANTS)} variants (~0.5 s)"
+    text_ask = load_template("reflect_text").replace("{labels}", ", ".join(EMOSET))
+    for (inputs, expected, steps, step1), (by_variant, coherence, consistency) in zip(cases, results):
+        fmt, acc, reflect_text, reflect_image = expected
+        code = by_variant["code"]
+        got = tuple(code[k] for k in ("format", "accuracy", "reflect_text", "reflect_image"))
+        assert got == expected, inputs[0][:40]
+        # the released weights: 0.8 accuracy + 0.1 per reflection term + 0.1 format
+        assert code["overall"] == pytest.approx(0.8 * acc + 0.1 * (reflect_text + reflect_image) + 0.1 * fmt)
+        for variant, score in by_variant.items():
+            assert set(score) == KEYS and 0.0 <= score["overall"] <= 1.1 + 1e-9, variant
+        assert coherence == (None if steps is None else text_ask.replace("{response}", steps)), inputs[0][:40]
+        assert consistency == (None if step1 is None else load_template("reflect_image").replace("{response}", step1))
 
 
 def test_format_matches_reference_regex():
