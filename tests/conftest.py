@@ -38,6 +38,26 @@ def demo_dir(tmp_path_factory):
     return tiny.make_demo_dataset(tmp_path_factory.mktemp("demo") / "data", num_train=64, num_test=16, seed=0)
 
 
+@pytest.fixture(scope="session")
+def demo_run(tiny_model_dir, demo_dir, tmp_path_factory):
+    """One 2-step CPU demo run of train_grpo.py under torchrun (2 ranks): rollout, reflection, update, sync,
+    validation on 15 rows, a checkpoint at step 2. Shared by the tests that read its outputs
+    (tests/test_train.py, tests/test_merge_evaluate.py): a launch costs about a minute on 2 cores.
+    Returns the run folder and the flags it was launched with (without --max-steps)."""
+    import json
+    from test_train import torchrun
+    tmp = tmp_path_factory.mktemp("demo_run")
+    rows = [json.loads(line) for line in (demo_dir / "test.jsonl").read_text().splitlines()][:15]
+    for row in rows:  # the same images, from another folder
+        row["images"] = [str(demo_dir / path) for path in row["images"]]
+    (tmp / "val15.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp / "run"
+    args = ["train_grpo.py", "--demo", "--model", tiny_model_dir, "--train-files", demo_dir / "train.jsonl",
+            "--val-files", tmp / "val15.jsonl", "--output-dir", out, "--val-freq", "2", "--save-freq", "2"]
+    torchrun("--master-port", "29951", *args, "--max-steps", "2")
+    return out, args
+
+
 def pytest_configure(config):
     # third-party deprecation noise (torch.jit in transformers, vLLM internals), not ours
     config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning")

@@ -24,8 +24,14 @@ import train_grpo as tg  # noqa: E402
 
 def main():
     model_dir, train_file, out_dir = sys.argv[1:4]
-    cfg = tg.parse_config(["--demo", "--model", model_dir, "--train-files", train_file, "--precision", "bf16"])
     rank, world_size, device = common.setup_distributed()
+    check(model_dir, train_file, out_dir, rank, world_size, device)
+    dist.destroy_process_group()
+
+
+def check(model_dir, train_file, out_dir, rank, world_size, device):
+    """The whole check inside a process group set up by the caller (also tests/dist_sync_and_precision.py)."""
+    cfg = tg.parse_config(["--demo", "--model", model_dir, "--train-files", train_file, "--precision", "bf16"])
     from transformers import AutoProcessor
     processor = AutoProcessor.from_pretrained(model_dir)
     pad_id = processor.tokenizer.pad_token_id
@@ -63,7 +69,6 @@ def main():
         "finite": bool(torch.isfinite(loss).item()) and all(bool(torch.isfinite(g.full_tensor()).all()) for g in grads),
     }
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

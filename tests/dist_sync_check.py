@@ -39,9 +39,16 @@ def fsdp_greedy(policy, encoded, pad_id, device):
 
 def main():
     model_dir, train_file, out_dir = sys.argv[1:4]
+    rank, world_size, device = common.setup_distributed()
+    check(model_dir, train_file, out_dir, rank, device)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def check(model_dir, train_file, out_dir, rank, device):
+    """The whole check inside a process group set up by the caller (also tests/dist_sync_and_precision.py)."""
     cfg = tg.parse_config(["--demo", "--model", model_dir, "--train-files", train_file, "--val-files", "",
                            "--kl-coef", "0", "--max-response-length", str(NEW_TOKENS)])
-    rank, world_size, device = common.setup_distributed()
     torch.manual_seed(0)
     from transformers import AutoProcessor
     processor = AutoProcessor.from_pretrained(model_dir)
@@ -112,8 +119,6 @@ def main():
         {"before": before, "after": after_ids, "after_logp": after_logp, "fsdp_greedy": fsdp_ids,
          "fsdp_logp": fsdp_logp, "reflections": reflections, "rng_kept": rng_kept, "misuse": misuse}))
     engine.close()
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -11,17 +11,15 @@ from checkpoint import export_hf_folder
 from test_train import REPO, read_jsonl, torchrun
 
 
-def test_round_trip_checkpoint_to_hf_folder(tiny_model_dir, demo_dir, tmp_path):
+def test_round_trip_checkpoint_to_hf_folder(demo_run, tiny_model_dir, demo_dir, tmp_path):
     """A merged model would not be the trained policy (wrong names, stale tied weights, lost shards)."""
-    run = tmp_path / "run"
-    torchrun("train_grpo.py", "--demo", "--model", tiny_model_dir, "--train-files", demo_dir / "train.jsonl",
-             "--val-files", "", "--output-dir", run, "--max-steps", "1", "--lr", "1e-2")
-    merged = export_hf_folder(run, tmp_path / "merged")  # a run folder: its newest checkpoint (step_1)
+    run, _ = demo_run  # the shared 2-step demo run (tests/conftest.py), checkpointed at step 2
+    merged = export_hf_folder(run, tmp_path / "merged")  # a run folder: its newest checkpoint (step_2)
     for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
                  "processor_config.json", "chat_template.jinja", "emo_r3_training.json"):
         assert (merged / name).exists(), name
-    torchrun("tests/dist_merge_check.py", tiny_model_dir, run / "checkpoints" / "step_1", merged,
-             demo_dir / "train.jsonl", tmp_path / "outputs.pt")
+    torchrun("--master-port", "29953", "tests/dist_merge_check.py", tiny_model_dir, run / "checkpoints" / "step_2",
+             merged, demo_dir / "train.jsonl", tmp_path / "outputs.pt")
     out = torch.load(tmp_path / "outputs.pt", weights_only=True)
     assert torch.allclose(out["merged_logits"], out["policy_logits"], atol=1e-5)
     assert out["vllm_greedy"] == out["policy_greedy"]
@@ -32,15 +30,19 @@ def test_round_trip_checkpoint_to_hf_folder(tiny_model_dir, demo_dir, tmp_path):
     assert any(not torch.equal(base[k], trained[k]) for k in base)
 
 
-def test_evaluate_writes_every_output(tiny_model_dir, demo_dir, tmp_path):
+def test_evaluate_writes_every_output(tiny_model_dir, demo_dir, tmp_path, monkeypatch):
     """evaluate.py would not produce the predictions, metrics, report and picture a paper needs."""
+    import evaluate
     out = tmp_path / "eval"
-    result = subprocess.run(
-        [sys.executable, "evaluate.py", "--model", str(tiny_model_dir), "--data", str(demo_dir / "test.jsonl"),
-         "--names", "demo", "--out", str(out), "--min-pixels", "3136", "--max-pixels", "12544",
-         "--max-response-length", "32", "--reflect", "--method", "tiny", "--train-domain", "emoset", "--allow-cpu"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    # in this process, a world of one with the vLLM engine (no second import of torch and vLLM); the
+    # command line itself is run below, by the re-scoring
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT="29954").items():
+        monkeypatch.setenv(key, value)
+    evaluate.main(["--model", str(tiny_model_dir), "--data", str(demo_dir / "test.jsonl"), "--names", "demo",
+                   "--out", str(out), "--min-pixels", "3136", "--max-pixels", "12544", "--max-response-length", "32",
+                   "--reflect", "--method", "tiny", "--train-domain", "emoset", "--allow-cpu"])
+    assert not torch.distributed.is_initialized()  # evaluate() ends its process group
     rows = read_jsonl(out / "demo" / "predictions.jsonl")
     assert len(rows) == 16 and [r["id"] for r in rows] == list(range(16))
     assert {"id", "label", "response", "parsed", "prediction", "format_ok", "reflect_text", "reflect_image"} <= set(rows[0])

@@ -60,17 +60,10 @@ def test_bad_config_fails_at_start():
         train_grpo.parse_config([])
 
 
-def test_demo_runs_every_phase(tiny_model_dir, demo_dir, tmp_path):
+def test_demo_runs_every_phase(demo_run, tiny_model_dir, monkeypatch):
     """The CPU demo would not run rollout, reflection, update and sync for real, or lose its outputs; or
     validation would drop the rows that do not split evenly over the ranks (15 rows on 2 ranks)."""
-    out = tmp_path / "run"
-    rows = [json.loads(line) for line in (demo_dir / "test.jsonl").read_text().splitlines()][:15]
-    for row in rows:  # the same images, from another folder
-        row["images"] = [str(demo_dir / path) for path in row["images"]]
-    (tmp_path / "val15.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    common = ["train_grpo.py", "--demo", "--model", tiny_model_dir, "--train-files", demo_dir / "train.jsonl",
-              "--val-files", tmp_path / "val15.jsonl", "--output-dir", out, "--val-freq", "2", "--save-freq", "2"]
-    torchrun(*common, "--max-steps", "2")
+    out, args = demo_run  # the shared run (tests/conftest.py): 2 steps, validation at step 2 on 15 rows
     config = json.loads((out / "config.json").read_text())
     assert config["group_size"] == 8 and config["model"] == str(tiny_model_dir)
     metrics = read_jsonl(out / "metrics.jsonl")
@@ -87,19 +80,45 @@ def test_demo_runs_every_phase(tiny_model_dir, demo_dir, tmp_path):
     assert len(samples) == 8 and {"response", "reflect_text_answer", "reflect_image_answer", "overall"} <= set(samples[0])
     assert (out / "checkpoints" / "step_2" / "trainer_state.json").exists()
 
-    # a second launch without --resume refuses to mix two runs (tests/test_resume.py tests --resume)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *map(str, common), "--max-steps", "3"]
-    refused = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert refused.returncode != 0 and "--resume" in refused.stdout + refused.stderr
+    # a second launch without --resume refuses to mix two runs (tests/test_resume.py tests --resume). The
+    # refusal comes before any model or engine is loaded, so it is checked in this process, a world of one
+    with pytest.raises(SystemExit, match="already holds a run: pass --resume"):
+        main_in_process(monkeypatch, *args[1:], "--max-steps", "3")
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2]  # the refusal touched nothing
 
 
-def test_weight_sync_is_real(tiny_model_dir, demo_dir, tmp_path):
+def main_in_process(monkeypatch, *args, port=29952):
+    """train_grpo.main in this process as a world of one (no torchrun, no second import of torch), for the
+    checks that stop before a model is loaded; the process group and the run folder's lock are released."""
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(key, value)
+    try:
+        train_grpo.main([str(a) for a in args])
+    finally:  # a refused run exits before its own clean-up
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        if getattr(common.lock_run_folder, "handle", None):
+            common.lock_run_folder.handle.close()
+            del common.lock_run_folder.handle
+
+
+@pytest.fixture(scope="module")
+def sync_and_precision(tiny_model_dir, demo_dir, tmp_path_factory):
+    """tests/dist_precision_check.py and tests/dist_sync_check.py in one torchrun launch (2 ranks), shared by the
+    two tests below: the folder holding precision/rank{r}.json and sync/rank{r}.json."""
+    out = tmp_path_factory.mktemp("sync_and_precision")
+    torchrun("--master-port", "29955", "tests/dist_sync_and_precision.py", tiny_model_dir, demo_dir / "train.jsonl",
+             out)
+    return out
+
+
+def test_weight_sync_is_real(sync_and_precision):
     """After an update, each rank's vLLM engine would still serve stale (or wrongly mapped) weights, a caller
     could skip a step of the wake / push / reset / wake choreography unnoticed (a GPU hang), or the
     engine's start would re-seed the trainer's per-rank RNG."""
-    torchrun("tests/dist_sync_check.py", tiny_model_dir, demo_dir / "train.jsonl", tmp_path)
-    for rank in (0, 1):
-        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+    for rank in (0, 1):  # tests/dist_sync_check.py's results
+        result = json.loads((sync_and_precision / "sync" / f"rank{rank}.json").read_text())
         assert result["after"] != result["before"]  # the update changed the greedy output...
         assert result["after"] == result["fsdp_greedy"]  # ...and the engine follows the FSDP policy exactly
         assert torch.allclose(torch.tensor(result["after_logp"]), torch.tensor(result["fsdp_logp"]), atol=1e-4)
@@ -141,7 +160,7 @@ def test_hf_engine_fallback(tiny_model_dir, demo_dir, tmp_path):
         assert m["rollout/logp_gap_max"] < 1e-3
 
 
-def test_gpu_precision_policy_on_cpu(tiny_model_dir, demo_dir, tmp_path):
+def test_gpu_precision_policy_on_cpu(sync_and_precision, tiny_model_dir, demo_dir, tmp_path):
     """The GPU precision path (bf16 compute over fp32 master weights, fp32 gradient reduction, fp32 LM-head
     log-probs) would break, or the vLLM-vs-trainer log-prob gap under it would be out of bounds.
 
@@ -150,9 +169,8 @@ def test_gpu_precision_policy_on_cpu(tiny_model_dir, demo_dir, tmp_path):
     so the log-probs of sampled tokens differ by O(1e-2): measured 0.014-0.016 mean, 0.06-0.10 max over
     3 demo steps (BENCHMARKS.md). 0.05 mean is about 3x that, and 50x below a failed sync (~1 or more).
     """
-    torchrun("tests/dist_precision_check.py", tiny_model_dir, demo_dir / "train.jsonl", tmp_path)
-    for rank in (0, 1):
-        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+    for rank in (0, 1):  # tests/dist_precision_check.py's results
+        result = json.loads((sync_and_precision / "precision" / f"rank{rank}.json").read_text())
         assert result["hidden_dtype"] == "torch.bfloat16"  # the layers really computed in bf16
         assert result["master_dtypes"] == ["torch.float32"] and result["grad_dtypes"] == ["torch.float32"]
         assert result["logp_dtype"] == "torch.float32" and result["finite"]
