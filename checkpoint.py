@@ -222,7 +222,10 @@ def start_or_resume(out, resume, config=None, may_change=()):
     A damaged newer checkpoint (cut short by a machine crash, a lost file) is skipped with a message and
     renamed step_N.bad, so that --save-limit does not keep it over the new ones. Only then does rank 0 drop
     what the metrics and samples logs hold beyond that step (it is redone) and the half-written step_N.tmp
-    a kill during a save left behind."""
+    a kill during a save left behind. Without `resume`, a folder that already holds a run (metrics or
+    checkpoints: also one that crashed before its first save) is refused, so two runs never mix."""
+    if not resume and ((out / "metrics.jsonl").exists() or (out / "checkpoints").exists()):
+        raise SystemExit(f"{out} already holds a run: pass --resume to continue it, or another --output-dir")
     found, skipped = newest_loadable(out) if resume else (None, [])
     if skipped and found is None:
         raise SystemExit(f"--resume: no checkpoint of {out} can be loaded:\n  " + "\n  ".join(

@@ -39,7 +39,7 @@ import data
 import rewards
 import tiny
 from checkpoint import load_checkpoint, save_checkpoint, start_or_resume
-from common import (demo_paths, get_batch_on_every_rank, load_model, lock_run_folder, parse_flags, print0,
+from common import (Tracker, demo_paths, get_batch_on_every_rank, load_model, lock_run_folder, parse_flags, print0,
                     require_cuda, run_folder, setup_distributed)
 from packing import Sample, collate, encode_prompts, response_logprobs
 
@@ -117,9 +117,9 @@ def build_examples(rows, labels, cfg, rng):
     reflection questions. No image is opened here."""
     targets = [r.response or cfg.target.replace("{label}", r.answer) for r in rows]
     answers = [r.answer for r in rows]
+    own_step1 = [rewards.consistency_prompt(t) for t in targets]  # each row's description of its own image
     step1_by_label = {}
-    for answer, target in zip(answers, targets):
-        step1 = rewards.consistency_prompt(target)
+    for answer, step1 in zip(answers, own_step1):
         if step1:
             step1_by_label.setdefault(answer, []).append(step1)
     if cfg.shuffle_targets:  # pair each prompt with another row's target (and its label)
@@ -130,11 +130,10 @@ def build_examples(rows, labels, cfg, rng):
     if not cfg.reflection_examples:
         return examples
     others_of = {}  # label -> the step1 texts of every other label, built once per label (not per row: N^2)
-    for i, (r, target, answer) in enumerate(zip(rows, targets, answers)):
+    for i, (r, target, answer, own) in enumerate(zip(rows, targets, answers, own_step1)):
         ask = rewards.coherence_prompt(target, labels)
         if ask:  # coherence: which emotion the reasoning names (text only, as at GRPO time)
             examples.append(Example(None, ask, answer))
-        own = rewards.consistency_prompt(r.response or cfg.target.replace("{label}", r.answer))
         if r.answer not in others_of:
             others_of[r.answer] = [s for label, texts in step1_by_label.items() if label != r.answer for s in texts]
         if own:  # consistency: "yes" for a step1 written about this row's own image ...
@@ -175,11 +174,9 @@ def main(argv=None):
     rng = random.Random(cfg.seed)
     out = run_folder(cfg.output_dir, "runs/sft-%Y%m%d-%H%M%S")
     lock_run_folder(out)  # one run per folder, before anything is written
-    # metrics without checkpoints is a run that crashed before its first save: appending to it would mix two runs
-    if not cfg.resume and ((out / "metrics.jsonl").exists() or (out / "checkpoints").exists()):
-        raise SystemExit(f"{out} already holds a run: pass --resume to continue it, or another --output-dir")
-    # --resume: the newest complete checkpoint, refused (before any file is touched) if the flags now would
-    # train something else; metrics.jsonl lines after it are dropped, those steps are redone
+    # without --resume a folder holding a run (also one that crashed before its first save) is refused; with
+    # it, the newest complete checkpoint, refused (before any file is touched) if the flags now would train
+    # something else; metrics.jsonl lines after it are dropped, those steps are redone
     resume_from, start_step = start_or_resume(out, cfg.resume, dataclasses.asdict(cfg), RESUME_MAY_CHANGE)
     if cfg.demo:  # the tiny model and the demo data (the --demo defaults of --model and --train-files)
         demo_paths(cfg.model, [cfg.train_files])
@@ -219,7 +216,7 @@ def main(argv=None):
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-        metrics_file = open(out / "metrics.jsonl", "a")
+        tracker = Tracker(dataclasses.asdict(cfg), out)
         print(f"sft: {len(dataset)} rows -> {len(examples)} examples, {total} steps of {cfg.batch_size} "
               f"({len(dataset.dropped_long)} rows over --max-prompt-length dropped at load, "
               f"{len(dataset.skipped)} bad rows skipped)")
@@ -275,11 +272,9 @@ def main(argv=None):
 
         # log, then checkpoint: a crash between the two leaves a line that --resume drops and redoes
         if rank == 0:
-            metrics = {"step": step + 1, "loss": loss_total, "grad_norm": grad_norm, "lr": lr,
-                       **({"update/skipped": 1} if bad_ranks else {}),
-                       **({"data/skipped_examples": int(left_out_total)} if left_out_total else {})}
-            metrics_file.write(json.dumps(metrics) + "\n")
-            metrics_file.flush()
+            tracker.log({"loss": loss_total, "grad_norm": grad_norm, "lr": lr,
+                         **({"update/skipped": 1} if bad_ranks else {}),
+                         **({"data/skipped_examples": int(left_out_total)} if left_out_total else {})}, step + 1)
             progress.set_postfix(loss=f"{loss_total:.3f}")
         progress.update(1)
         # the trainer's checkpoint format, so train_grpo.py --init-from and merge.py take it as it is

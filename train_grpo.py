@@ -406,10 +406,9 @@ def main(argv=None):
     random.seed(cfg.seed + rank)
     out = run_folder(cfg.output_dir, "runs/emo-r3-%Y%m%d-%H%M%S")
     lock_run_folder(out)  # one run per folder, before anything is written
-    if not cfg.resume and ((out / "metrics.jsonl").exists() or (out / "checkpoints").exists()):
-        raise SystemExit(f"{out} already holds a run: pass --resume to continue it, or another --output-dir")
-    # --resume: the newest complete checkpoint (a half-written step_N.tmp never counts), of the same run or stop
-    # before touching its files: a changed lr, batch size or seed would silently change what it trains
+    # without --resume a folder holding a run is refused; with it, the newest complete checkpoint (a half-written
+    # step_N.tmp never counts) of the same run, or stop before touching its files: a changed lr, batch size
+    # or seed would silently change what it trains
     resume_from, start_step = start_or_resume(out, cfg.resume, dataclasses.asdict(cfg), RESUME_MAY_CHANGE)
     if cfg.demo:  # the tiny model and the demo data, where --model, --train-files, --val-files point at them
         demo_paths(cfg.model, [cfg.train_files, cfg.val_files])
