@@ -302,8 +302,8 @@ class PromptDataset:
     def __init__(self, path, processor, template="set", labels=None, min_pixels=512 * 512,
                  max_pixels=2048 * 2048, max_prompt_length=2048, image_dir=None, skip_bad=False,
                  prompt_key="problem", answer_key="answer", image_key="images"):
-        if template not in ("set", "think", "none"):
-            raise ValueError(f"template must be 'set', 'think' or 'none', got {template!r}")
+        if template not in rewards.PROMPT_TEMPLATES:
+            raise ValueError(f"template must be one of {', '.join(rewards.PROMPT_TEMPLATES)}, got {template!r}")
         if min_pixels > max_pixels:
             raise ValueError(f"min_pixels ({min_pixels}) is larger than max_pixels ({max_pixels})")
         self.processor_pixels = tuple(processor.image_processor.size[k] for k in ("shortest_edge", "longest_edge"))
@@ -445,7 +445,7 @@ def main():
                        help="required: model folder or hub name whose processor renders the prompts; for the "
                             "offline tiny model run `python tiny.py` first and pass .cache/tiny-qwen2.5-vl")
     check.add_argument("--labels", default=None, help="label set: emoset, emotion6 or a file")
-    check.add_argument("--template", default="set", choices=["set", "think", "none"])
+    check.add_argument("--template", default="set", choices=rewards.PROMPT_TEMPLATES)
     check.add_argument("--min-pixels", type=int, default=512 * 512)
     check.add_argument("--max-pixels", type=int, default=2048 * 2048)
     check.add_argument("--max-prompt-length", type=int, default=2048)

@@ -56,9 +56,9 @@ class Config:
     labels: str = ""  # label set for every benchmark (default: each benchmark's own labels.txt / answers)
     out: str = "eval"  # output folder: one sub-folder per benchmark (on shared storage for a checkpoint on several nodes)
     overwrite: bool = False  # write into an --out that already holds an evaluation (its files are replaced)
-    method: str = ""  # method name for --table (default: the model's folder name)
+    method: str = ""  # method name for --table (default: the model's folder name, with the template unless set)
     train_domain: str = ""  # the dataset the model was trained on (emoset, emotion6), for --table
-    template: str = "set"  # prompt template: set, think, none (zero-shot baselines)
+    template: str = "set"  # prompt template: set, think, r1-omni (answer in <answer> tags), none (zero-shot baselines)
     parse: str = "boxed"  # boxed: the last \\boxed{} (as the reward); lenient: else a bare label in the response
     greedy: bool = False  # greedy decoding instead of the paper's evaluation sampling
     temperature: float = 0.6  # EMO-R3 val_override_config
@@ -89,17 +89,33 @@ class Config:
 
 # --- parsing and metrics (pure Python: re-scoring needs no torch) ---------------------------------
 
-def parse_answer(response, labels, mode="boxed"):
-    """The predicted label (as spelled in `labels`) or None. `boxed` is exactly the reward's rule."""
+def parse_answer(response, labels, mode="boxed", template="set"):
+    """The predicted label (as spelled in `labels`) or None, and the parsed text. `boxed` is exactly the
+    reward's rule: the last \\boxed{}, any case; with --template r1-omni, R1-Omni's rule (the <answer>
+    content, or the whole response without one, equal to a label exactly). `lenient` falls back to a
+    bare label or the one label the response mentions when that rule finds no answer."""
     by_lower = {label.lower(): label for label in labels}
-    boxed = rewards.extract_boxed(rewards.normalize_whitespace(response or ""))
-    if boxed != "None" or mode == "boxed":
-        return by_lower.get(boxed.lower()), boxed
+    if template == "r1-omni":
+        found = "<answer>" in (response or "") and "</answer>" in (response or "")
+        answer = rewards.r1_omni_answer(response or "")
+        if found or mode == "boxed":
+            return (answer if answer in labels else None), answer
+    else:
+        boxed = rewards.extract_boxed(rewards.normalize_whitespace(response or ""))
+        if boxed != "None" or mode == "boxed":
+            return by_lower.get(boxed.lower()), boxed
     bare = re.sub(r"[^\w\s-]", "", response or "").strip().lower()  # "Sadness." -> "sadness"
     if bare in by_lower:
         return by_lower[bare], bare
     mentioned = [label for label in labels if re.search(rf"\b{re.escape(label.lower())}\b", (response or "").lower())]
     return (mentioned[0], mentioned[0]) if len(mentioned) == 1 else (None, "None")
+
+
+def default_method(cfg):
+    """--table's name for a run without --method: the model's folder, and the arm when it is not SET
+    ("r1-omni-run [r1-omni]"), so arms evaluated from same-named folders stay apart."""
+    name = Path(cfg.model.rstrip("/")).name
+    return name if cfg.template == "set" else f"{name} [{cfg.template}]"
 
 
 def reasoning_coherent(response, labels):
@@ -165,9 +181,9 @@ def rescore(path, labels=None, parse="boxed", template="set"):
     unknown = sorted({r["label"] for r in rows} - set(labels))
     if unknown:
         raise SystemExit(f"{path}: labels {unknown} are not in the label set {labels}")
-    variant = "think" if template == "think" else "code"
+    variant = rewards.variant_for_template(template)
     for r in rows:
-        r["prediction"], r["parsed"] = parse_answer(r["response"], labels, parse)
+        r["prediction"], r["parsed"] = parse_answer(r["response"], labels, parse, template)
         r["format_ok"] = rewards.emor3_reward(r["response"], r["label"], variant=variant)["format"] == 1.0
         r.pop("reasoning_coherent", None)  # recomputed from the response, and only for SET responses
         if template == "set":
@@ -380,10 +396,10 @@ def evaluate(cfg):
                     reflect_text, reflect_image = (ask_reflection(engine, processor, kind, texts, images, dataset.labels,
                                                                      cfg, cfg.seed + start) for kind in ("text", "image"))
                 for p, text, rt, ri in zip(prompts, texts, reflect_text, reflect_image):
-                    prediction, parsed = parse_answer(text, dataset.labels, cfg.parse)
+                    prediction, parsed = parse_answer(text, dataset.labels, cfg.parse, cfg.template)
                     rows.append({"id": p.index, "where": p.where, "label": p.answer, "response": text, "parsed": parsed,
                                  "prediction": prediction,
-                                 "format_ok": rewards.emor3_reward(text, p.answer, variant="think" if cfg.template == "think" else "code")["format"] == 1.0,
+                                 "format_ok": rewards.emor3_reward(text, p.answer, variant=rewards.variant_for_template(cfg.template))["format"] == 1.0,
                                  "reflect_text": rt, "reflect_image": ri,
                                  **({"reasoning_coherent": reasoning_coherent(text, dataset.labels)}
                                     if cfg.template == "set" else {})})
@@ -409,7 +425,7 @@ def evaluate(cfg):
                 print(f"{name}: accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
                       f"format {metrics['format_rate']:.3f}{coherent}  -> {out_root / name}")
         if rank == 0:
-            (out_root / "run.json").write_text(json.dumps({"method": cfg.method or Path(cfg.model).name,
+            (out_root / "run.json").write_text(json.dumps({"method": cfg.method or default_method(cfg),
                                                             "train_domain": cfg.train_domain, "model": cfg.model,
                                                             "config": dataclasses.asdict(cfg), "accuracy": summary},
                                                            indent=1))
@@ -428,8 +444,8 @@ def evaluate(cfg):
 def main(argv=None):
     from common import parse_flags
     cfg = parse_flags(Config, __doc__, argv)
-    if cfg.parse not in ("boxed", "lenient") or cfg.template not in ("set", "think", "none"):
-        raise SystemExit("--parse must be boxed or lenient; --template set, think or none")
+    if cfg.parse not in ("boxed", "lenient") or cfg.template not in rewards.PROMPT_TEMPLATES:
+        raise SystemExit(f"--parse must be boxed or lenient; --template one of {', '.join(rewards.PROMPT_TEMPLATES)}")
     if cfg.predictions:
         rows, metrics = rescore(cfg.predictions, cfg.labels or None, cfg.parse, cfg.template)
         print(json.dumps({k: v for k, v in metrics.items() if k != "confusion_matrix"}, indent=1))

@@ -17,6 +17,12 @@ Variants (ablation arms; "code" is the default because it produced the published
 - "coherence"      SET + coherence only: 0.8*acc + 0.1*reflect_text + 0.1*format.
 - "multiplicative" the authors' commented-out form: 0.9*acc*reflect_text*reflect_image + 0.1*format.
 - "think"          plain-GRPO baseline: <think> format, 0.9*acc + 0.1*format.
+- "r1-omni"        R1-Omni's recipe (HumanMLLM/R1-Omni, src/r1-v/src/open_r1/grpo.py): accuracy + format, each
+                   0 or 1, so 0 to 2. Format: re.fullmatch(r"<think>.*?</think>\s*<answer>.*?</answer>", DOTALL)
+                   on the raw response. Accuracy: the stripped content of the first <answer>..</answer> on one
+                   line (re.search without DOTALL), or the whole stripped response when there is none, equals
+                   the label exactly (case-sensitive). Its math_verify check, tried first, never matches a word
+                   label and is left out. Used with --template r1-omni (prompts/r1-omni.txt).
 
 Not a reward term: reasoning_names_answer is a model-free check of what the coherence re-ask asks the
 policy to judge (do steps 1-2 name exactly one label, the boxed one?), reported by evaluate.py
@@ -39,7 +45,7 @@ import math
 import pathlib
 import re
 
-VARIANTS = ("code", "paper", "set", "coherence", "multiplicative", "think")
+VARIANTS = ("code", "paper", "set", "coherence", "multiplicative", "think", "r1-omni")
 # Every score a reward returns, in this order. The trainer logs reward/KEY for each (and for any extra
 # key a --reward-fn returns), plots.py draws them, validation reads them: adding a term means adding
 # it here and returning it from emor3_reward.
@@ -47,7 +53,8 @@ REWARD_KEYS = ("overall", "format", "accuracy", "reflect_text", "reflect_image")
 NO_PROMPT_ANSWER = "None"  # the answer the "Answer 'None'" question asks for
 NO_STEPS_ASKS = {"text": "Answer 'None'", "image": "<image>\nAnswer 'None'"}  # the reference's question without steps
 PROMPT_DIR = pathlib.Path(__file__).resolve().parent / "prompts"
-TEMPLATE_NAMES = ("set", "think", "reflect_text", "reflect_image")
+TEMPLATE_NAMES = ("set", "think", "r1-omni", "reflect_text", "reflect_image")
+PROMPT_TEMPLATES = ("set", "think", "r1-omni", "none")  # --template choices ("none": the question as it is)
 
 # The reference normalises with re.sub(r"\s*(<|>|/)\s*", r"\1", text) (for "< step1 >" from larger
 # Qwen models). That regex is quadratic in whitespace runs (30k spaces take ~6 s) and ~2 s per 10k
@@ -110,6 +117,46 @@ def extract_boxed(text):
     return "None"  # braces never close: mathruler gives up rather than take the tail
 
 
+def r1_omni_format(response):
+    """re.fullmatch(r"<think>.*?</think>\s*<answer>.*?</answer>", response, re.DOTALL) is not None, in linear
+    time (the regex backtracks over every </think> on adversarial text). A match exists iff the text starts
+    with <think>, ends with </answer>, and some </think> after the opening tag is followed by whitespace and
+    an <answer> that ends before that final </answer> begins; the earliest such <answer> decides."""
+    response = _as_str(response)
+    if not (response.startswith("<think>") and response.endswith("</answer>")):
+        return False
+    pos = len("<think>")
+    while (close := response.find("</think>", pos)) >= 0:
+        after = close + len("</think>")
+        while after < len(response) and response[after].isspace():  # \s: the same Unicode whitespace
+            after += 1
+        if response.startswith("<answer>", after):
+            return after + len("<answer>") <= len(response) - len("</answer>")
+        pos = close + 1
+    return False
+
+
+def r1_omni_answer(response):
+    """R1-Omni's answer: the stripped content of re.search(r"<answer>(.*?)</answer>", response) (no
+    DOTALL: the content holds no newline), else the whole stripped response. Linear time."""
+    response = _as_str(response)
+    close = newline = -1
+    pos = 0
+    while (start := response.find("<answer>", pos)) >= 0:
+        content = start + len("<answer>")
+        if close < content:  # the nearest </answer> and newline at or after the content, found once each
+            close = response.find("</answer>", content)
+            if close < 0:
+                break
+        if newline < content:
+            newline = response.find("\n", content)
+            newline = len(response) if newline < 0 else newline  # none left: never look again
+        if newline >= close:
+            return response[content:close].strip()
+        pos = start + 1
+    return response.strip()
+
+
 def _coherence_score(reflect_text, answer):
     if reflect_text is None:  # reflection off
         return 1.0
@@ -134,8 +181,13 @@ def emor3_reward(response, answer, reflect_text=None, reflect_image=None, varian
     """Score one response; returns floats overall, format, accuracy, reflect_text, reflect_image."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown reward variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
-    response = normalize_whitespace(_as_str(response))
     answer = _as_str(answer)
+    if variant == "r1-omni":  # no whitespace normalisation, no reflection: R1-Omni's two reward functions
+        format_score = 1.0 if r1_omni_format(response) else 0.0
+        accuracy = 1.0 if r1_omni_answer(response) == answer.strip() else 0.0
+        return dict(zip(REWARD_KEYS, (accuracy + format_score, format_score, accuracy,
+                                      _coherence_score(reflect_text, answer), _consistency_score(reflect_image))))
+    response = normalize_whitespace(_as_str(response))
     literals = _THINK_LITERALS if variant == "think" else _SET_LITERALS
     format_score = 1.0 if _literals_in_order(response, literals) else 0.0
     accuracy = 1.0 if extract_boxed(response).lower() == answer.lower() else 0.0
@@ -189,8 +241,13 @@ def load_template(name):
     return text[:-1] if text.endswith("\n") else text
 
 
+def variant_for_template(template):
+    """The reward variant whose format rule a response to `template` follows (for format rates)."""
+    return template if template in ("think", "r1-omni") else "code"
+
+
 def render_template(name, content):
-    """The SET / think prompt around a dataset question, as EasyR1 renders it with jinja:
+    """The SET / think / R1-Omni prompt around a dataset question, as EasyR1 renders it with jinja:
     Template(file.strip()).render(content=problem) with "{{ content | trim }}"."""
     return load_template(name).strip().replace("{content}", content.strip())
 

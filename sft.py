@@ -49,7 +49,7 @@ class Config:
     model: str = ""  # HF folder or hub name; empty with --demo = the tiny model
     train_files: str = ""  # data.py layout; rows with a `response` column use it as the target
     labels: str = ""  # label set: emoset, emotion6 or a file (default: labels.txt beside the data)
-    template: str = "set"  # prompt template: set, think, none
+    template: str = "set"  # prompt template: set, think, r1-omni, none (--target should then follow its format)
     trust_remote_code: bool = False  # let transformers run Python code shipped with the model folder
     target: str = "<step1>The scene carries cues of {label}.</step1>\n<step2>A viewer would feel {label}.</step2>\n<step3>The emotion is {label}.</step3>\n\\boxed{{label}}"  # label-only target (our choice: no public recipe)
     reflection_examples: bool = False  # also train the coherence / consistency answers on the targets

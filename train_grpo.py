@@ -71,7 +71,7 @@ class Config:
     trust_remote_code: bool = False  # let transformers/vLLM run Python code shipped with the model folder
     image_dir: str = ""  # base folder for relative image paths (default: the data file's folder)
     skip_bad_rows: bool = False  # skip and count broken rows instead of stopping (data.py)
-    template: str = "set"  # prompt template: set (EMO-R3), think (plain GRPO baseline), none
+    template: str = "set"  # prompt template: set (EMO-R3), think (plain GRPO baseline), r1-omni (R1-Omni), none
     min_pixels: int = 512 * 512  # EMO-R3 data.min_pixels (262144)
     max_pixels: int = 2048 * 2048  # EMO-R3 data.max_pixels (4194304)
     max_prompt_length: int = 2048  # EMO-R3 data.max_prompt_length (tokens, image tokens included)
@@ -94,7 +94,7 @@ class Config:
     reflect_temperature: float = 0.6  # EMO-R3 uses the validation sampling for the re-ask
     reflect_top_p: float = 0.95
     reflect_max_tokens: int = 16  # the answer is one word; the reference lets it run to max_response_length (2048)
-    reward: str = "code"  # rewards.py variant: code (released EMO-R3), paper, set, coherence, multiplicative, think
+    reward: str = "code"  # rewards.py variant: code (released EMO-R3), paper, set, coherence, multiplicative, think, r1-omni
     reward_fn: str = ""  # path.py:function replacing rewards.emor3_reward (this RUNS that file's code); see load_reward_fn
     # update
     mini_batch_size: int = 256  # prompts per optimizer step, all ranks (EMO-R3 actor.global_batch_size)
@@ -173,8 +173,8 @@ def check_config(cfg):
         problems.append("--rollout-batch-size must be a multiple of --mini-batch-size")
     if cfg.reward not in rewards.VARIANTS:
         problems.append(f"--reward must be one of {rewards.VARIANTS}")
-    if cfg.template not in ("set", "think", "none"):
-        problems.append("--template must be set, think or none")
+    if cfg.template not in rewards.PROMPT_TEMPLATES:
+        problems.append(f"--template must be one of {', '.join(rewards.PROMPT_TEMPLATES)}")
     if cfg.loss_agg not in ("token", "micro", "seq", "drgrpo"):
         problems.append("--loss-agg must be token, micro, seq or drgrpo")
     if cfg.kl_kind not in ("kl", "abs", "mse", "low_var_kl"):

@@ -154,6 +154,39 @@ def test_lenient_parse_reads_a_bare_label():
     assert parse("it looks like joy, \\boxed{surprise}", LABELS, "lenient")[0] is None  # out-of-set boxed wins too
 
 
+# R1-Omni responses (--template r1-omni), scored by hand with its rules: the first one-line
+# <answer>..</answer>, stripped, or the whole stripped response, equal to a label exactly
+R1_ROWS = [
+    (1, "anger", "<think>He shouts.</think>\n<answer>anger</answer>"),  # correct; format ok
+    (2, "anger", "<think>He shouts.</think> <answer> fear </answer>"),  # fear (stripped); format ok
+    (3, "fear", "<think>x</think><answer>Fear</answer>"),  # "Fear" is no label (case counts); format ok
+    (4, "fear", "fear"),  # no tags: the whole response, fear, correct; format fails
+    (5, "sadness", "<think>x</think><answer>\nsadness\n</answer>"),  # no one-line answer: unparseable; format ok
+    (6, "sadness", "<think>x</think><answer>sadness</answer> Done."),  # sadness; text after it: format fails
+]
+
+
+def test_rescore_r1_omni(tmp_path):
+    """The R1-Omni arm's accuracy and format rate would not be R1-Omni's rules if this failed."""
+    rows, metrics = evaluate.rescore(write_predictions(tmp_path / "r1", R1_ROWS), template="r1-omni")
+    assert [r["prediction"] for r in rows] == ["anger", "fear", None, "fear", None, "sadness"]
+    assert metrics["accuracy"] == pytest.approx(3 / 6, abs=1e-12)  # rows 1, 4, 6
+    assert metrics["format_rate"] == pytest.approx(4 / 6, abs=1e-12)  # rows 1, 2, 3, 5
+    assert metrics["unparseable_rate"] == pytest.approx(2 / 6, abs=1e-12)  # rows 3, 5
+    assert "reasoning_coherent_rate" not in metrics  # a SET-only measure
+    # lenient: only where no <answer>..</answer> exists does it fall back, so row 5 (a tagged answer over
+    # lines) stays unparseable and a tagged "Fear" stays wrong
+    assert evaluate.parse_answer("It is fear.", LABELS, "lenient", "r1-omni")[0] == "fear"
+    assert evaluate.parse_answer(R1_ROWS[2][2], LABELS, "lenient", "r1-omni")[0] is None
+
+
+def test_table_names_the_arm():
+    """Two arms evaluated from folders of the same name would merge into one Table row if this failed."""
+    cfg = evaluate.Config(model="runs/final/", template="r1-omni")
+    assert evaluate.default_method(cfg) == "final [r1-omni]"
+    assert evaluate.default_method(evaluate.Config(model="runs/final")) == "final"
+
+
 def test_rescore_lenient(tmp_path):
     """`--parse lenient` would not reach re-scoring if this failed."""
     path = write_predictions(tmp_path / "x")

@@ -11,6 +11,9 @@ import rewards
 from rewards import (
     NO_PROMPT_ANSWER,
     VARIANTS,
+    r1_omni_answer,
+    r1_omni_format,
+    variant_for_template,
     coherence_prompt,
     consistency_prompt,
     emor3_reward,
@@ -28,6 +31,7 @@ GOOD = (
     "<step3>Negative, high arousal.</step3>\n"
     "The answer is \\boxed{fear}"
 )
+TOP = {v: 2.0 if v == "r1-omni" else 1.1 for v in VARIANTS}  # the highest overall score of each variant
 EMOSET = ["amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear", "sadness"]
 KEYS = {"overall", "format", "accuracy", "reflect_text", "reflect_image"}
 
@@ -159,7 +163,64 @@ def test_variants_overall():
     assert emor3_reward(GOOD, "fear", variant="paper")["overall"] == pytest.approx(1.0)
     # coherence ignores the image answer: 0.8 + 0.1*1 + 0.1 = 1.0 even with "no"
     assert emor3_reward(GOOD, "fear", "fear", "no", variant="coherence")["overall"] == pytest.approx(1.0)
-    assert set(VARIANTS) == {"code", "paper", "set", "coherence", "multiplicative", "think"}
+    assert overall("r1-omni")["overall"] == 0.0  # no <answer>: the whole SET response is not "fear"; no <think>
+    assert set(VARIANTS) == {"code", "paper", "set", "coherence", "multiplicative", "think", "r1-omni"}
+
+
+# R1-Omni's two reward functions (HumanMLLM/R1-Omni, src/r1-v/src/open_r1/grpo.py), worked by hand:
+#   format   re.fullmatch(r"<think>.*?</think>\s*<answer>.*?</answer>", content, re.DOTALL)
+#   accuracy m = re.search(r'<answer>(.*?)</answer>', content); (m.group(1) if m else content).strip() == label
+# (response, label, format, accuracy)
+R1_OMNI_CASES = [
+    ("<think>He frowns.</think><answer>sad</answer>", "sad", 1.0, 1.0),
+    ("<think>He frowns.</think>\n \t<answer>sad</answer>", "sad", 1.0, 1.0),  # whitespace between the tags
+    ("<think>He frowns.</think>\n<answer>\n sad \n</answer>", "sad", 1.0, 0.0),  # format spans lines, accuracy
+    # does not (no DOTALL): no one-line <answer>..</answer>, so the whole response is compared
+    ("<think>\nmulti\nline\n</think><answer> sad </answer>", "sad", 1.0, 1.0),  # the content is stripped
+    ("<think>x</think> so <answer>sad</answer>", "sad", 0.0, 1.0),  # text between the tags: only whitespace may
+    ("<think>x</think><answer>sad</answer> Done.", "sad", 0.0, 1.0),  # text after </answer>: no fullmatch
+    ("Sure. <think>x</think><answer>sad</answer>", "sad", 0.0, 1.0),  # text before <think>
+    ("<think>x</think>", "sad", 0.0, 0.0),  # no <answer>: the whole response is compared
+    ("  sad \n", "sad", 0.0, 1.0),  # ... so a bare label is right, with format 0
+    ("<think>x</think><answer>Sad</answer>", "sad", 1.0, 0.0),  # exact match: case counts
+    ("<think></think><answer></answer>", "", 1.0, 1.0),  # empty tags match .*?
+    ("<think>a</think><answer>happy</answer><answer>sad</answer>", "happy", 1.0, 1.0),  # the first <answer> wins
+    ("<think>a</think><answer>happy</answer><answer>sad</answer>", "sad", 1.0, 0.0),
+    ("<think>a</think>\n<answer>sad", "sad", 0.0, 0.0),  # unclosed: the whole response is compared
+    ("<answer>a\n</answer><answer>sad</answer>", "sad", 0.0, 1.0),  # the first one-line pair is the search's match
+    ("<think>a</think><answer>x</think><answer>sad</answer>", "sad", 1.0, 0.0),  # lazy .*? still fullmatches
+    ("<think>a</think><answer>sad</answer>", " sad ", 1.0, 1.0),  # the label is stripped too (<answer> sad </answer>)
+]
+
+
+@pytest.mark.parametrize("response, label, fmt, acc", R1_OMNI_CASES)
+def test_r1_omni_reward(response, label, fmt, acc):
+    """The R1-Omni arm would not be R1-Omni's recipe if its scores differed from its two reward functions."""
+    score = emor3_reward(response, label, variant="r1-omni")
+    assert (score["format"], score["accuracy"]) == (fmt, acc)
+    assert score["overall"] == fmt + acc  # its trainer adds the two functions' rewards, weight 1 each
+    assert score["reflect_text"] == score["reflect_image"] == 1.0  # no reflection in the recipe
+
+
+def test_r1_omni_matches_its_regexes():
+    """The linear-time R1-Omni checks are not the released regexes if they disagree on random text."""
+    format_pattern = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
+    answer_pattern = re.compile(r"<answer>(.*?)</answer>")
+    pieces = ["<think>", "</think>", "<answer>", "</answer>", " ", "\n", "\t", "\u3000", "sad", "x", "<", "/"]
+    rng = random.Random(7)
+    for _ in range(20000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 10)))
+        match = answer_pattern.search(text)
+        assert r1_omni_format(text) == (format_pattern.fullmatch(text) is not None), repr(text)
+        assert r1_omni_answer(text) == (match.group(1) if match else text).strip(), repr(text)
+
+
+def test_r1_omni_template():
+    """The R1-Omni arm would not see R1-Omni's question if its template drifted from QUESTION_TEMPLATE."""
+    assert render_template("r1-omni", "<image>Which emotion? ") == (
+        "<image>Which emotion?\nOutput the thinking process in <think> </think> and final emotion in "
+        "<answer> </answer> tags.")
+    assert variant_for_template("r1-omni") == "r1-omni" and variant_for_template("set") == "code"
 
 
 def test_think_variant_format():
@@ -192,7 +253,7 @@ def test_never_raises_on_odd_inputs():
         for variant in VARIANTS:
             score = emor3_reward(response, answer, reflect, reflect, variant=variant)
             assert set(score) == KEYS and all(isinstance(v, float) for v in score.values())
-            assert 0.0 <= score["overall"] <= 1.1 + 1e-9
+            assert 0.0 <= score["overall"] <= TOP[variant] + 1e-9
         coherence_prompt(response, EMOSET)
         consistency_prompt(response)
 
@@ -246,7 +307,7 @@ def test_adversarial_inputs_return():
         # the released weights: 0.8 accuracy + 0.1 per reflection term + 0.1 format
         assert code["overall"] == pytest.approx(0.8 * acc + 0.1 * (reflect_text + reflect_image) + 0.1 * fmt)
         for variant, score in by_variant.items():
-            assert set(score) == KEYS and 0.0 <= score["overall"] <= 1.1 + 1e-9, variant
+            assert set(score) == KEYS and 0.0 <= score["overall"] <= TOP[variant] + 1e-9, variant
         assert coherence == (None if steps is None else text_ask.replace("{response}", steps)), inputs[0][:40]
         assert consistency == (None if step1 is None else load_template("reflect_image").replace("{response}", step1))
 
