@@ -1,10 +1,12 @@
-"""Convert the public emotion datasets to the data.py layout: EmoSet, Emotion6, WebEmo (2/7/25) and FI.
+"""Convert the public emotion datasets to the data.py layout: EmoSet, Emotion6, WebEmo (2/7/25) and FI
+(images), DFEW and MAFW (videos, R1-Omni's in-distribution benchmarks).
 
 Each converter reads one release as its authors distribute it and writes `OUT/<split>.jsonl` (one
-row per image: `images`, `problem`, `answer`) plus `OUT/labels.txt`, so
+row per image: `images`, `problem`, `answer`; or per clip: `videos`, `problem`, `answer`, where the one
+video is a file's path or a list of its frames' paths) plus `OUT/labels.txt`, so
 `data.PromptDataset(OUT / "train.jsonl", ...)`, train_grpo.py and evaluate.py find the label set by
-themselves. Images stay where they are (never copied): paths inside OUT are written relative, others
-absolute. None of this could be run on the real downloads; the layouts come from each release's
+themselves. Images and clips stay where they are (never copied): paths inside OUT are written relative,
+others absolute. None of this could be run on the real downloads; the layouts come from each release's
 readme, its authors' loader or download script and public code that reads it, and each converter's
 docstring says what was assumed:
 
@@ -21,22 +23,36 @@ docstring says what was assumed:
             reports how many. --level 25, 7 or 2 (required: the EMO-R3 paper's level is unknown).
   fi        FI (Flickr and Instagram): SRC/<emotion>/<image> for the Mikels 8; a seeded
             class-stratified 80/20 train/test split (--test-fraction, --seed).
+  dfew      DFEW: SRC/EmoLabel_DataSplit/{train,test}(single-labeled)/set_<fold>.csv (video_name,label;
+            ids 1-7) and the clips: SRC/Clip/original/<n>.mp4 (default), Clip/clip_224x224/<n>/ frame
+            folders (--clips clip_224x224) or any folder of them. --fold 1-5 (required); writes the fold's
+            train.jsonl and test.jsonl. Labels as R1-Omni's data has them (happy, sad, ...).
+  mafw      MAFW, single-label set: SRC/Train & Test Set/single/no_caption/set_<fold>/{train,test}.txt
+            (`00025.mp4 anger`) and SRC/data/clips/<n>.mp4 (default) or data/frames/<n>/ (--clips
+            frames). --fold 1-5 (required). Labels as R1-Omni's data has them (angry, happy,
+            contemptuous, ...; --label-names release keeps MAFW's anger, happiness, contempt, ...).
+            The compound set is out of scope.
+            Video rows ask R1-Omni's question followed by a line listing the labels (--no-label-list:
+            the question alone; see prepare_dfew for why). --skip-missing as for webemo.
 
 Folder-per-class releases (Emotion6, FI) are refused, with the folder named, when a class folder
 holds another folder (its images would take the parent's label) or a class has no images (labels.txt
 would list a class that no row has). Not here: reading, checking and batching datasets (data.py,
 which this script imports; validate a result with `python data.py check OUT/train.jsonl --model
-MODEL`), and the demo dataset (tiny.py). Write each dataset, and each WebEmo level, to its own OUT:
-one labels.txt serves every split there.
+MODEL`), and the demo dataset (tiny.py). Write each dataset, each WebEmo level and each DFEW/MAFW fold
+to its own OUT: one labels.txt serves every split there, and a fold's train.jsonl replaces another's.
 
     python prepare_data.py emoset downloads/EmoSet-118K --out data/emoset
     python prepare_data.py emotion6 downloads/Emotion6 --out data/emotion6
     python prepare_data.py webemo downloads/WebEmo --level 7 --out data/webemo7 --skip-missing
     python prepare_data.py fi downloads/FI --out data/fi --test-fraction 0.2 --seed 0
+    python prepare_data.py dfew downloads/DFEW --fold 1 --out data/dfew/fold1
+    python prepare_data.py mafw downloads/MAFW --fold 1 --clips frames --out data/mafw/fold1
 """
 
 import argparse
 import ast
+import csv
 import json
 import os
 import random
@@ -71,24 +87,34 @@ WEBEMO_SPELLINGS = {"cheerfullness": "cheerfulness", "irritabilty": "irritabilit
 WEBEMO_VALENCE = {"+": "positive", "-": "negative"}  # category.txt's level-2 signs
 
 
-def _write_split(out, split, labels, items):
-    """Write out/<split>.jsonl from (image path, label) pairs and out/labels.txt; return (path, count)."""
+def _write_split(out, split, labels, items, question=None, key="images"):
+    """Write out/<split>.jsonl and out/labels.txt; return (path, count).
+
+    items are (image path, label) pairs, or with key="videos" (clip, label) pairs where a clip is a video
+    file's path or a list of frame paths (one video either way: the row's `videos` holds that one entry).
+    question is the row's `problem` (default: data.default_question of the labels, for images).
+    """
     out = Path(os.path.abspath(out))
     if not items:
-        raise DataError(f"no images found for {out / (split + '.jsonl')}: nothing to write")
+        noun = "clips" if key == "videos" else "images"
+        raise DataError(f"no {noun} found for {out / (split + '.jsonl')}: nothing to write")
     out.mkdir(parents=True, exist_ok=True)
     labels_file = out / "labels.txt"
     # one labels.txt serves every split in the folder: two label sets there would mislabel one of them
     if labels_file.exists() and rewards.load_labels(str(labels_file)) != labels:
         raise DataError(f"{labels_file}: already holds a different label set than the {len(labels)} labels being "
                         f"written now; write each dataset (and each WebEmo level) to its own --out folder")
-    question = default_question(labels)
-    rows = []
-    for image, label in items:
-        image = Path(os.path.abspath(image))  # abspath, not resolve: a symlinked images/ inside out stays relative
+    question = default_question(labels) if question is None else question
+
+    def name(path):
+        path = Path(os.path.abspath(path))  # abspath, not resolve: a symlinked images/ inside out stays relative
         # relative inside out, so the folder can be moved; absolute outside it, so it loads from anywhere
-        name = image.relative_to(out).as_posix() if image.is_relative_to(out) else str(image)
-        rows.append({"images": [name], "problem": question, "answer": label})
+        return path.relative_to(out).as_posix() if path.is_relative_to(out) else str(path)
+
+    rows = []
+    for media, label in items:
+        entry = [name(frame) for frame in media] if isinstance(media, (list, tuple)) else name(media)
+        rows.append({key: [entry], "problem": question, "answer": label})
     labels_file.write_text("\n".join(labels) + "\n")
     return write_jsonl(out / f"{split}.jsonl", rows), len(rows)
 
@@ -370,17 +396,270 @@ def prepare_webemo(src, out, level, split="train", hierarchy=None, image_root=No
     return _write_split(out, split, sorted({row[column] for row in table}), items)
 
 
+# --- video benchmarks: DFEW and MAFW, R1-Omni's in-distribution sets --------------------------------
+
+# R1-Omni's question (HumanMLLM/R1-Omni, src/r1-v/src/open_r1/grpo.py, load_video_dataset); --template
+# r1-omni appends its output instruction.
+R1_OMNI_QUESTION = ("As an emotional recognition expert; throughout the video, which emotion conveyed by the "
+                    "characters is the most obvious to you?")
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv"}
+# DFEW's label ids (the release's readme: 1 Happy ... 7 Fear), as R1-Omni writes them
+DFEW_IDS = {1: "happy", 2: "sad", 3: "neutral", 4: "angry", 5: "surprise", 6: "disgust", 7: "fear"}
+# MAFW's 11 single-label classes as its split lists spell them, and the word R1-Omni's data uses for each
+MAFW_CLASSES = ["anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise", "contempt", "anxiety",
+                "helplessness", "disappointment"]
+MAFW_R1_OMNI = {"anger": "angry", "disgust": "disgust", "fear": "fear", "happiness": "happy", "neutral": "neutral",
+                "sadness": "sad", "surprise": "surprise", "contempt": "contemptuous", "anxiety": "anxious",
+                "helplessness": "helpless", "disappointment": "disappointed"}
+# the label lists of R1-Omni's first grpo.py (commits 0020f5a, 851bd00), in its order: labels.txt order here
+R1_OMNI_DFEW = ["happy", "surprise", "neutral", "angry", "disgust", "sad", "fear"]
+R1_OMNI_MAFW = R1_OMNI_DFEW + ["contemptuous", "disappointed", "helpless", "anxious"]
+DFEW_CLIPS = {"original": "Clip/original", "clip_224x224": "Clip/clip_224x224",
+              "clip_224x224_16f": "Clip/clip_224x224_16f"}
+MAFW_CLIPS = {"clips": "data/clips", "frames": "data/frames"}
+MAFW_LISTS = "Train & Test Set"
+
+
+def video_question(labels, label_list=True):
+    """A video row's problem: <video>, R1-Omni's question and, with label_list, a line of the labels."""
+    return "<video>" + R1_OMNI_QUESTION + ("\n" + ", ".join(labels) if label_list else "")
+
+
+def _natural_key(name):
+    """Sort key that orders the numbers inside names by value: 2.jpg before 10.jpg, x_9 before x_10."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)], name
+
+
+def _clip_key(name):
+    """A clip's key from its file or folder name: the number (00025.mp4, 25 and 00025 are one clip), else the stem."""
+    stem = Path(name).stem if Path(name).suffix.lower() in VIDEO_SUFFIXES else name
+    return int(stem) if stem.isdigit() else stem
+
+
+def _clip_index(root):
+    """{clip key: video file or frame folder} under root.
+
+    A folder named by a number is one clip's frames; other folders (a zip's part_1/, say) are searched on;
+    a video file is a clip. Two entries with one key (00001.mp4 and 1.mp4, or a video and a frame folder)
+    are refused with both named: which one is the clip cannot be told.
+    """
+    index, stack = {}, [Path(root)]
+    while stack:
+        folder = stack.pop(0)  # breadth first, in name order: the same index, and messages, anywhere
+        with os.scandir(folder) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.name.startswith((".", "__")):  # .DS_Store, __MACOSX from zips
+                    continue
+                path = Path(entry.path)
+                if entry.is_dir():
+                    if not entry.name.isdigit():
+                        stack.append(path)
+                        continue
+                elif path.suffix.lower() not in VIDEO_SUFFIXES:
+                    continue
+                key = _clip_key(entry.name)
+                if key in index:
+                    raise DataError(f"{index[key]} and {path} are both clip {key}; keep one of them in {root}")
+                index[key] = path
+    return index
+
+
+def _clip_frames(folder):
+    """The frame images of a clip folder, in frame order (numbers by value); other files (n_frames) are not frames."""
+    return [folder / name for name in sorted((p.name for p in folder.iterdir()
+                                              if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)]
+
+
+def _named_clip_root(src, clips, named, dataset):
+    """The clip folder: one of the release's named forms (relative to SRC, any case), or a folder path."""
+    if clips in named:
+        root = Path(src)
+        for part in named[clips].split("/"):
+            match = next((p for p in root.iterdir() if p.is_dir() and p.name.lower() == part.lower()), None) \
+                if root.is_dir() else None
+            root = match or root / part
+        if not root.is_dir():
+            forms = ", ".join(f"{name} ({path})" for name, path in named.items())
+            raise DataError(f"{root}: no such folder; {dataset} clips come as {forms}: pass --clips with the form you "
+                            f"downloaded, or the folder that holds the clips")
+        return root
+    root = Path(clips)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder (--clips takes {', '.join(named)} or the folder holding the clips)")
+    return root
+
+
+def _video_items(listed, root, skip_missing, dataset, split, list_file):
+    """(clip, label) pairs for the (where, key, label) entries of a list: a video file's path or a frame list.
+
+    Clips not in root (or frame folders without images) stop the conversion with their count and the first
+    one; skip_missing writes the rest and prints the count instead.
+    """
+    index, items, missing = _clip_index(root), [], []
+    for where, key, label in listed:
+        clip = index.get(key)
+        frames = _clip_frames(clip) if clip is not None and clip.is_dir() else None
+        if clip is None or frames == []:
+            missing.append(f"{where} (clip {key}{': a frame folder without images' if clip else ''})")
+        else:
+            items.append((frames if frames else clip, label))
+    if missing and not (skip_missing and items):
+        advice = ("Pass --skip-missing to convert the clips there are" if items else
+                  "None is there: is --clips the folder holding this release's clips?")
+        raise DataError(f"{len(missing)} of the {len(listed)} clips listed in {list_file} are missing from {root} "
+                        f"(first: {missing[0]}); a clip is a video file or a folder of frames named by its number. "
+                        f"{advice}")
+    if missing:
+        print(f"{dataset} {split}: skipped {len(missing)} of {len(listed)} listed clips, missing from {root} "
+              f"(first: {missing[0]})")
+    return items
+
+
+def _check_fold(fold, split):
+    if fold not in (1, 2, 3, 4, 5):
+        raise ValueError(f"fold must be 1, 2, 3, 4 or 5 (the release's 5-fold cross-validation), got {fold!r}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test' (each fold has a training and a test list), got {split!r}")
+
+
+def _release_root(src, marker, dataset):
+    """The folder holding `marker`: SRC, or one level down (a zip's top folder)."""
+    src = Path(src)
+    if not src.is_dir():
+        raise DataError(f"{src}: no such folder")
+    root = next((r for r in [src] + _subfolders(src) if (r / marker).is_dir()), None)
+    if root is None:
+        raise DataError(f"{src}: no {marker}/ in it or one level down; is SRC the {dataset} release's folder?")
+    return root
+
+
+def prepare_dfew(src, out, fold, split="train", clips="original", skip_missing=False, label_list=True):
+    """DFEW (Jiang et al., ACM MM 2020), one fold's train or test list -> out/<split>.jsonl; 7 labels.
+
+    Layout (the release's README, the authors' DFEW_Dataset.py, and the preprocessing of MAE-DFER and
+    DFER-CLIP): SRC/EmoLabel_DataSplit/train(single-labeled)/set_<fold>.csv and test(single-labeled)/...
+    (the readme's zips say single_labeled; both spellings, and plain train/ and test/, are read), CSVs
+    with a `video_name,label` header: the clip's number (00001 or 1) and its label id, 1 Happy, 2 Sad,
+    3 Neutral, 4 Angry, 5 Surprise, 6 Disgust, 7 Fear. Clips (`clips`): "original", SRC/Clip/original/
+    <number>.mp4, the full frames with sound (the form R1-Omni trained on: DFEW/videos/1.mp4 in its
+    README); "clip_224x224", SRC/Clip/clip_224x224/<00001>/<00001_00001>.jpg, aligned face crops; the
+    16-frame "clip_224x224_16f"; or any folder of video files or per-clip frame folders named by number
+    (video files may sit in sub-folders such as a zip's part folder). A frame folder's row lists its
+    frames in order. Labels are R1-Omni's words (happy, sad, neutral, angry, surprise, disgust, fear),
+    listed in labels.txt in the order of R1-Omni's label line. Which fold R1-Omni trained on is unknown
+    (its README's training example, DFEW clip 1, is in fold 1's test list), hence fold is required.
+
+    The question is R1-Omni's, followed by a line listing the labels (label_list=True), as R1-Omni's first
+    grpo.py did. Its final grpo.py dropped that line, but its policy had been fine-tuned on these labels
+    first; a model that was not cannot know which words the exact-match reward accepts (happy, not
+    happiness; contemptuous, not contempt). label_list=False writes R1-Omni's final question alone.
+    """
+    _check_fold(fold, split)
+    root = _release_root(src, "EmoLabel_DataSplit", "DFEW")
+    folders = [f"{split}(single-labeled)", f"{split}(single_labeled)", split]
+    list_file = next((root / "EmoLabel_DataSplit" / f / f"set_{fold}.csv" for f in folders
+                      if (root / "EmoLabel_DataSplit" / f / f"set_{fold}.csv").is_file()), None)
+    if list_file is None:
+        raise DataError(f"{root / 'EmoLabel_DataSplit'}: no {' or '.join(f + f'/set_{fold}.csv' for f in folders)} "
+                        f"(DFEW ships {split}(single-labeled).zip there: unzip it)")
+    listed = []
+    with open(list_file, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        header = [name.strip().lower() for name in next(reader, [])]
+        if "video_name" not in header or "label" not in header:
+            raise DataError(f"{list_file}:1: expected a header with video_name and label columns, got "
+                            f"{','.join(header)!r:.200}")
+        name_col, label_col = header.index("video_name"), header.index("label")
+        for fields in reader:
+            where = f"{list_file}:{reader.line_num}"
+            if not any(field.strip() for field in fields):
+                continue
+            name = fields[name_col].strip() if len(fields) > max(name_col, label_col) else ""
+            label = fields[label_col].strip() if name else ""
+            if not name.isdigit() or not re.fullmatch(r"-?\d+", label):
+                raise DataError(f"{where}: expected '<clip number>,<label id 1-7>', got {','.join(fields)!r:.200}")
+            if int(label) not in DFEW_IDS:
+                raise DataError(f"{where}: label id {label} is not a DFEW single label (1 happy, 2 sad, 3 neutral, "
+                                f"4 angry, 5 surprise, 6 disgust, 7 fear)")
+            listed.append((where, int(name), DFEW_IDS[int(label)]))
+    clip_root = _named_clip_root(root, clips, DFEW_CLIPS, "DFEW")
+    items = _video_items(listed, clip_root, skip_missing, "DFEW", split, list_file)
+    return _write_split(out, split, R1_OMNI_DFEW, items, video_question(R1_OMNI_DFEW, label_list), key="videos")
+
+
+def prepare_mafw(src, out, fold, split="train", clips="clips", skip_missing=False, label_list=True,
+                 label_names="r1-omni"):
+    """MAFW (Liu et al., ACM MM 2022), single-label set, one fold's list -> out/<split>.jsonl; 11 labels.
+
+    Layout (the release's content preview, the loaders of HiCMAE and MAE-DFER): SRC/Train & Test Set/
+    single/no_caption/set_<fold>/{train,test}.txt, lines `00025.mp4 anger` (clip file name, class word);
+    clips: "clips", SRC/data/clips/<00025>.mp4; "frames", SRC/data/frames/<00025>/ folders of frame
+    images; or any folder of such video files or frame folders. The classes are anger, disgust, fear,
+    happiness, neutral, sadness, surprise, contempt, anxiety, helplessness, disappointment; labels are
+    written as R1-Omni's data has them (label_names="r1-omni": angry, disgust, fear, happy, neutral, sad,
+    surprise, contemptuous, anxious, helpless, disappointed) or as the release spells them ("release").
+    Only the single-label set is read: the compound set (Train & Test Set/compound, labels such as
+    anger_disgust) is out of scope, and a compound label in a list is an error. The question: see
+    prepare_dfew.
+    """
+    _check_fold(fold, split)
+    if label_names not in ("r1-omni", "release"):
+        raise ValueError(f"label_names must be 'r1-omni' or 'release', got {label_names!r}")
+    root = _release_root(src, MAFW_LISTS, "MAFW")
+    list_file = root / MAFW_LISTS / "single" / "no_caption" / f"set_{fold}" / f"{split}.txt"
+    if not list_file.is_file():
+        raise DataError(f"{list_file}: no such list (MAFW ships {MAFW_LISTS}/single/no_caption/set_1 ... set_5, "
+                        f"each with train.txt and test.txt)")
+    rename = MAFW_R1_OMNI if label_names == "r1-omni" else {label: label for label in MAFW_CLASSES}
+    labels = R1_OMNI_MAFW if label_names == "r1-omni" else MAFW_CLASSES
+    listed = []
+    for n, line in enumerate(list_file.read_text(encoding="utf-8-sig").splitlines(), 1):
+        where, fields = f"{list_file}:{n}", line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise DataError(f"{where}: expected '<clip file> <label>', got {line!r:.200}")
+        name, label = fields[0], fields[1].lower()
+        if label not in rename:
+            parts = re.split(r"[_\-+,]", label)
+            kind = ("a compound label; only MAFW's single-label set is converted (the compound set is out of scope)"
+                    if len(parts) > 1 and all(part in rename for part in parts) else
+                    f"not one of the MAFW single labels ({', '.join(MAFW_CLASSES)})")
+            raise DataError(f"{where}: {fields[1]!r} is {kind}")
+        listed.append((where, _clip_key(name), rename[label]))
+    clip_root = _named_clip_root(root, clips, MAFW_CLIPS, "MAFW")
+    items = _video_items(listed, clip_root, skip_missing, "MAFW", split, list_file)
+    return _write_split(out, split, labels, items, video_question(labels, label_list), key="videos")
+
+
 def _run(parser, args):
     """The command line's work: run one converter over the splits the flags ask for, print what it wrote."""
     src = Path(args.src)
     if (args.level is None) == (args.dataset == "webemo"):
         parser.error("--level 2, 7 or 25 is required for webemo (the paper's level is unknown) and only for webemo")
-    for flag, owner, value in (("--hierarchy", "webemo", args.hierarchy), ("--image-root", "webemo", args.image_root),
-                               ("--skip-missing", "webemo", args.skip_missing),
-                               ("--label-from", "emotion6", args.label_from)):
-        if value and args.dataset != owner:
-            parser.error(f"{flag} is for {owner} only")
-    if args.dataset == "emoset":
+    video = args.dataset in ("dfew", "mafw")
+    if (args.fold is None) == video:
+        parser.error("--fold 1-5 is required for dfew and mafw (5-fold cross-validation; the fold R1-Omni trained on "
+                     "is unknown) and only for them")
+    for flag, owners, value in (("--hierarchy", ("webemo",), args.hierarchy),
+                                ("--image-root", ("webemo",), args.image_root),
+                                ("--skip-missing", ("webemo", "dfew", "mafw"), args.skip_missing),
+                                ("--label-from", ("emotion6",), args.label_from),
+                                ("--clips", ("dfew", "mafw"), args.clips),
+                                ("--no-label-list", ("dfew", "mafw"), args.no_label_list),
+                                ("--label-names", ("mafw",), args.label_names)):
+        if value and args.dataset not in owners:
+            names = f"{', '.join(owners[:-1])} and {owners[-1]}" if len(owners) > 1 else owners[0]
+            parser.error(f"{flag} is for {names} only")
+    if video and args.split not in (None, "train", "test"):
+        parser.error(f"--split for {args.dataset} is train or test (each fold has these two lists), got {args.split!r}")
+    if video:
+        splits = ["train", "test"]
+        options = dict(clips=args.clips or ("original" if args.dataset == "dfew" else "clips"),
+                       skip_missing=args.skip_missing, label_list=not args.no_label_list)
+        convert = partial(prepare_dfew, src, args.out, args.fold, **options) if args.dataset == "dfew" else \
+            partial(prepare_mafw, src, args.out, args.fold, label_names=args.label_names or "r1-omni", **options)
+    elif args.dataset == "emoset":
         splits = [s for s in ("train", "val", "test") if (src / f"{s}.json").exists()]
         convert = partial(prepare_emoset, src, args.out)
     elif args.dataset == "webemo":
@@ -403,7 +682,8 @@ def _run(parser, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=["emoset", "emotion6", "webemo", "fi"], help="which release SRC holds")
+    parser.add_argument("dataset", choices=["emoset", "emotion6", "webemo", "fi", "dfew", "mafw"],
+                        help="which release SRC holds")
     parser.add_argument("src", help="the release's root folder (webemo: the folder of the lists, or one list)")
     parser.add_argument("--out", required=True, help="output folder (one per dataset and WebEmo level)")
     parser.add_argument("--split", default=None, help="the split to write (default: every split the release "
@@ -413,8 +693,17 @@ def main():
                                                           "when there) or a TSV fine<TAB>mid<TAB>coarse, row i = id i")
     parser.add_argument("--image-root", default=None, help="webemo: the downloaded tree, <split>/<label id>/<file "
                                                            "name of the URL> (default: SRC)")
-    parser.add_argument("--skip-missing", action="store_true", help="webemo: convert without the images that are "
-                                                                    "missing (dead links) and report their count")
+    parser.add_argument("--skip-missing", action="store_true", help="webemo/dfew/mafw: convert without the images "
+                                                                    "or clips that are missing and report their count")
+    parser.add_argument("--fold", type=int, choices=[1, 2, 3, 4, 5], default=None,
+                        help="dfew/mafw: which of the 5 cross-validation folds to write (required)")
+    parser.add_argument("--clips", default=None, help="dfew: original (default), clip_224x224 or clip_224x224_16f; "
+                                                      "mafw: clips (default) or frames; or the folder of the clips")
+    parser.add_argument("--no-label-list", action="store_true", help="dfew/mafw: R1-Omni's question alone, without "
+                                                                     "the line listing the labels")
+    parser.add_argument("--label-names", choices=["r1-omni", "release"], default=None,
+                        help="mafw: write labels as R1-Omni's data does (angry, happy, contemptuous, ...; default) "
+                             "or as the release spells them (anger, happiness, contempt, ...)")
     parser.add_argument("--label-from", choices=["folder", "ground_truth"], default=None,
                         help="emotion6: label by folder (the search keyword; default) or by the annotators' "
                              "most chosen emotion in ground_truth.txt")
