@@ -172,6 +172,8 @@ def demo_paths(model=None, files=()):
             tiny.build_tiny_model(tiny.DEFAULT_DIR)
         if model is None or any(f and Path(f).resolve().parent == tiny.DEMO_DIR.resolve() for f in files):
             tiny.make_demo_dataset(tiny.DEMO_DIR)
+        if any(f and Path(f).resolve().parent == tiny.VIDEO_DEMO_DIR.resolve() for f in files):
+            tiny.make_video_demo_dataset(tiny.VIDEO_DEMO_DIR)  # asked for by name (demo.sh --video)
     dist.barrier()
     return tiny.DEFAULT_DIR, tiny.DEMO_DIR
 

@@ -1,10 +1,23 @@
-"""Datasets for EMO-R3: read rows, open and resize images once, resolve labels, render prompts, batch.
+"""Datasets for EMO-R3: read rows, open and resize images (sample video frames) once, resolve labels, render
+prompts, batch.
 
 The data layout is EasyR1's (and so EMO-R3's, e.g. fuyyy74/EmoSet2k): one row per image with
 - `images`:  a file path (relative to the data file or `--image-dir`), raw bytes, a `{"bytes", "path"}`
              dict (the Hugging Face parquet image feature), or a list of those;
 - `problem`: the question; `<image>` marks where the image goes (prepended when absent);
 - `answer`:  the emotion label, one of the label set.
+Video rows have `videos` instead of `images` (EasyR1's key): each entry is one video, either a video file path
+(relative like images; decoded with PyAV) or a list of frame images (any image source above), so a frame
+list is nested: `"videos": [["f0.jpg", "f1.jpg"]]`; a single non-list value is one video. `<video>` marks where
+a video goes (prepended when absent). Frames are sampled as EasyR1 does (qwen-vl-utils' fetch_video: 2 frames
+a second, 4 to 768 of them, an even count, each resized within a per-frame pixel budget): see `load_video`.
+A dataset is all-image or all-video, because Qwen2.5-VL runs its vision tower once per modality in a forward
+and under FSDP every rank must run it the same number of times.
+R1-Omni's own layout loads too: a .json list of `{"video": PATH, "conversations": [{"from": "human", "value":
+"<video>\n<audio>\nQUESTION"}, {"from": "gpt", "value": "LABEL"}]}` (the label may be in `<answer>` tags);
+R1-Omni's instruction at the end of QUESTION is taken off, as `--template r1-omni` puts it back.
+Audio: Qwen2.5-VL has no ears. An `<audio>` tag (with the whitespace after it) is removed from every problem,
+one warning per dataset says how many (`audio_dropped`); audio needs an omni model (Qwen2.5-Omni, HumanOmni).
 Supported files: `.jsonl`, `.json` (a list of rows), `.parquet`, a folder of such files (`DIR@split`
 keeps the files whose name contains `split`, like `data/train-00000.parquet`), and a folder with one
 sub-folder of images per class (FI style; the sub-folder name is the label).
@@ -13,10 +26,13 @@ The label set comes from `labels=` (a name in prompts/labels/ or a file, one lab
 `labels.txt` beside the data, else the sorted distinct answers. Nothing here assumes EmoSet's labels.
 
 Each prompt's images are opened and resized once, straight to the size the model sees in the released
-pipeline (`reference_size`), and kept on the `Prompt`: trainer and vLLM get the same pixels. Rows whose
-prompt (image tokens included) is over max_prompt_length are dropped at load (image sizes read from the
-headers, nothing decoded) and listed in `dropped_long`. A bad row (unreadable image, label outside the
-set, empty problem) raises `DataError` naming file and row, or with `skip_bad=True` is counted in `skipped`.
+pipeline (`reference_size`), and kept on the `Prompt`: trainer and vLLM get the same pixels. Videos likewise:
+sampled once into a `Video` (frames at their final size + the rate of those frames), given as it is to the
+trainer and to vLLM (`processor_inputs` is the one processor call for both). Rows whose prompt (image and
+video tokens included) is over max_prompt_length are dropped at load (image sizes read from the headers,
+video frame counts and sizes from the container, nothing decoded) and listed in `dropped_long`. A bad row
+(unreadable image or video, label outside the set, empty problem) raises `DataError` naming file and row, or
+with `skip_bad=True` is counted in `skipped`.
 
 Not here, on purpose: the embedded demo dataset (tiny.py, with the tiny model: `python tiny.py demo`)
 and the converters of the public releases EmoSet, Emotion6, WebEmo and FI (prepare_data.py:
@@ -32,9 +48,10 @@ import io
 import json
 import math
 import random
+import re
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +63,20 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 DEFAULT_QUESTION = "<image>What emotion does this image evoke? Choose one of: {labels}."
 SKIP_HINT = "(pass skip_bad / --skip-bad-rows to skip such rows)"
 QWEN_PIXELS = (56 * 56, 28 * 28 * 16384)  # the Qwen2/2.5-VL processors' own pixel range (preprocessor_config.json)
+
+# Video, as EasyR1 reads it: qwen-vl-utils' fetch_video (EasyR1's verl/utils/dataset.py, process_video).
+VIDEO_FPS = 2.0  # EasyR1's data.video_fps, and qwen-vl-utils' FPS
+VIDEO_MIN_PIXELS = 512 * 512  # per-frame floor: EasyR1 passes its (image) data.min_pixels, 512 * 512, to fetch_video
+#   for videos too, in place of qwen-vl-utils' own floor (VIDEO_MIN_TOKEN_NUM * 28 * 28 = 100352)
+VIDEO_MAX_PIXELS = 768 * 28 * 28  # qwen-vl-utils' per-frame cap (VIDEO_MAX_TOKEN_NUM * 28 * 28 = 602112), to which
+#                                   fetch_video also lowers EasyR1's max_pixels (2048 * 2048)
+VIDEO_MAX_FRAMES = 768  # qwen-vl-utils' FPS_MAX_FRAMES (EasyR1 passes no max_frames)
+VIDEO_MIN_FRAMES = 4  # qwen-vl-utils' FPS_MIN_FRAMES
+VIDEO_TOTAL_PIXELS = 128000 * 28 * 28 * 0.9  # qwen-vl-utils' total_pixels budget (MODEL_SEQ_LEN 128000 tokens, 90%)
+FRAME_FACTOR = 2  # frames go in pairs: Qwen2.5-VL's temporal_patch_size is 2
+QWEN_VIDEO_PIXELS = (128 * 28 * 28, 768 * 28 * 28)  # Qwen2VLVideoProcessor's own default pixel range
+R1_OMNI_INSTRUCTION = ("Output the thinking process in <think> </think> and final emotion in <answer> </answer> "
+                       "tags.")  # how R1-Omni's questions end; prompts/r1-omni.txt adds the same sentence
 
 
 def default_question(labels):
@@ -66,6 +97,7 @@ class Row:
     where: str  # "file:row" for error messages
     base_dir: Path  # relative image paths are resolved against this
     response: str = None  # optional target response (the `response` column), for sft.py
+    videos: list = field(default_factory=list)  # video sources: file paths, or lists of frame image sources
 
 
 @dataclass
@@ -74,12 +106,34 @@ class Prompt:
     index: int  # position in the dataset (stable: used as the prompt id in logs and predictions)
     problem: str
     answer: str
-    text: str  # the chat-template text; each image is one unexpanded <|image_pad|>
-    prompt_ids: list  # token ids of `text` (what vLLM takes, with `images`)
+    text: str  # the chat-template text; each image (video) is one unexpanded <|image_pad|> (<|video_pad|>)
+    prompt_ids: list  # token ids of `text` (what vLLM takes, with `images` / `videos`)
     images: list  # resized RGB PIL images, in order of appearance
-    num_tokens: int = 0  # prompt length once the processor expands the image placeholders
+    num_tokens: int = 0  # prompt length once the processor expands the image and video placeholders
     where: str = ""
     response: str = None  # the row's target response, if it has one (sft.py)
+    videos: list = field(default_factory=list)  # sampled `Video`s, in order of appearance
+
+
+@dataclass
+class Video:
+    """One video as the model sees it: frames sampled and resized once (`load_video`), given as they are to the
+    trainer and to vLLM. `frames`: RGB PIL images, all of the final size (multiples of 28), an even count;
+    `fps`: the rate of these sampled frames (what sets the time positions: second_per_grid_ts = 2 / fps)."""
+    frames: list
+    fps: float
+
+    def array(self):
+        """The frames as uint8 (T, H, W, 3), the form the HF processor and vLLM take."""
+        return np.stack([np.asarray(frame) for frame in self.frames])
+
+    def metadata(self):
+        """The sampled frames presented as the whole video, so nothing samples again: transformers'
+        VideoMetadata.sampled_fps = len(frames_indices) / total_num_frames * fps = fps, and vLLM reads
+        do_sample_frames=False (transformers' VideoMetadata has no such field: `processor_inputs` drops it)."""
+        count = len(self.frames)
+        return dict(fps=self.fps, total_num_frames=count, frames_indices=list(range(count)),
+                    duration=count / self.fps, video_backend="pyav", do_sample_frames=False)
 
 
 # --- reading and writing rows -------------------------------------------------------------------
@@ -127,7 +181,23 @@ def _class_folder_rows(root):
     return rows
 
 
-def read_rows(path, image_dir=None, prompt_key="problem", answer_key="answer", image_key="images"):
+def _r1_omni_row(raw):
+    """(problem, answer) of a row in R1-Omni's layout: the human turn, without R1-Omni's closing instruction
+    (`--template r1-omni` adds it), and the gpt turn, out of its `<answer>` tags if it has them."""
+    turns = raw["conversations"] if isinstance(raw["conversations"], list) else []
+    def turn(*speakers):
+        return next((t.get("value") for t in turns if isinstance(t, dict) and t.get("from") in speakers), None)
+    problem, answer = turn("human", "user"), turn("gpt", "assistant")
+    if isinstance(problem, str) and problem.rstrip().endswith(R1_OMNI_INSTRUCTION):
+        problem = problem.rstrip()[:-len(R1_OMNI_INSTRUCTION)].rstrip()
+    if isinstance(answer, str):
+        tagged = re.search(r"<answer>(.*?)</answer>", answer, re.DOTALL)
+        answer = (tagged.group(1) if tagged else answer).strip()
+    return problem, answer
+
+
+def read_rows(path, image_dir=None, prompt_key="problem", answer_key="answer", image_key="images",
+              video_key="videos"):
     """All rows of a data file or folder (see the module docstring for the layouts)."""
     path, _, split = str(path).partition("@")
     path = Path(path)
@@ -153,9 +223,13 @@ def read_rows(path, image_dir=None, prompt_key="problem", answer_key="answer", i
                 raise DataError(f"{where}: expected an object with {prompt_key!r}, {answer_key!r}, {image_key!r}")
             images = raw.get(image_key) or []
             images = images if isinstance(images, list) else [images]
-            answer = raw.get(answer_key)
-            rows.append(Row(raw.get(prompt_key), "" if answer is None else str(answer), images, where, base_dir,
-                            raw.get("response")))
+            videos = raw.get(video_key) or []
+            videos = videos if isinstance(videos, list) else [videos]  # one entry per video (a list is one video)
+            problem, answer = raw.get(prompt_key), raw.get(answer_key)
+            if "conversations" in raw and "video" in raw:  # R1-Omni's layout
+                (problem, answer), videos = _r1_omni_row(raw), [raw["video"]]
+            rows.append(Row(problem, "" if answer is None else str(answer), images, where, base_dir,
+                            raw.get("response"), videos))
     if not rows:  # said here, or an empty file would surface later as "no labels" or "no usable rows"
         raise DataError(f"{path}: no rows" + ("" if files == [path] else f" in its {len(files)} data file(s)"))
     return rows
@@ -266,17 +340,177 @@ def resize_image(image, min_pixels, max_pixels, processor_pixels=QWEN_PIXELS):
     return image if image.size == size else image.resize(size)
 
 
+# --- videos -------------------------------------------------------------------------------------
+
+def qwen_smart_resize(height, width, factor, min_pixels, max_pixels):
+    """(height, width) by qwen-vl-utils' smart_resize, which fetch_video uses (it differs from transformers' only
+    for sides under `factor`): sides rounded to multiples of `factor` within the pixel range, aspect kept."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"aspect ratio over 200 ({width}x{height})")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar, w_bar = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar, w_bar = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def video_frame_size(width, height, num_frames, min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS,
+                     processor_pixels=QWEN_VIDEO_PIXELS):
+    """(width, height) of every frame of a `num_frames` video whose frames are width x height: fetch_video's
+    per-frame budget (at most max_pixels, and at most a 2/num_frames share of VIDEO_TOTAL_PIXELS, but never
+    under 1.05 * min_pixels), then qwen-vl-utils' smart_resize. `max_pixels` stands where fetch_video has its
+    fixed cap (602112): with the defaults the two are the same. Sizes the processor would resize again (its
+    own video pixel range, `processor_pixels`) are refused naming the size."""
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import smart_resize
+    budget = max(min(max_pixels, VIDEO_TOTAL_PIXELS / num_frames * FRAME_FACTOR), int(min_pixels * 1.05))
+    try:
+        final = qwen_smart_resize(height, width, 28, min_pixels, budget)
+        if 0 in final or smart_resize(*final, 28, *processor_pixels) != final:
+            raise ValueError
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"video frames of {width}x{height} pixels ({num_frames} sampled) cannot be sized for the "
+                         f"processor (video pixel range {processor_pixels[0]}..{processor_pixels[1]}, sides >= 28 px, "
+                         f"aspect ratio <= 200): check video_min_pixels / video_max_pixels") from None
+    return final[1], final[0]
+
+
+def sample_count(total_frames, source_fps, fps=VIDEO_FPS, max_frames=VIDEO_MAX_FRAMES):
+    """How many frames to sample from a video file: qwen-vl-utils' smart_nframes with `fps` (duration * fps,
+    kept within 4..max_frames and the video's own frame count, then rounded down to an even number)."""
+    min_frames = math.ceil(VIDEO_MIN_FRAMES / FRAME_FACTOR) * FRAME_FACTOR
+    max_frames = math.floor(max_frames / FRAME_FACTOR) * FRAME_FACTOR
+    count = min(min(max(total_frames / source_fps * fps, min_frames), max_frames), total_frames)
+    count = math.floor(count / FRAME_FACTOR) * FRAME_FACTOR
+    if not FRAME_FACTOR <= count <= total_frames:
+        raise ValueError(f"a video of {total_frames} frame(s) cannot be sampled: it needs at least {FRAME_FACTOR}")
+    return count
+
+
+def sample_indices(total, count):
+    """qwen-vl-utils' frame indices: torch.linspace(0, total - 1, count).round() (torch's float32 linspace and
+    round-half-to-even, so the same frames are chosen)."""
+    import torch
+    return torch.linspace(0, total - 1, count).round().long().tolist()
+
+
+def _video_file(source, base_dir):
+    if not isinstance(source, str) or not source:
+        raise OSError(f"unsupported video field {str(source)[:80]!r}: expected a video file path or a list of frames")
+    file = Path(source) if Path(source).is_absolute() else Path(base_dir) / source
+    if not file.is_file():
+        raise OSError(f"not a file: {file}" if file.exists() else f"no such file: {file}")
+    if file.stat().st_size == 0:
+        raise OSError(f"empty file (0 bytes): {file}")
+    return file
+
+
+def video_info(file):
+    """(total frames, frame rate, width, height) of a video file from its container, nothing decoded."""
+    import av
+    with av.open(str(file)) as container:
+        if not container.streams.video:
+            raise ValueError(f"no video stream in {file}")
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate or stream.guessed_rate or 0)
+        # some containers (webm, mkv) do not store the count: count the packets instead (demuxed, not decoded)
+        total = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+        width, height = stream.codec_context.width, stream.codec_context.height
+    if total <= 0 or rate <= 0 or not width or not height:
+        raise ValueError(f"not a usable video ({total} frames, {rate:g} fps, {width}x{height}): {file}")
+    return total, rate, width, height
+
+
+def _decode(file, indices, size):
+    """The frames at `indices` (sorted, distinct), decoded in order and each resized (bicubic) to `size` at once,
+    and how many frames were decoded (all of them when the stream ends before the last index)."""
+    import av
+    wanted, frames, decoded = set(indices), [], 0
+    with av.open(str(file)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for decoded, frame in enumerate(container.decode(stream), 1):
+            if decoded - 1 in wanted:
+                frames.append(frame.to_image().resize(size, Image.BICUBIC))  # to_image: RGB
+            if decoded > indices[-1]:
+                break
+    return frames, decoded
+
+
+def _frame_count(given, max_frames):
+    """Frames kept from a frame list of `given`: all, padded to an even count (the last frame repeated), or when
+    over max_frames, a uniform choice of max_frames (rounded down to even)."""
+    max_frames = math.floor(max_frames / FRAME_FACTOR) * FRAME_FACTOR
+    return max_frames if given > max_frames else math.ceil(given / FRAME_FACTOR) * FRAME_FACTOR
+
+
+def video_shape(source, base_dir, fps=VIDEO_FPS, min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS,
+                max_frames=VIDEO_MAX_FRAMES, processor_pixels=QWEN_VIDEO_PIXELS):
+    """(sampled frames, width, height) that `load_video` gives, from the container or the first frame's header
+    alone: what the prompt length needs, without decoding."""
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise ValueError("empty list of frames")
+        count, (width, height) = _frame_count(len(source), max_frames), open_image(source[0], base_dir, True)
+    else:
+        total, rate, width, height = video_info(_video_file(source, base_dir))
+        count = sample_count(total, rate, fps, max_frames)
+    return (count, *video_frame_size(width, height, count, min_pixels, max_pixels, processor_pixels))
+
+
+def load_video(source, base_dir, fps=VIDEO_FPS, min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS,
+               max_frames=VIDEO_MAX_FRAMES, processor_pixels=QWEN_VIDEO_PIXELS):
+    """Sample one video as EasyR1 does (qwen-vl-utils' fetch_video) into a `Video`.
+
+    - A video file (decoded with PyAV): `sample_count` frames at `sample_indices` over the whole video, and
+      fps = count / total * the file's rate (fetch_video's sample_fps, so EasyR1's second_per_grid_ts = 2 / fps).
+    - A list of frame images: taken as already sampled at `fps` (as qwen-vl-utils takes them), padded to an
+      even count by repeating the last frame. Ours only: a list over max_frames is sub-sampled uniformly
+      (linspace, rounded) to max_frames, its fps scaled by the share kept, so the frames keep their times.
+    Every frame is resized (bicubic) to `video_frame_size` (from the first frame for a list), a size the
+    processor and vLLM leave as it is. Raises on anything unusable (missing file, not a video, no frames)."""
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise ValueError("empty list of frames")
+        count = _frame_count(len(source), max_frames)
+        if count < len(source):
+            chosen, fps = sample_indices(len(source), count), fps * count / len(source)
+        else:
+            chosen = list(range(len(source))) + [len(source) - 1] * (count - len(source))
+        first = open_image(source[0], base_dir)
+        size = video_frame_size(*first.size, count, min_pixels, max_pixels, processor_pixels)
+        opened = {0: first}
+        for i in chosen:
+            if i not in opened:
+                opened[i] = open_image(source[i], base_dir)
+        resized = {i: image if image.size == size else image.resize(size, Image.BICUBIC) for i, image in opened.items()}
+        return Video([resized[i] for i in chosen], float(fps))
+    file = _video_file(source, base_dir)
+    total, rate, width, height = video_info(file)
+    count = sample_count(total, rate, fps, max_frames)
+    frames, decoded = _decode(file, sample_indices(total, count),
+                              video_frame_size(width, height, count, min_pixels, max_pixels, processor_pixels))
+    if len(frames) < count:  # the container counts more frames than the stream holds: sample the real ones
+        total, count = decoded, sample_count(decoded, rate, fps, max_frames)
+        frames, _ = _decode(file, sample_indices(total, count),
+                            video_frame_size(width, height, count, min_pixels, max_pixels, processor_pixels))
+    return Video(frames, count / total * rate)
+
+
 # --- prompts ------------------------------------------------------------------------------------
 
 def build_messages(problem, template="set"):
-    """One user turn: the problem inside the template, an image item wherever `<image>` stands (as EasyR1's
-    RLHFDataset._build_messages: split on "<image>", keep non-empty text pieces)."""
+    """One user turn: the problem inside the template, an image (video) item wherever `<image>` (`<video>`)
+    stands, in order (as EasyR1's RLHFDataset._build_messages: split on the tag, keep non-empty text pieces)."""
     text = problem if template == "none" else rewards.render_template(template, problem)
     content = []
-    for i, piece in enumerate(text.split("<image>")):
-        if i:
-            content.append({"type": "image"})
-        if piece:
+    for piece in re.split(r"(<image>|<video>)", text):
+        if piece in ("<image>", "<video>"):
+            content.append({"type": piece[1:-1]})
+        elif piece:
             content.append({"type": "text", "text": piece})
     return [{"role": "user", "content": content}]
 
@@ -295,24 +529,77 @@ def image_token_count(image, processor):
     return (height // patch) * (width // patch) // (merge * merge)
 
 
+def video_token_count(video, processor):
+    """How many <|video_pad|> tokens the processor expands one `Video` (or (num_frames, width, height)) into:
+    (T / temporal_patch_size) * (H / patch) * (W / patch) / merge^2, (T/2) * (H/28) * (W/28) for Qwen2.5-VL."""
+    vp = processor.video_processor
+    frames, width, height = video if isinstance(video, tuple) else (len(video.frames), *video.frames[0].size)
+    grid_t = math.ceil(frames / vp.temporal_patch_size)  # the processor pads an odd count; ours are even anyway
+    return grid_t * (height // vp.patch_size) * (width // vp.patch_size) // (vp.merge_size * vp.merge_size)
+
+
+def processor_inputs(processor, texts, images=None, videos=None):
+    """The one processor call, for the dataset's `encode` and for the trainer: input_ids with the image and video
+    pads expanded, pixel_values / image_grid_thw, pixel_values_videos / video_grid_thw / second_per_grid_ts.
+    `texts`: one text or a list; `images`: resized PIL images; `videos`: `Video`s, in order over all texts.
+
+    Videos go in as their uint8 frames with their `Video.metadata()` and do_sample_frames=False, so the
+    processor takes every frame and reads the rate from the metadata (second_per_grid_ts = 2 / fps). Without
+    metadata, transformers 5.19 assumes 24 fps. The metadata's do_sample_frames key is vLLM's, not a field of
+    transformers' VideoMetadata (which would refuse it), so it is left out here."""
+    kwargs = {}
+    if videos:
+        kwargs = dict(videos=[video.array() for video in videos], do_sample_frames=False,
+                      video_metadata=[{k: v for k, v in video.metadata().items() if k != "do_sample_frames"}
+                                      for video in videos])
+    return processor(text=texts, images=images or None, padding=True, return_tensors="pt", **kwargs)
+
+
 class PromptDataset:
-    """Rows + label set + prompt settings; `dataset[i]` is a ready `Prompt` (images resized once). For the
-    run's log: `dropped_long`, (where, prompt tokens) of each row over max_prompt_length, dropped at load."""
+    """Rows + label set + prompt settings; `dataset[i]` is a ready `Prompt` (images resized, videos sampled once).
+    For the run's log: `dropped_long`, (where, prompt tokens) of each row over max_prompt_length, dropped at load;
+    `audio_dropped`, how many rows had an <audio> tag taken out (module docstring). `has_videos`: a video dataset
+    (then every row is a video row)."""
 
     def __init__(self, path, processor, template="set", labels=None, min_pixels=512 * 512,
                  max_pixels=2048 * 2048, max_prompt_length=2048, image_dir=None, skip_bad=False,
-                 prompt_key="problem", answer_key="answer", image_key="images"):
+                 prompt_key="problem", answer_key="answer", image_key="images", video_key="videos",
+                 video_fps=VIDEO_FPS, video_min_pixels=VIDEO_MIN_PIXELS, video_max_pixels=VIDEO_MAX_PIXELS,
+                 video_max_frames=VIDEO_MAX_FRAMES):
         if template not in rewards.PROMPT_TEMPLATES:
             raise ValueError(f"template must be one of {', '.join(rewards.PROMPT_TEMPLATES)}, got {template!r}")
         if min_pixels > max_pixels:
             raise ValueError(f"min_pixels ({min_pixels}) is larger than max_pixels ({max_pixels})")
+        if video_min_pixels > video_max_pixels:
+            raise ValueError(f"video_min_pixels ({video_min_pixels}) is larger than video_max_pixels "
+                             f"({video_max_pixels})")
+        if not video_fps > 0 or video_max_frames < FRAME_FACTOR:
+            raise ValueError(f"video_fps must be > 0 and video_max_frames >= {FRAME_FACTOR}, got {video_fps} and "
+                             f"{video_max_frames}")
         self.processor_pixels = tuple(processor.image_processor.size[k] for k in ("shortest_edge", "longest_edge"))
         self.path, self.processor, self.template = str(path), processor, template
         self.min_pixels, self.max_pixels, self.max_prompt_length = min_pixels, max_pixels, max_prompt_length
+        self.video_fps, self.video_min_pixels, self.video_max_pixels = video_fps, video_min_pixels, video_max_pixels
+        self.video_max_frames = video_max_frames
         self.skip_bad = skip_bad
         self.skipped = []  # (where, reason) of every row left out, once per row, for the run's log
         self._failed = set()  # rows whose images failed: skipped without a retry on later epochs
-        rows = read_rows(path, image_dir, prompt_key, answer_key, image_key)
+        rows = read_rows(path, image_dir, prompt_key, answer_key, image_key, video_key)
+        self._one_modality(rows, image_key, video_key)
+        self.has_videos = is_video = any(row.videos for row in rows)  # (a dataset is all images or all videos)
+        self.video_processor_pixels = QWEN_VIDEO_PIXELS
+        if is_video:
+            if getattr(processor, "video_processor", None) is None:
+                raise DataError(f"{path}: has video rows, but the processor has no video processor")
+            size = processor.video_processor.size
+            self.video_processor_pixels = (size["shortest_edge"], size["longest_edge"])
+        self.audio_dropped = 0
+        for row in rows:  # Qwen2.5-VL takes no audio: the tag goes, and the whitespace after it
+            if isinstance(row.problem, str) and "<audio>" in row.problem:
+                row.problem, self.audio_dropped = re.sub(r"<audio>\s*", "", row.problem), self.audio_dropped + 1
+        if self.audio_dropped:
+            warnings.warn(f"{path}: removed the <audio> tag from {self.audio_dropped} row(s): Qwen2.5-VL sees the "
+                          f"video frames only; audio needs an omni model (Qwen2.5-Omni / HumanOmni)", stacklevel=2)
         self.labels = resolve_labels(rows, labels, path)
         known = {label.lower() for label in self.labels}
         self.rows, self.dropped_long, text_tokens = [], [], {}
@@ -325,10 +612,12 @@ class PromptDataset:
                 self._bad(row, f"empty or missing {answer_key!r}")
             elif row.answer.lower() not in known:
                 self._bad(row, f"label {row.answer!r} is not in the label set {self.labels}")
-            elif not row.images:
-                self._bad(row, f"no image in {image_key!r}")
+            elif not row.images and not row.videos:
+                self._bad(row, f"no video in {video_key!r}" if is_video else f"no image in {image_key!r}")
             elif (tags := self._tagged(row).count("<image>")) != len(row.images):
                 self._bad(row, f"the problem has {tags} <image> tags but the row has {len(row.images)} images")
+            elif (tags := self._tagged(row).count("<video>")) != len(row.videos):
+                self._bad(row, f"the problem has {tags} <video> tags but the row has {len(row.videos)} videos")
             elif (length := self._header_length(row, text_tokens)) is not None and length > max_prompt_length:
                 self.dropped_long.append((row.where, length))
             else:
@@ -337,8 +626,27 @@ class PromptDataset:
             raise DataError(f"{path}: no usable rows ({len(self.skipped)} skipped, {len(self.dropped_long)} over "
                             f"max_prompt_length={max_prompt_length})")
 
-    def _tagged(self, row):  # the problem with its <image> tags: one per image in front when it has none
-        return row.problem if "<image>" in row.problem else "<image>" * len(row.images) + row.problem
+    @staticmethod
+    def _one_modality(rows, image_key, video_key):
+        """Refuse image rows beside video rows: Qwen2.5-VL runs its vision tower once per modality in a forward,
+        and under FSDP every rank must run it the same number of times, so a batch may not mix them."""
+        why = ("Qwen2.5-VL runs its vision tower once per modality in a forward, and under FSDP every rank must "
+               "run it the same number of times, so a dataset is all images or all videos: split it in two")
+        both = next((row for row in rows if row.images and row.videos), None)
+        if both is not None:
+            raise DataError(f"{both.where}: the row has both {image_key!r} and {video_key!r}; {why}")
+        image_row = next((row for row in rows if row.images), None)
+        video_row = next((row for row in rows if row.videos), None)
+        if image_row is not None and video_row is not None:
+            raise DataError(f"image rows ({image_row.where}) and video rows ({video_row.where}) in one dataset; {why}")
+
+    def _tagged(self, row):  # the problem with its tags: one per image (video) in front when it has none
+        problem = row.problem if "<image>" in row.problem else "<image>" * len(row.images) + row.problem
+        return problem if "<video>" in problem else "<video>" * len(row.videos) + problem
+
+    def _video_kwargs(self):
+        return dict(fps=self.video_fps, min_pixels=self.video_min_pixels, max_pixels=self.video_max_pixels,
+                    max_frames=self.video_max_frames, processor_pixels=self.video_processor_pixels)
 
     def _render(self, problem):
         text = render_prompt(self.processor, problem, self.template)
@@ -349,12 +657,14 @@ class PromptDataset:
         try:
             sizes = [reference_size(*open_image(source, row.base_dir, True), self.min_pixels, self.max_pixels,
                                     self.processor_pixels) for source in row.images]
-        except Exception:  # PIL raises many types
+            shapes = [video_shape(source, row.base_dir, **self._video_kwargs()) for source in row.videos]
+        except Exception:  # PIL and PyAV raise many types
             return None
         problem = self._tagged(row)
         if problem not in text_tokens:  # most datasets ask one question: render and tokenise it once
             text_tokens[problem] = len(self._render(problem)[1])
-        return text_tokens[problem] + sum(image_token_count(size, self.processor) - 1 for size in sizes)
+        return (text_tokens[problem] + sum(image_token_count(size, self.processor) - 1 for size in sizes)
+                + sum(video_token_count(shape, self.processor) - 1 for shape in shapes))
 
     def _bad(self, row, reason):
         if not self.skip_bad:
@@ -365,7 +675,8 @@ class PromptDataset:
         return len(self.rows)
 
     def __getitem__(self, index):
-        """Open, resize and render one row. Raises DataError naming the row on any problem."""
+        """Open and resize (sample) the images (videos) of one row, render it. Raises DataError naming the row on
+        any problem."""
         row = self.rows[index]
         images = []
         for source in row.images:
@@ -375,9 +686,19 @@ class PromptDataset:
                                            self.processor_pixels))
             except Exception as e:  # PIL raises many types; all mean "this image is unusable"
                 raise DataError(f"{row.where}: cannot use image {name}: {type(e).__name__}: {e}") from e
+        videos = []
+        for source in row.videos:
+            name = (source if isinstance(source, str) and source else f"<list of {len(source)} frames>"
+                    if isinstance(source, list) else f"<{type(source).__name__} video>")
+            try:
+                videos.append(load_video(source, row.base_dir, **self._video_kwargs()))
+            except Exception as e:  # PyAV and PIL raise many types; all mean "this video is unusable"
+                raise DataError(f"{row.where}: cannot use video {name}: {type(e).__name__}: {e}") from e
         text, prompt_ids = self._render(self._tagged(row))
-        num_tokens = len(prompt_ids) + sum(image_token_count(im, self.processor) - 1 for im in images)
-        return Prompt(index, row.problem, row.answer, text, prompt_ids, images, num_tokens, row.where, row.response)
+        num_tokens = (len(prompt_ids) + sum(image_token_count(im, self.processor) - 1 for im in images)
+                      + sum(video_token_count(video, self.processor) - 1 for video in videos))
+        return Prompt(index, row.problem, row.answer, text, prompt_ids, images, num_tokens, row.where, row.response,
+                      videos)
 
     def get_batch(self, indices):
         """Prompts for `indices`; with skip_bad, bad rows are left out and recorded in `skipped`."""
@@ -396,10 +717,17 @@ class PromptDataset:
         return batch
 
 
+def video_kwargs(cfg):
+    """PromptDataset's video settings from a run config with the same field names (train_grpo, sft, evaluate)."""
+    return {key: getattr(cfg, key) for key in ("video_fps", "video_min_pixels", "video_max_pixels", "video_max_frames")}
+
+
 def encode(processor, prompts):
-    """Processor tensors for prompts (input_ids with expanded image pads, pixel_values, grid_thw)."""
+    """Processor tensors for prompts (input_ids with expanded image and video pads, pixel values, grid_thw,
+    second_per_grid_ts for videos), through `processor_inputs`."""
     images = [image for p in prompts for image in p.images]
-    return processor(text=[p.text for p in prompts], images=images or None, padding=True, return_tensors="pt")
+    videos = [video for p in prompts for video in p.videos]
+    return processor_inputs(processor, [p.text for p in prompts], images, videos)
 
 
 # --- batching -----------------------------------------------------------------------------------
@@ -436,10 +764,10 @@ def rank_slice(items, rank, world_size):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="load every row and image of a dataset and print statistics",
-                           description="Load every row and image of a dataset exactly as training does (PromptDataset "
-                                       "with the model's processor) and print its statistics as JSON; a bad row "
-                                       "stops it with the file and row, or is counted with --skip-bad-rows.")
+    check = sub.add_parser("check", help="load every row, image and video of a dataset and print statistics",
+                           description="Load every row, image and video of a dataset exactly as training does "
+                                       "(PromptDataset with the model's processor) and print its statistics as JSON; "
+                                       "a bad row stops it with the file and row, or is counted with --skip-bad-rows.")
     check.add_argument("path", help="data file or folder (DIR@split keeps the files whose name contains split)")
     check.add_argument("--model", default=None,
                        help="required: model folder or hub name whose processor renders the prompts; for the "
@@ -450,6 +778,10 @@ def main():
     check.add_argument("--max-pixels", type=int, default=2048 * 2048)
     check.add_argument("--max-prompt-length", type=int, default=2048)
     check.add_argument("--image-dir", default=None)
+    check.add_argument("--video-fps", type=float, default=VIDEO_FPS, help="frames sampled per second of video")
+    check.add_argument("--video-min-pixels", type=int, default=VIDEO_MIN_PIXELS)
+    check.add_argument("--video-max-pixels", type=int, default=VIDEO_MAX_PIXELS)
+    check.add_argument("--video-max-frames", type=int, default=VIDEO_MAX_FRAMES)
     check.add_argument("--skip-bad-rows", action="store_true", help="count bad rows instead of stopping")
     args = parser.parse_args()
     if args.model is None:  # no default: this module never builds the tiny model (tiny.py imports data.py)
@@ -460,12 +792,15 @@ def main():
     processor = AutoProcessor.from_pretrained(args.model)
     try:
         dataset = PromptDataset(args.path, processor, args.template, args.labels, args.min_pixels, args.max_pixels,
-                                args.max_prompt_length, args.image_dir, args.skip_bad_rows)
+                                args.max_prompt_length, args.image_dir, args.skip_bad_rows, video_fps=args.video_fps,
+                                video_min_pixels=args.video_min_pixels, video_max_pixels=args.video_max_pixels,
+                                video_max_frames=args.video_max_frames)
         lengths = [p.num_tokens for p in dataset.get_batch(tqdm(range(len(dataset)), desc="checking rows"))]
     except DataError as e:  # a message for the person, not a traceback
         raise SystemExit(f"error: {e}") from None
     print(json.dumps({"rows": len(dataset.rows), "usable": len(lengths), "skipped": len(dataset.skipped),
                       "dropped_long": len(dataset.dropped_long),
+                      "video_rows": sum(1 for r in dataset.rows if r.videos), "audio_dropped": dataset.audio_dropped,
                       "labels": dataset.labels, "label_counts": Counter(r.answer for r in dataset.rows),
                       "prompt_tokens": {"min": min(lengths, default=0), "max": max(lengths, default=0)}}, indent=1))
     for where, reason in dataset.skipped[:20]:

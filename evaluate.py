@@ -43,6 +43,7 @@ from pathlib import Path
 
 import data
 import rewards
+from data import VIDEO_FPS, VIDEO_MAX_FRAMES, VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS  # (Config's `data` field hides the module)
 from plots import draw_confusion
 
 DOMAIN_ORDER = ["emoset", "emotion6", "webemo"]  # Table 1's column order within a block
@@ -67,6 +68,10 @@ class Config:
     max_prompt_length: int = 2048
     min_pixels: int = 512 * 512  # EMO-R3
     max_pixels: int = 2048 * 2048
+    video_fps: float = VIDEO_FPS  # video rows: frames per second sampled (as train_grpo.py)
+    video_max_frames: int = VIDEO_MAX_FRAMES
+    video_min_pixels: int = VIDEO_MIN_PIXELS
+    video_max_pixels: int = VIDEO_MAX_PIXELS
     reflect: bool = False  # also ask the two reflection questions about each response
     reflect_max_tokens: int = 16  # reflection answers are one word
     reflect_temperature: float = 0.6  # EMO-R3's re-ask sampling
@@ -338,7 +343,7 @@ def evaluate(cfg):
     from transformers import AutoProcessor
 
     from common import compute_dtype, require_cuda, setup_distributed, skipped_on_any_rank
-    from rollout import HFEngine, Request, VLLMEngine
+    from rollout import HFEngine, Request, VLLMEngine, visuals
     from train_grpo import ask_reflection  # the trainer's re-ask, exactly
 
     require_cuda(cfg.allow_cpu)
@@ -355,15 +360,18 @@ def evaluate(cfg):
                                                        dtype="float32" if device.type == "cpu" else None)
         processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
         tokenizer = processor.tokenizer
-        image_pad_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        image_pad_id, video_pad_id = tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"])
         if cfg.engine == "vllm":
             engine = VLLMEngine(model_path, image_pad_id, dtype=compute_dtype("auto", device), seed=cfg.seed,
                                 max_model_len=cfg.max_prompt_length + max(cfg.max_response_length, cfg.reflect_max_tokens),
                                 tensor_parallel_size=cfg.tensor_parallel_size,
                                 gpu_memory_utilization=cfg.gpu_memory_utilization, cpu_kv_cache_gb=cfg.cpu_kv_cache_gb,
-                                trust_remote_code=cfg.trust_remote_code)
+                                trust_remote_code=cfg.trust_remote_code, video_pad_id=video_pad_id,
+                                # vLLM budgets memory for a clip only where a benchmark has clips
+                                videos=any(row.videos for f in cfg.data.split(",") if f for row in data.read_rows(f)))
         else:
-            engine = HFEngine(model_path, processor, device, image_pad_id, trust_remote_code=cfg.trust_remote_code)
+            engine = HFEngine(model_path, processor, device, image_pad_id, trust_remote_code=cfg.trust_remote_code,
+                              video_pad_id=video_pad_id)
         # engines start asleep (on GPU a sleeping vLLM engine would wait forever): the weights are the
         # folder's own, so there is nothing to push, no cache to reset
         engine.wake_up(["weights", "kv_cache"])
@@ -377,7 +385,8 @@ def evaluate(cfg):
         for file, name in zip(files, names):
             dataset = data.PromptDataset(file, processor, template=cfg.template, labels=cfg.labels or None,
                                          min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
-                                         max_prompt_length=cfg.max_prompt_length, skip_bad=cfg.skip_bad_rows)
+                                         max_prompt_length=cfg.max_prompt_length, skip_bad=cfg.skip_bad_rows,
+                                         **data.video_kwargs(cfg))
             count = min(len(dataset), cfg.max_samples or len(dataset))
             mine = list(range(count))[rank::world_size]  # strided share: every rank gets ~count / world
             rows = []
@@ -386,13 +395,13 @@ def evaluate(cfg):
             num_batches = -(-(-(-count // world_size)) // cfg.batch_size)
             for start in range(0, num_batches * cfg.batch_size, cfg.batch_size):
                 prompts = dataset.get_batch(mine[start:start + cfg.batch_size])
-                requests = [Request(p.text, p.prompt_ids, p.images) for p in prompts]
+                requests = [Request(p.text, p.prompt_ids, p.images, p.videos) for p in prompts]
                 outputs = engine.generate(requests, 1, temperature, cfg.top_p, cfg.max_response_length, cfg.seed + start,
                                           logprobs_for=0)
                 texts = [tokenizer.decode(o[0][0], skip_special_tokens=True) for o in outputs]
                 reflect_text = reflect_image = [None] * len(texts)
                 if cfg.reflect:
-                    images = [p.images for p in prompts]
+                    images = [visuals(p) for p in prompts]  # what each response saw: its image or clip
                     reflect_text, reflect_image = (ask_reflection(engine, processor, kind, texts, images, dataset.labels,
                                                                      cfg, cfg.seed + start) for kind in ("text", "image"))
                 for p, text, rt, ri in zip(prompts, texts, reflect_text, reflect_image):

@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+import data
+
 
 def register_shared_prompt_attention():
     """Make shared_prompt_attention a transformers attention implementation, "shared_prompt" (with sdpa's
@@ -43,16 +45,74 @@ class Sample:
     weight: float = 1.0  # 0 = run in the forward but left out of the loss (sft.py's dummy image example)
 
 
+VISUAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
 def encode_prompts(processor, prompts):
-    """Processor tensors for each prompt, once: the n responses and every log-prob pass reuse them."""
+    """Processor tensors for each prompt, once: the n responses and every log-prob pass reuse them.
+    Images and videos go through data.processor_inputs, the one call that also serves the datasets."""
     encoded = []
     for p in prompts:
-        t = processor(text=[p.text], images=p.images or None, return_tensors="pt")
+        t = data.processor_inputs(processor, [p.text], p.images, getattr(p, "videos", None))
         item = {"input_ids": t["input_ids"][0], "mm_token_type_ids": t["mm_token_type_ids"][0]}
-        if p.images:  # text-only prompts (sft.py's coherence examples) carry no pixels
-            item.update(pixel_values=t["pixel_values"], image_grid_thw=t["image_grid_thw"])
+        # text-only prompts (sft.py's coherence examples) carry no pixels
+        item.update({k: torch.as_tensor(t[k]) for k in VISUAL_KEYS if k in t})
         encoded.append(item)
     return encoded
+
+
+def has_visual(item):
+    """Whether an encoded prompt (or a collated batch) runs the vision tower."""
+    return "pixel_values" in item or "pixel_values_videos" in item
+
+
+def mrope_positions(config, input_ids, mm_token_type_ids, image_grid_thw=None, video_grid_thw=None,
+                    second_per_grid_ts=None, attention_mask=None):
+    """Qwen2.5-VL's 3-D positions (3, B, L) of each row's tokens where attention_mask is 1 (others 0), as
+    vLLM computes them (Qwen2_5_VLForConditionalGeneration.get_mrope_input_positions) and as the model
+    was trained: text counts up by one on all three axes; an image or video block of (t, h, w) merged
+    patches gets (start + t * tokens_per_second * second_per_grid, start + h, start + w); text after a
+    block continues at the largest position so far + 1.
+
+    Not transformers 5.19's get_rope_index: after a video it continues at start + max(h, w), ignoring
+    the time axis, so text after a clip reuses positions its frames hold; with those positions the tiny
+    model's log-probs of vLLM's own greedy tokens differed from vLLM's by up to 6.4 (ours: 5e-6). For
+    images (t = 1) the two agree, and tests/test_video_packing.py holds them equal there.
+    """
+    merge = config.vision_config.spatial_merge_size
+    per_second = getattr(config.vision_config, "tokens_per_second", 1.0)
+    rows, width = input_ids.shape
+    positions = torch.zeros(3, rows, width, dtype=torch.long, device=input_ids.device)
+    grids = {1: iter(image_grid_thw.tolist() if image_grid_thw is not None else []),
+             2: iter(video_grid_thw.tolist() if video_grid_thw is not None else [])}
+    seconds = iter(torch.as_tensor(second_per_grid_ts).tolist() if second_per_grid_ts is not None else [])
+    for r in range(rows):
+        keep = (attention_mask[r].bool() if attention_mask is not None
+                else torch.ones(width, dtype=torch.bool, device=input_ids.device))
+        types = mm_token_type_ids[r][keep].tolist()
+        parts, start, i = [], 0, 0
+        while i < len(types):
+            j = i
+            while j < len(types) and types[j] == types[i]:
+                j += 1
+            if types[i] == 0:  # text
+                parts.append(torch.arange(j - i).expand(3, -1) + start)
+                start += j - i
+                i = j
+                continue
+            t, h, w = next(grids[types[i]])
+            h, w = h // merge, w // merge
+            block = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij"))
+            block = block.reshape(3, -1)
+            if types[i] == 2:  # time: each temporal patch is second_per_grid seconds after the previous one
+                block[0] = (block[0] * (next(seconds) * per_second)).long()
+            parts.append(block + start)
+            start = int(parts[-1].max()) + 1
+            i += t * h * w  # consecutive blocks of one modality (two images in a row) are separate
+        if parts:
+            positions[:, r, keep] = torch.cat(parts, 1).to(input_ids.device)
+    deltas = positions.amax(dim=(0, 2)) + 1 - (attention_mask.sum(1) if attention_mask is not None else width)
+    return positions, deltas[:, None]
 
 
 def packed_lengths(samples, encoded):
@@ -110,14 +170,15 @@ def collate(samples, encoded, pad_id, device):
         prompt_index[b] = r * width + torch.arange(prompt_width)
         prompt_len[b] = p
         used[r] += n
-    with_images = [p for p in rows if "pixel_values" in encoded[p]]  # text-only prompts (sft.py) have no pixels
     batch = dict(input_ids=input_ids, mm_token_type_ids=mm_types, in_prompt=in_prompt, offset=offset,
                  response_ids=response_ids, response_mask=response_mask, logit_index=logit_index,
                  token_index=token_index, prompt_index=prompt_index, prompt_len=prompt_len)
-    if with_images:
-        batch.update(pixel_values=torch.cat([encoded[p]["pixel_values"] for p in with_images]),
-                     image_grid_thw=torch.cat([encoded[p]["image_grid_thw"] for p in with_images]))
-    return {k: v.to(device) for k, v in batch.items()}
+    for key in VISUAL_KEYS:  # in row order, as the rows' placeholders come; text-only prompts (sft.py) have none
+        parts = [encoded[p][key] for p in rows if key in encoded[p]]
+        if parts:
+            batch[key] = torch.cat(parts)
+    # second_per_grid_ts only feeds the positions (computed here, on the host); the rest goes to the device
+    return {k: v if k == "second_per_grid_ts" else v.to(device) for k, v in batch.items()}
 
 
 def shared_prompt_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, packed=None,
@@ -168,8 +229,8 @@ def response_logprobs(model, batch, temperature, chunk=LOGPROB_CHUNK):
     """Log-probs (B, R) of the response tokens of collate()'s packed rows under `model`, logits divided
     by the temperature.
 
-    Positions: the prompt's come from the model's own get_rope_index (image tokens get 3-D positions;
-    without them transformers 5 silently falls back to 1-D ones and the log-probs are wrong); each
+    Positions: the prompt's come from mrope_positions (image and video tokens get 3-D positions, as vLLM
+    gives them; without them transformers 5 silently falls back to 1-D ones and the log-probs are wrong); each
     response continues from the prompt's largest position + 1, all three components together, as
     text after an image does. The attention layout (which keys each response sees) goes to
     shared_prompt_attention as the `packed` keyword. The LM head computes log-probs, not logits, and
@@ -181,8 +242,9 @@ def response_logprobs(model, batch, temperature, chunk=LOGPROB_CHUNK):
         raise ValueError("response_logprobs needs the text decoder on shared_prompt_attention: load the model "
                          "with load_model, or see register_shared_prompt_attention")
     targets, in_prompt = batch["response_ids"], batch["in_prompt"]
-    positions, _ = model.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"],
-                                              image_grid_thw=batch.get("image_grid_thw"), attention_mask=in_prompt)
+    positions, _ = mrope_positions(model.config, batch["input_ids"], batch["mm_token_type_ids"],
+                                   batch.get("image_grid_thw"), batch.get("video_grid_thw"),
+                                   batch.get("second_per_grid_ts"), attention_mask=in_prompt)
     after_prompt = positions.amax(dim=(0, 2)) + 1  # (rows,): positions outside the prompt are 0 here
     positions = torch.where(in_prompt, positions, after_prompt[:, None] + batch["offset"])
     # which keys response b's query k sees: its prompt's tokens, then its own tokens up to k
@@ -215,7 +277,8 @@ def response_logprobs(model, batch, temperature, chunk=LOGPROB_CHUNK):
     head.forward = head_logprobs
     try:
         logp = model(input_ids=batch["input_ids"], position_ids=positions, pixel_values=batch.get("pixel_values"),
-                     image_grid_thw=batch.get("image_grid_thw"), use_cache=False, packed=packed).logits
+                     image_grid_thw=batch.get("image_grid_thw"), pixel_values_videos=batch.get("pixel_values_videos"),
+                     video_grid_thw=batch.get("video_grid_thw"), use_cache=False, packed=packed).logits
     finally:
         del head.forward
     return logp

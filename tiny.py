@@ -17,6 +17,12 @@ The demo dataset (make_demo_dataset): small images whose emotion is their domina
 model trained from scratch can learn it in minutes, written as a user would bring a dataset
 (train.jsonl, test.jsonl, images/, labels.txt) with a SET `response` per row for the cold start.
 
+The video demo dataset (make_video_demo_dataset): 8-frame 56x56 clips whose emotion is the ORDER of two
+colours (VIDEO_DEMO_CLASSES: red then blue is anger, blue then red is sadness, ...). The first half of
+the frames shows the first colour, the second half the second, so the colour of a frame taken without
+its time (or the clip's average colour) leaves two labels; only the order decides. Rows list each clip
+as frame files (frames/<clip>/<k>.png), with an R1-Omni `response` (<think>..</think><answer>..</answer>).
+
 Not here: reading, checking and batching datasets (data.py, which this module imports; data.py never
 imports this one) and the converters of the public datasets (prepare_data.py).
 
@@ -24,6 +30,8 @@ imports this one) and the converters of the public datasets (prepare_data.py).
     python tiny.py --out .cache/tiny-seed1 --seed 1
     python tiny.py demo                 # -> .cache/demo: the demo dataset (what `--demo` trains on)
     python tiny.py demo --out .cache/demo-small --num-train 64 --num-test 16 --seed 1
+    python tiny.py video-demo           # -> .cache/video-demo: the video demo dataset (clips as frame lists)
+    python tiny.py video-demo --out .cache/video-demo-small --num-train 64 --num-test 16 --seed 1
 """
 
 import argparse
@@ -39,6 +47,7 @@ import data
 REPO = Path(__file__).resolve().parent
 DEFAULT_DIR = REPO / ".cache" / "tiny-qwen2.5-vl"
 DEMO_DIR = REPO / ".cache" / "demo"
+VIDEO_DEMO_DIR = REPO / ".cache" / "video-demo"
 
 # --- the tiny model -----------------------------------------------------------------------------
 
@@ -79,6 +88,7 @@ TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]})
 VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14,
               spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1])
+VIDEO_PIXELS = {"shortest_edge": 56 * 56, "longest_edge": 768 * 28 * 28}  # per-frame pixel range of the video processor
 
 
 def _tokenizer_corpus():
@@ -127,7 +137,7 @@ def build_tiny_model(out_dir=DEFAULT_DIR, seed=0, init_std=0.2, overwrite=False)
     # the recipe (architecture, seed, tokenizer corpus) is recorded; a folder built from another
     # recipe (an older version of this file) is rebuilt rather than silently reused
     import hashlib
-    recipe = hashlib.sha256(json.dumps([TEXT, VISION, seed, init_std, _tokenizer_corpus()]).encode()).hexdigest()[:16]
+    recipe = hashlib.sha256(json.dumps([TEXT, VISION, seed, init_std, _tokenizer_corpus(), VIDEO_PIXELS]).encode()).hexdigest()[:16]
     done = out_dir / "tiny.json"
     if done.exists() and json.loads(done.read_text()).get("recipe") == recipe and not overwrite:
         return out_dir
@@ -140,7 +150,10 @@ def build_tiny_model(out_dir=DEFAULT_DIR, seed=0, init_std=0.2, overwrite=False)
     # (multiples of 28) before they reach the processor, which then leaves them as they are.
     image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 16384, patch_size=14,
                                             temporal_patch_size=2, merge_size=2)
-    video_processor = Qwen2VLVideoProcessor(patch_size=14, temporal_patch_size=2, merge_size=2)
+    # Qwen's video range starts at 128*28*28 pixels per frame: a 56x56 demo clip would be upscaled to
+    # 336x336, 576 tokens instead of 16. The tiny model's processor accepts frames from 56x56 up
+    video_processor = Qwen2VLVideoProcessor(patch_size=14, temporal_patch_size=2, merge_size=2,
+                                            size=VIDEO_PIXELS)
     processor = Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tok,
                                     video_processor=video_processor, chat_template=CHAT_TEMPLATE)
 
@@ -239,6 +252,105 @@ def make_demo_dataset(out_dir=DEMO_DIR, num_train=256, num_test=64, labels=None,
     return out_dir
 
 
+# --- the video demo dataset ---------------------------------------------------------------------
+
+# The emotion of a clip is the order of two colours: each label starts in its image-demo colour
+# (DEMO_COLOUR_NAMES) and turns into its partner's. A frame's colour alone leaves two labels (which
+# pair it belongs to, not which order), and so does the clip's average colour; the order over time
+# decides. Read by the tests and docs: change the mapping here only.
+VIDEO_DEMO_COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (40, 180, 60), "yellow": (240, 210, 40)}
+VIDEO_DEMO_CLASSES = {"amusement": ("yellow", "green"), "anger": ("red", "blue"),
+                      "contentment": ("green", "yellow"), "sadness": ("blue", "red")}
+VIDEO_DEMO_QUESTION = "<video>What emotion does this clip evoke? Choose one of: {labels}."
+# distractor shapes keep at least this RGB distance from every class colour, so they never pass for one
+VIDEO_DEMO_DISTRACTOR_GAP = 100
+
+
+def video_demo_response(label):
+    """A short R1-Omni answer for a demo clip: the reasoning a cold start can imitate (sft.py)."""
+    first, second = VIDEO_DEMO_CLASSES[label]
+    return f"<think>The clip turns from {first} to {second}.</think>\n<answer>{label}</answer>"
+
+
+def _distractor_colour(rng):
+    """A random colour at least VIDEO_DEMO_DISTRACTOR_GAP away from every class colour."""
+    while True:
+        colour = tuple(rng.randint(0, 255) for _ in range(3))
+        if all(sum((a - b) ** 2 for a, b in zip(colour, rgb)) >= VIDEO_DEMO_DISTRACTOR_GAP ** 2
+               for rgb in VIDEO_DEMO_COLOURS.values()):
+            return colour
+
+
+def make_video_demo_clip(label, rng, frames=8, size=56):
+    """`frames` size x size RGB frames: the first frames // 2 on the label's first colour, the rest on its
+    second (each jittered per clip, with a slight per-frame flicker), and 1-3 small shapes in
+    non-class colours that drift across the clip."""
+    first, second = (tuple(min(255, max(0, c + rng.randint(-20, 20))) for c in VIDEO_DEMO_COLOURS[name])
+                     for name in VIDEO_DEMO_CLASSES[label])
+    shapes = []
+    for _ in range(rng.randint(1, 3)):
+        w, h = rng.randint(6, size // 4), rng.randint(6, size // 4)
+        shapes.append((w, h, rng.randint(0, size - w), rng.randint(0, size - h), rng.randint(-4, 4),
+                       rng.randint(-4, 4), _distractor_colour(rng), rng.random() < 0.5))
+    clip = []
+    for k in range(frames):
+        flicker = rng.randint(-5, 5)
+        background = tuple(min(255, max(0, c + flicker)) for c in (first if k < frames // 2 else second))
+        image = Image.new("RGB", (size, size), background)
+        draw = ImageDraw.Draw(image)
+        for w, h, x, y, dx, dy, colour, round_ in shapes:
+            x, y = (x + k * dx) % (size - w + 1), (y + k * dy) % (size - h + 1)  # drifts, wrapping round
+            (draw.ellipse if round_ else draw.rectangle)([x, y, x + w - 1, y + h - 1], fill=colour)
+        clip.append(image)
+    return clip
+
+
+def make_video_demo_dataset(out_dir=VIDEO_DEMO_DIR, num_train=256, num_test=64, seed=0, frames=8, size=56):
+    """Write the video demo dataset: train.jsonl, test.jsonl, frames/<clip>/<k>.png, labels.txt.
+
+    A row: {"videos": [["frames/train_00000/0.png", ..., "frames/train_00000/7.png"]], "problem":
+    "<video>What emotion ...? Choose one of: amusement, anger, contentment, sadness.", "answer": label,
+    "response": video_demo_response(label)}; frame paths are relative to the data file. At the defaults a
+    clip is 16 video tokens ((8 / 2) temporal patches x (56 / 28)^2) if the video processor is told to keep
+    56x56 frames (min_pixels 56 * 56: its own default, 128 * 28 * 28 per frame, upscales them to 336x336,
+    576 tokens), and the colour changes between two temporal patches, never inside one. Classes are
+    balanced per split. Returns the folder; rebuilt only when missing or made with other settings
+    (video-demo.json, written last, records them).
+    """
+    if frames < 2 or size < 28:
+        raise ValueError(f"a video demo clip needs at least 2 frames of at least 28x28 pixels, not {frames} of {size}")
+    out_dir = Path(out_dir)
+    labels = list(VIDEO_DEMO_CLASSES)
+    recipe = json.loads(json.dumps({"classes": VIDEO_DEMO_CLASSES, "colours": VIDEO_DEMO_COLOURS, "num_train": num_train,
+                                    "num_test": num_test, "seed": seed, "frames": frames, "size": size, "version": 1}))
+    done = out_dir / "video-demo.json"
+    if done.exists():
+        if json.loads(done.read_text()) == recipe:
+            return out_dir  # already built with these settings
+        import shutil
+        shutil.rmtree(out_dir / "frames", ignore_errors=True)  # ours (the recipe says so): no stale frames left
+    for name in ("train.jsonl", "test.jsonl", "labels.txt", "video-demo.json"):
+        (out_dir / name).unlink(missing_ok=True)
+    rng = random.Random(seed)
+    question = VIDEO_DEMO_QUESTION.format(labels=", ".join(labels))
+    for split, count in (("test", num_test), ("train", num_train)):  # video-demo.json, written last, marks "done"
+        split_labels = [labels[i % len(labels)] for i in range(count)]
+        rng.shuffle(split_labels)
+        rows = []
+        for i, label in enumerate(split_labels):
+            clip = f"frames/{split}_{i:05d}"
+            (out_dir / clip).mkdir(parents=True, exist_ok=True)
+            paths = []
+            for k, image in enumerate(make_video_demo_clip(label, rng, frames, size)):
+                paths.append(f"{clip}/{k}.png")
+                image.save(out_dir / paths[-1])
+            rows.append({"videos": [paths], "problem": question, "answer": label, "response": video_demo_response(label)})
+        (out_dir / "labels.txt").write_text("\n".join(labels) + "\n")
+        data.write_jsonl(out_dir / f"{split}.jsonl", rows)
+    done.write_text(json.dumps(recipe))  # written last: marks the folder complete
+    return out_dir
+
+
 # --- command line -------------------------------------------------------------------------------
 
 def main():
@@ -248,7 +360,8 @@ def main():
     parser.add_argument("--init-std", type=float, default=0.2, help="std of the random weights (default: 0.2)")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if the folder exists")
     sub = parser.add_subparsers(dest="command", title="command (optional)",
-                                description="none: build the tiny model (the options above); demo: the demo dataset")
+                                description="none: build the tiny model (the options above); demo: the demo "
+                                            "dataset; video-demo: the video demo dataset")
     demo = sub.add_parser("demo", help="write the demo dataset (train.jsonl, test.jsonl, images/, labels.txt)",
                           description=make_demo_dataset.__doc__)
     demo.add_argument("--out", dest="demo_out", metavar="OUT", default=str(DEMO_DIR),
@@ -257,7 +370,22 @@ def main():
     demo.add_argument("--num-test", type=int, default=64, help="test rows (default: %(default)s)")
     demo.add_argument("--seed", dest="demo_seed", metavar="SEED", type=int, default=0,
                       help="seed of the images (default: 0)")
+    video = sub.add_parser("video-demo", help="write the video demo dataset (train.jsonl, test.jsonl, frames/, "
+                           "labels.txt)", description=make_video_demo_dataset.__doc__)
+    video.add_argument("--out", dest="video_out", metavar="OUT", default=str(VIDEO_DEMO_DIR),
+                       help="folder to write (default: %(default)s)")
+    video.add_argument("--num-train", type=int, default=256, help="training clips (default: %(default)s)")
+    video.add_argument("--num-test", type=int, default=64, help="test clips (default: %(default)s)")
+    video.add_argument("--seed", dest="demo_seed", metavar="SEED", type=int, default=0,
+                       help="seed of the clips (default: 0)")
+    video.add_argument("--frames", type=int, default=8, help="frames per clip (default: %(default)s)")
+    video.add_argument("--size", type=int, default=56, help="frame width and height in pixels (default: %(default)s)")
     args = parser.parse_args()
+    if args.command == "video-demo":
+        path = make_video_demo_dataset(args.video_out, args.num_train, args.num_test, seed=args.demo_seed,
+                                       frames=args.frames, size=args.size)
+        print(f"video demo dataset at {path}")
+        return
     if args.command == "demo":
         path = make_demo_dataset(args.demo_out, args.num_train, args.num_test, seed=args.demo_seed)
         print(f"demo dataset at {path}")

@@ -55,7 +55,7 @@ from common import (Tracker, compute_dtype, demo_paths, get_batch_on_every_rank,
                     sum_over_ranks, timed)
 from packing import Sample, batched_logprobs, collate, encode_prompts, micro_batches, pad_stack, response_logprobs
 from plots import draw_curves
-from rollout import HFEngine, Request, SyncGuard, VLLMEngine, full_weights, plain_turn_requests
+from rollout import HFEngine, Request, SyncGuard, VLLMEngine, full_weights, plain_turn_requests, visuals
 
 
 # --- config -------------------------------------------------------------------------------------
@@ -74,7 +74,11 @@ class Config:
     template: str = "set"  # prompt template: set (EMO-R3), think (plain GRPO baseline), r1-omni (R1-Omni), none
     min_pixels: int = 512 * 512  # EMO-R3 data.min_pixels (262144)
     max_pixels: int = 2048 * 2048  # EMO-R3 data.max_pixels (4194304)
-    max_prompt_length: int = 2048  # EMO-R3 data.max_prompt_length (tokens, image tokens included)
+    max_prompt_length: int = 2048  # EMO-R3 data.max_prompt_length (tokens, image and video tokens included)
+    video_fps: float = data.VIDEO_FPS  # frames sampled per second of a video file (EasyR1 data.video_fps); a frame list is taken as sampled at this rate
+    video_max_frames: int = data.VIDEO_MAX_FRAMES  # at most this many frames per video (qwen-vl-utils FPS_MAX_FRAMES)
+    video_min_pixels: int = data.VIDEO_MIN_PIXELS  # per-frame pixel range of videos (EasyR1 gives its data.min_pixels to qwen-vl-utils)
+    video_max_pixels: int = data.VIDEO_MAX_PIXELS  # (qwen-vl-utils VIDEO_MAX_PIXELS; the total over a clip is capped too)
     max_response_length: int = 2048  # EMO-R3 data.max_response_length
     # rollout
     rollout_batch_size: int = 512  # prompts per step, all ranks together (EMO-R3)
@@ -150,6 +154,7 @@ class Config:
 DEMO_DEFAULTS = dict(
     rollout_batch_size=16, group_size=8, mini_batch_size=16, micro_batch_size=64, logprob_micro_batch_size=64,
     max_prompt_length=512, max_response_length=64, min_pixels=56 * 56, max_pixels=112 * 112,
+    video_min_pixels=56 * 56, video_max_pixels=112 * 112, video_max_frames=16,
     reflect_max_tokens=8, lr=1e-3, kl_coef=0.05, max_steps=100, val_freq=25, save_freq=50, epochs=1,
     gradient_checkpointing=False, model=str(tiny.DEFAULT_DIR), train_files=str(tiny.DEMO_DIR / "train.jsonl"),
     val_files=str(tiny.DEMO_DIR / "test.jsonl"),  # built at start-up (common.demo_paths)
@@ -272,14 +277,14 @@ def kl_penalty(logp, ref_logp, kind="low_var_kl"):
 def reflection_requests(processor, kind, texts, images, labels, max_prompt_length):
     """One engine request per response for EMO-R3's re-ask: the coherence question (kind "text": which
     emotion does your step1-step2 text express? text only) or the consistency question (kind "image":
-    can your step1 text describe this image? its one image). A response without steps gets the
+    can your step1 text describe this image? its one image, or for a video prompt its clip, the same
+    sampled frames: `images` holds rollout.visuals(prompt) per response). A response without steps gets the
     reference's "Answer 'None'" question. The response's words stay words ("<image>" in them is no image
     slot), and a prompt over `max_prompt_length` tokens is cut on the right, as in the reference."""
     asks = [rewards.reflection_prompt(kind, t, labels) for t in texts]
     if kind == "text":
         return plain_turn_requests(processor, asks, [[]] * len(asks), max_prompt_length)
-    return plain_turn_requests(processor, [ask.removeprefix("<image>") for ask in asks],
-                               [image[:1] for image in images], max_prompt_length)
+    return plain_turn_requests(processor, [ask.removeprefix("<image>") for ask in asks], images, max_prompt_length)
 
 
 def ask_reflection(engine, processor, kind, texts, images, labels, cfg, seed):
@@ -301,7 +306,7 @@ def validate(engine, val_set, cfg, tokenizer, step, score):
     prompts = get_batch_on_every_rank(val_set, range(rank * share, min(len(val_set), (rank + 1) * share)))
     counted = len(prompts)
     prompts += get_batch_on_every_rank(val_set, [0]) * (share - counted)
-    outputs = engine.generate([Request(p.text, p.prompt_ids, p.images) for p in prompts], 1, cfg.val_temperature,
+    outputs = engine.generate([Request(p.text, p.prompt_ids, p.images, p.videos) for p in prompts], 1, cfg.val_temperature,
                               cfg.val_top_p, cfg.max_response_length, seed=cfg.seed * 7919 + step * 100003 + rank * 1009,
                               logprobs_for=0)
     scores = [score(tokenizer.decode(o[0][0], skip_special_tokens=True), p.answer, None, None)
@@ -420,10 +425,10 @@ def main(argv=None):
     processor = AutoProcessor.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
     tokenizer = processor.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    image_pad_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    image_pad_id, video_pad_id = tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"])
     data_kwargs = dict(template=cfg.template, labels=cfg.labels or None, min_pixels=cfg.min_pixels,
                        max_pixels=cfg.max_pixels, max_prompt_length=cfg.max_prompt_length,
-                       image_dir=cfg.image_dir or None, skip_bad=cfg.skip_bad_rows)
+                       image_dir=cfg.image_dir or None, skip_bad=cfg.skip_bad_rows, **data.video_kwargs(cfg))
     train_set = data.PromptDataset(cfg.train_files, processor, **data_kwargs)
     val_set = data.PromptDataset(cfg.val_files, processor, **data_kwargs) if cfg.val_files and cfg.val_freq else None
     # as the reference's filter_overlong_prompts: rows over --max-prompt-length (image tokens included) are
@@ -457,9 +462,10 @@ def main(argv=None):
             max_model_len=cfg.max_prompt_length + max(cfg.max_response_length, cfg.reflect_max_tokens),
             tensor_parallel_size=cfg.tensor_parallel_size,
             gpu_memory_utilization=cfg.gpu_memory_utilization, cpu_kv_cache_gb=cfg.cpu_kv_cache_gb,
-            trust_remote_code=cfg.trust_remote_code)
+            trust_remote_code=cfg.trust_remote_code, videos=train_set.has_videos, video_pad_id=video_pad_id)
     else:
-        engine = HFEngine(cfg.model, processor, device, image_pad_id, trust_remote_code=cfg.trust_remote_code)
+        engine = HFEngine(cfg.model, processor, device, image_pad_id, trust_remote_code=cfg.trust_remote_code,
+                          video_pad_id=video_pad_id)
 
     if resume_from:
         load_checkpoint(policy, optimizer, resume_from, rank, scheduler)
@@ -504,14 +510,14 @@ def main(argv=None):
             batch = (batch * prompts_per_rank)[:prompts_per_rank]  # skipped rows: repeat good ones, ranks stay in step
             # 2. rollout: n responses per prompt (groups are contiguous blocks of n from here on)
             with timed(timings, "rollout"):
-                outputs = engine.generate([Request(p.text, p.prompt_ids, p.images) for p in batch], n, cfg.temperature,
+                outputs = engine.generate([Request(p.text, p.prompt_ids, p.images, p.videos) for p in batch], n, cfg.temperature,
                                           cfg.top_p, cfg.max_response_length, seed + 50021 * attempt,
                                           logprobs_for=None if cfg.logp_check_prompts < 0 else cfg.logp_check_prompts)
             new = [Sample(i, ids, lps) for i, group in enumerate(outputs) for ids, lps in group]
             new_texts = [tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in new]
-            # 3. reflect: the same engine and weights judge each response
+            # 3. reflect: the same engine and weights judge each response (shown the image or clip it saw)
             with timed(timings, "reflect"):
-                new_reflections = {kind: ask_reflection(engine, processor, kind, new_texts, [batch[s.prompt].images for s in new],
+                new_reflections = {kind: ask_reflection(engine, processor, kind, new_texts, [visuals(batch[s.prompt]) for s in new],
                                                         labels, cfg, seed + 50021 * attempt)
                                    if enabled else [None] * len(new)
                                    for kind, enabled in (("text", cfg.reflect_text), ("image", cfg.reflect_image))}

@@ -1,5 +1,6 @@
 """What tiny.py builds: the tiny Qwen2.5-VL is a real model folder (transformers and vLLM load it and agree),
-and the demo dataset is learnable from its pixels, reproducible, and written by `python tiny.py demo`."""
+the demo dataset is learnable from its pixels, reproducible, and written by `python tiny.py demo`, and the
+video demo's label is the order of two colours over time (no single frame tells it), written by `python tiny.py video-demo`."""
 
 import json
 import subprocess
@@ -7,10 +8,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 import data
+import rollout
 import tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +54,9 @@ def test_build_is_deterministic_and_cached(tmp_path):
 
 
 def test_transformers_and_vllm_greedy_agree(tiny_model_dir, processor):
-    """Broken if vLLM and transformers see a different model, prompt or image (fp32 greedy must match)."""
+    """Broken if vLLM and transformers see a different model, prompt, image or clip (fp32 greedy must match;
+    the clip through rollout.HFEngine, whose positions are packing.mrope_positions, and the trainer's
+    (frames, metadata) for vLLM)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
     from vllm import LLM, SamplingParams
 
@@ -71,10 +76,24 @@ def test_transformers_and_vllm_greedy_agree(tiny_model_dir, processor):
         logps = [torch.log_softmax(score[0].float(), -1)[t].item() for score, t in zip(out.scores, tokens)]
         hf_outputs.append((tokens, logps))
 
+    # a clip (8 random frames of 56 x 56) through the HF engine the trainer falls back to
+    rng = np.random.default_rng(0)
+    clip = data.Video([Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)) for _ in range(8)], 2.0)
+    clip_text = data.render_prompt(processor, "<video>What emotion does this clip evoke?", template="set")
+    clip_request = rollout.Request(clip_text, processor.tokenizer(clip_text, add_special_tokens=False)["input_ids"],
+                                   [], [clip])
+    pads = processor.tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"])
+    engine = rollout.HFEngine(str(tiny_model_dir), processor, torch.device("cpu"), pads[0], video_pad_id=pads[1])
+    engine.wake_up(["weights", "kv_cache"])
+    hf_outputs.append(engine.generate([clip_request], 1, 0.0, 1.0, max_new, seed=0)[0][0])
+    del engine
+
     llm = LLM(str(tiny_model_dir), dtype="float32", max_model_len=1024, enforce_eager=True, seed=0,
-              gpu_memory_utilization=0.2, limit_mm_per_prompt={"image": 1, "video": 0})
+              gpu_memory_utilization=0.2, limit_mm_per_prompt={"image": 1, "video": 1})
     requests = [{"prompt_token_ids": processor.tokenizer(t, add_special_tokens=False)["input_ids"],
                  "multi_modal_data": {"image": im}} for t, im in zip(texts, images)]
+    requests.append({"prompt_token_ids": clip_request.prompt_ids,
+                     "multi_modal_data": {"video": [rollout.vllm_video(clip)]}})
     results = llm.generate(requests, SamplingParams(temperature=0.0, max_tokens=max_new, logprobs=0), use_tqdm=False)
 
     distinct = set()
@@ -85,7 +104,7 @@ def test_transformers_and_vllm_greedy_agree(tiny_model_dir, processor):
         assert torch.allclose(torch.tensor(vllm_logps), torch.tensor(hf_logps), atol=1e-4)
         distinct.add(tuple(hf_tokens))
     # the outputs depend on the input (a model that ignores its input would make this test weak)
-    assert len(distinct) == len(texts)
+    assert len(distinct) == len(texts) + 1
 
 
 # --- the demo dataset ---------------------------------------------------------------------------
@@ -124,4 +143,99 @@ def test_demo_command_writes_what_the_function_does(tmp_path):
     assert result.stdout == f"demo dataset at {tmp_path / 'cli'}\n"
     api = tiny.make_demo_dataset(tmp_path / "api", num_train=8, num_test=4, seed=2)
     for name in ("train.jsonl", "test.jsonl", "labels.txt", "demo.json"):
+        assert (tmp_path / "cli" / name).read_bytes() == (api / name).read_bytes(), name
+
+
+# --- the video demo dataset ---------------------------------------------------------------------
+
+def _dominant_colours(image):
+    """{colour name: pixels within RGB distance 60 of that class colour} for one frame."""
+    pixels = np.asarray(image, dtype=int).reshape(-1, 3)
+    return {name: int((((pixels - np.array(rgb)) ** 2).sum(1) < 60 ** 2).sum())
+            for name, rgb in tiny.VIDEO_DEMO_COLOURS.items()}
+
+
+@pytest.fixture(scope="module")
+def video_demo_dir(tmp_path_factory):
+    return tiny.make_video_demo_dataset(tmp_path_factory.mktemp("video") / "data", num_train=32, num_test=16, seed=0)
+
+
+def test_video_demo_folder_is_complete_idempotent_and_deterministic(tmp_path):
+    """A finished folder rebuilt on every call (or a half-built one taken as done) would waste or corrupt runs;
+    the same seed must write the same clips."""
+    a = tiny.make_video_demo_dataset(tmp_path / "a", num_train=8, num_test=4, seed=3)
+    for name in ("train.jsonl", "test.jsonl", "labels.txt", "video-demo.json"):
+        assert (a / name).exists(), name
+    assert (a / "labels.txt").read_text().split() == list(tiny.VIDEO_DEMO_CLASSES)
+    files = sorted(p for p in a.rglob("*") if p.is_file())
+    assert len(files) == 4 + 12 * 8 and not list(a.rglob("*.tmp*"))
+    mtimes = {p: p.stat().st_mtime_ns for p in files}
+    assert tiny.make_video_demo_dataset(a, num_train=8, num_test=4, seed=3) == a
+    assert {p: p.stat().st_mtime_ns for p in sorted(p for p in a.rglob("*") if p.is_file())} == mtimes
+    b = tiny.make_video_demo_dataset(tmp_path / "b", num_train=8, num_test=4, seed=3)
+    c = tiny.make_video_demo_dataset(tmp_path / "c", num_train=8, num_test=4, seed=4)
+    assert all(p.read_bytes() == (b / p.relative_to(a)).read_bytes() for p in files)
+    assert any(p.read_bytes() != (c / p.relative_to(a)).read_bytes() for p in files if p.suffix == ".png")
+    # other settings rebuild the folder, leaving no frames of the old recipe behind
+    tiny.make_video_demo_dataset(a, num_train=4, num_test=4, seed=3, frames=4)
+    assert len([p for p in a.rglob("*.png")]) == 8 * 4
+    with pytest.raises(ValueError):
+        tiny.make_video_demo_dataset(tmp_path / "d", frames=1)
+
+
+def test_video_demo_label_is_the_order_of_two_colours(video_demo_dir):
+    """Broken if a clip's frames are missing or misshapen, the classes unbalanced, or the first and second
+    halves of a clip do not show its label's colours in its label's order."""
+    import rewards
+    labels = list(tiny.VIDEO_DEMO_CLASSES)
+    assert len(set(tiny.VIDEO_DEMO_CLASSES.values())) == 4 and set(labels) <= set(tiny.DEMO_COLOURS)
+    for split, count in (("train", 32), ("test", 16)):
+        rows = [json.loads(line) for line in (video_demo_dir / f"{split}.jsonl").read_text().splitlines()]
+        assert sorted(row["answer"] for row in rows) == sorted(labels * (count // 4))  # balanced
+        for row in rows:
+            assert set(row) == {"videos", "problem", "answer", "response"}
+            assert row["problem"] == "<video>What emotion does this clip evoke? Choose one of: " + ", ".join(labels) + "."
+            assert rewards.r1_omni_format(row["response"]) and rewards.r1_omni_answer(row["response"]) == row["answer"]
+            (video,) = row["videos"]
+            assert len(video) == 8
+            first, second = tiny.VIDEO_DEMO_CLASSES[row["answer"]]
+            for k, path in enumerate(video):
+                image = Image.open(video_demo_dir / path)
+                assert image.size == (56, 56) and image.mode == "RGB"
+                counts = _dominant_colours(image)
+                expected = first if k < 4 else second
+                assert max(counts, key=counts.get) == expected
+                assert counts[expected] >= 0.5 * 56 * 56  # the background dominates the distractors
+                assert sum(counts.values()) == counts[expected]  # no distractor passes for a class colour
+
+
+def test_video_demo_one_frame_leaves_two_labels(video_demo_dir):
+    """The task would not need time if one frame (or the clip's bag of frames) told the label: at every frame
+    position the frame's colour fits exactly two labels, which share the same colours in the other order."""
+    rows = [json.loads(line) for line in (video_demo_dir / "train.jsonl").read_text().splitlines()]
+    bags = {}
+    for row in rows:
+        colours = []
+        for path in row["videos"][0]:
+            counts = _dominant_colours(Image.open(video_demo_dir / path))
+            colours.append(max(counts, key=counts.get))
+        for colour in colours:
+            consistent = {label for label, pair in tiny.VIDEO_DEMO_CLASSES.items() if colour in pair}
+            assert len(consistent) == 2 and row["answer"] in consistent
+        bags.setdefault(tuple(sorted(colours)), set()).add(row["answer"])
+        # the order decides: the (first, second) colours name exactly one label
+        assert [label for label, pair in tiny.VIDEO_DEMO_CLASSES.items()
+                if pair == (colours[0], colours[-1])] == [row["answer"]]
+    assert sorted(len(v) for v in bags.values()) == [2, 2]  # order-blind, each clip fits two labels
+
+
+def test_video_demo_command_writes_what_the_function_does(tmp_path):
+    """`python tiny.py video-demo` would write other data than make_video_demo_dataset."""
+    args = [sys.executable, "tiny.py", "video-demo", "--out", str(tmp_path / "cli"), "--num-train", "4",
+            "--num-test", "4", "--seed", "2"]
+    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"video demo dataset at {tmp_path / 'cli'}\n"
+    api = tiny.make_video_demo_dataset(tmp_path / "api", num_train=4, num_test=4, seed=2)
+    for name in ("train.jsonl", "test.jsonl", "labels.txt", "video-demo.json", "frames/train_00003/7.png"):
         assert (tmp_path / "cli" / name).read_bytes() == (api / name).read_bytes(), name
