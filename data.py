@@ -197,8 +197,9 @@ def _r1_omni_row(raw):
 
 
 def read_rows(path, image_dir=None, prompt_key="problem", answer_key="answer", image_key="images",
-              video_key="videos"):
-    """All rows of a data file or folder (see the module docstring for the layouts)."""
+              video_key="videos", response_key="response"):
+    """All rows of a data file or folder (see the module docstring for the layouts). `response_key`: the
+    column holding a row's target response (sft.py), "" for none."""
     path, _, split = str(path).partition("@")
     path = Path(path)
     if not path.exists():
@@ -229,7 +230,7 @@ def read_rows(path, image_dir=None, prompt_key="problem", answer_key="answer", i
             if "conversations" in raw and "video" in raw:  # R1-Omni's layout
                 (problem, answer), videos = _r1_omni_row(raw), [raw["video"]]
             rows.append(Row(problem, "" if answer is None else str(answer), images, where, base_dir,
-                            raw.get("response"), videos))
+                            raw.get(response_key) if response_key else None, videos))
     if not rows:  # said here, or an empty file would surface later as "no labels" or "no usable rows"
         raise DataError(f"{path}: no rows" + ("" if files == [path] else f" in its {len(files)} data file(s)"))
     return rows
@@ -565,7 +566,7 @@ class PromptDataset:
                  max_pixels=2048 * 2048, max_prompt_length=2048, image_dir=None, skip_bad=False,
                  prompt_key="problem", answer_key="answer", image_key="images", video_key="videos",
                  video_fps=VIDEO_FPS, video_min_pixels=VIDEO_MIN_PIXELS, video_max_pixels=VIDEO_MAX_PIXELS,
-                 video_max_frames=VIDEO_MAX_FRAMES):
+                 video_max_frames=VIDEO_MAX_FRAMES, response_key="response"):
         if template not in rewards.PROMPT_TEMPLATES:
             raise ValueError(f"template must be one of {', '.join(rewards.PROMPT_TEMPLATES)}, got {template!r}")
         if min_pixels > max_pixels:
@@ -584,7 +585,7 @@ class PromptDataset:
         self.skip_bad = skip_bad
         self.skipped = []  # (where, reason) of every row left out, once per row, for the run's log
         self._failed = set()  # rows whose images failed: skipped without a retry on later epochs
-        rows = read_rows(path, image_dir, prompt_key, answer_key, image_key, video_key)
+        rows = read_rows(path, image_dir, prompt_key, answer_key, image_key, video_key, response_key)
         self._one_modality(rows, image_key, video_key)
         self.has_videos = is_video = any(row.videos for row in rows)  # (a dataset is all images or all videos)
         self.video_processor_pixels = QWEN_VIDEO_PIXELS

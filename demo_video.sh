@@ -20,9 +20,10 @@ DATA=.cache/video-demo
 VIDEO="--train-files $DATA/train.jsonl"
 EVAL="--allow-cpu --data $DATA/test.jsonl --names video --max-response-length 64 --video-min-pixels 3136 --video-max-pixels 12544 --video-max-frames 16"
 # name | sft.py flags | train_grpo.py flags | evaluate.py flags
-ARM_FLAGS_r1_omni=("--template r1-omni" "--template r1-omni --reward r1-omni --no-reflect-text --no-reflect-image" "--template r1-omni")
-# EMO-R3's cold start writes the SET layout (sft.py's default --target), not the rows' R1-Omni responses
-ARM_FLAGS_emo_r3=("--no-row-responses" "" "--reflect")
+# Both cold starts imitate the same reasoning, each in its arm's layout (tiny.video_demo_response): the
+# colours in order, then the emotion; R1-Omni's is the rows' response_r1_omni column, EMO-R3's their response
+ARM_FLAGS_r1_omni=("--template r1-omni --response-key response_r1_omni" "--template r1-omni --reward r1-omni --no-reflect-text --no-reflect-image" "--template r1-omni")
+ARM_FLAGS_emo_r3=("" "" "--reflect")
 
 echo "== 1/3 tiny model and video demo data"
 $PY tiny.py

@@ -52,7 +52,7 @@ class Config:
     template: str = "set"  # prompt template: set, think, r1-omni, none (--target should then follow its format)
     trust_remote_code: bool = False  # let transformers run Python code shipped with the model folder
     target: str = "<step1>The scene carries cues of {label}.</step1>\n<step2>A viewer would feel {label}.</step2>\n<step3>The emotion is {label}.</step3>\n\\boxed{{label}}"  # label-only target (our choice: no public recipe)
-    row_responses: bool = True  # a row's `response` column is its target (False: --target for every row)
+    response_key: str = "response"  # the column holding a row's target response; rows without one (every row with "") use --target
     reflection_examples: bool = False  # also train the coherence / consistency answers on the targets
     shuffle_targets: bool = False  # format-only warm-up: targets go to random rows, teaching the answer structure but not the task
     min_pixels: int = 512 * 512  # as train_grpo.py (EMO-R3)
@@ -121,7 +121,7 @@ class Example:
 def build_examples(rows, labels, cfg, rng):
     """The answers to imitate: targets for the rows (data.Row: answer, response), plus (optionally) the
     reflection questions. No image is opened here."""
-    targets = [(r.response if cfg.row_responses else None) or cfg.target.replace("{label}", r.answer) for r in rows]
+    targets = [r.response or cfg.target.replace("{label}", r.answer) for r in rows]
     answers = [r.answer for r in rows]
     own_step1 = [rewards.consistency_prompt(t) for t in targets]  # each row's description of its own image
     step1_by_label = {}
@@ -201,7 +201,7 @@ def main(argv=None):
     dataset = data.PromptDataset(cfg.train_files, processor, template=cfg.template, labels=cfg.labels or None,
                                  min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
                                  max_prompt_length=cfg.max_prompt_length, skip_bad=cfg.skip_bad_rows,
-                                 **data.video_kwargs(cfg))
+                                 response_key=cfg.response_key, **data.video_kwargs(cfg))
     # built from --seed alone, the same on every rank and in a resumed run: step N gets the same examples
     examples = build_examples(dataset.rows, dataset.labels, cfg, rng)
     rng.shuffle(examples)

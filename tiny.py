@@ -266,10 +266,17 @@ VIDEO_DEMO_QUESTION = "<video>What emotion does this clip evoke? Choose one of: 
 VIDEO_DEMO_DISTRACTOR_GAP = 100
 
 
-def video_demo_response(label):
-    """A short R1-Omni answer for a demo clip: the reasoning a cold start can imitate (sft.py)."""
+def video_demo_response(label, template="set"):
+    """A short answer for a demo clip, the reasoning a cold start can imitate (sft.py): in the SET layout
+    (the `response` column, as the image demo's demo_response) or R1-Omni's ("r1-omni": the
+    `response_r1_omni` column, sft.py --response-key response_r1_omni). Both name the colours in order,
+    then the emotion."""
     first, second = VIDEO_DEMO_CLASSES[label]
-    return f"<think>The clip turns from {first} to {second}.</think>\n<answer>{label}</answer>"
+    if template == "r1-omni":
+        return f"<think>The clip turns from {first} to {second}.</think>\n<answer>{label}</answer>"
+    return (f"<step1>The clip turns from {first} to {second}.</step1>\n"
+            f"<step2>A viewer would feel {label}.</step2>\n"
+            f"<step3>The emotion is {'positive' if label in POSITIVE else 'negative'}.</step3>\n\\boxed{{{label}}}")
 
 
 def _distractor_colour(rng):
@@ -310,7 +317,7 @@ def make_video_demo_dataset(out_dir=VIDEO_DEMO_DIR, num_train=256, num_test=64, 
 
     A row: {"videos": [["frames/train_00000/0.png", ..., "frames/train_00000/7.png"]], "problem":
     "<video>What emotion ...? Choose one of: amusement, anger, contentment, sadness.", "answer": label,
-    "response": video_demo_response(label)}; frame paths are relative to the data file. At the defaults a
+    "response": video_demo_response(label), "response_r1_omni": video_demo_response(label, "r1-omni")}; frame paths are relative to the data file. At the defaults a
     clip is 16 video tokens ((8 / 2) temporal patches x (56 / 28)^2) if the video processor is told to keep
     56x56 frames (min_pixels 56 * 56: its own default, 128 * 28 * 28 per frame, upscales them to 336x336,
     576 tokens), and the colour changes between two temporal patches, never inside one. Classes are
@@ -322,7 +329,7 @@ def make_video_demo_dataset(out_dir=VIDEO_DEMO_DIR, num_train=256, num_test=64, 
     out_dir = Path(out_dir)
     labels = list(VIDEO_DEMO_CLASSES)
     recipe = json.loads(json.dumps({"classes": VIDEO_DEMO_CLASSES, "colours": VIDEO_DEMO_COLOURS, "num_train": num_train,
-                                    "num_test": num_test, "seed": seed, "frames": frames, "size": size, "version": 1}))
+                                    "num_test": num_test, "seed": seed, "frames": frames, "size": size, "version": 2}))
     done = out_dir / "video-demo.json"
     if done.exists():
         if json.loads(done.read_text()) == recipe:
@@ -344,7 +351,8 @@ def make_video_demo_dataset(out_dir=VIDEO_DEMO_DIR, num_train=256, num_test=64, 
             for k, image in enumerate(make_video_demo_clip(label, rng, frames, size)):
                 paths.append(f"{clip}/{k}.png")
                 image.save(out_dir / paths[-1])
-            rows.append({"videos": [paths], "problem": question, "answer": label, "response": video_demo_response(label)})
+            rows.append({"videos": [paths], "problem": question, "answer": label, "response": video_demo_response(label),
+                         "response_r1_omni": video_demo_response(label, "r1-omni")})
         (out_dir / "labels.txt").write_text("\n".join(labels) + "\n")
         data.write_jsonl(out_dir / f"{split}.jsonl", rows)
     done.write_text(json.dumps(recipe))  # written last: marks the folder complete

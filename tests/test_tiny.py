@@ -193,9 +193,15 @@ def test_video_demo_label_is_the_order_of_two_colours(video_demo_dir):
         rows = [json.loads(line) for line in (video_demo_dir / f"{split}.jsonl").read_text().splitlines()]
         assert sorted(row["answer"] for row in rows) == sorted(labels * (count // 4))  # balanced
         for row in rows:
-            assert set(row) == {"videos", "problem", "answer", "response"}
+            assert set(row) == {"videos", "problem", "answer", "response", "response_r1_omni"}
             assert row["problem"] == "<video>What emotion does this clip evoke? Choose one of: " + ", ".join(labels) + "."
-            assert rewards.r1_omni_format(row["response"]) and rewards.r1_omni_answer(row["response"]) == row["answer"]
+            r1 = row["response_r1_omni"]
+            assert rewards.r1_omni_format(r1) and rewards.r1_omni_answer(r1) == row["answer"]
+            set_score = rewards.emor3_reward(row["response"], row["answer"])
+            assert set_score["format"] == set_score["accuracy"] == 1.0
+            first, second = tiny.VIDEO_DEMO_CLASSES[row["answer"]]  # both name the colours in order
+            assert f"turns from {first} to {second}." in r1 and rewards.consistency_prompt(row["response"]).endswith(
+                f"<step1>The clip turns from {first} to {second}.</step1>")
             (video,) = row["videos"]
             assert len(video) == 8
             first, second = tiny.VIDEO_DEMO_CLASSES[row["answer"]]

@@ -356,3 +356,13 @@ def test_check_command_counts_video_rows_and_audio(tmp_path, tiny_model_dir, pro
     # 8 frames / 10 fps * 1 fps = 0.8 -> 4 frames (FPS_MIN_FRAMES); 64x48 -> multiples of 28: 56x56 = 3136 px,
     # within [3136, 12544]
     assert dataset.has_videos and [frame.size for frame in dataset[1].videos[0].frames] == [(56, 56)] * 4
+
+
+def test_response_key_picks_the_target_column(tmp_path):
+    """sft.py --response-key would train the wrong layout (the video demo carries a SET and an R1-Omni
+    target per row) if the column were not the one named, or if "" did not mean none."""
+    path = write_rows(tmp_path / "t.jsonl", [{"images": ["a.png"], "problem": "q", "answer": "joy",
+                                              "response": "set answer", "response_r1_omni": "r1 answer"}])
+    assert [r.response for r in data.read_rows(path)] == ["set answer"]
+    assert [r.response for r in data.read_rows(path, response_key="response_r1_omni")] == ["r1 answer"]
+    assert [r.response for r in data.read_rows(path, response_key="")] == [None]
