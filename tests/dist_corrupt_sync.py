@@ -1,5 +1,6 @@
 """train_grpo.py with the weights it pushes into the rollout engine corrupted on purpose (run under
-torchrun; tests/test_train.py checks that the log-prob gap guard stops the run).
+torchrun; tests/test_train.py checks that the log-prob gap guard stops the run: the step "corrupt_sync" of
+the suite's shared launch, where tests/dist_runs.py pushes corrupted_weights the same way).
 
     torchrun --standalone --nproc_per_node 2 tests/dist_corrupt_sync.py TRAINER_FLAGS...
 

@@ -1,7 +1,10 @@
-"""Run under torchrun (2 ranks): compare a training checkpoint, loaded into the FSDP2 policy, with the
-merged Hugging Face folder loaded by transformers and by vLLM. Rank 0 writes what each produced.
+"""Run under torchrun (2 ranks): export a training run's newest checkpoint as a Hugging Face folder (rank 0,
+checkpoint.export_hf_folder), then compare the checkpoint, loaded into the FSDP2 policy, with that folder loaded
+by transformers and by vLLM. Rank 0 writes what each produced.
 
-    torchrun --nproc_per_node 2 tests/dist_merge_check.py BASE_MODEL CHECKPOINT MERGED DATA.jsonl OUT.pt
+    torchrun --nproc_per_node 2 tests/dist_merge_check.py BASE_MODEL RUN_DIR CHECKPOINT MERGED DATA.jsonl OUT.pt
+
+(tests/dist_runs.py runs the same check inside a longer launch; tests/test_merge_evaluate.py reads OUT.pt.)
 """
 
 import sys
@@ -13,7 +16,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 import data  # noqa: E402
-from checkpoint import load_checkpoint  # noqa: E402
+from checkpoint import export_hf_folder, load_checkpoint  # noqa: E402
 import common  # noqa: E402
 import packing  # noqa: E402
 import rollout  # noqa: E402
@@ -31,12 +34,21 @@ def logits_for(model, batch):
                  logits_to_keep=width + 1, use_cache=False).logits[:, :-1].float()
 
 
-@torch.no_grad()
 def main():
-    base, checkpoint, merged, train_file, out_file = sys.argv[1:6]
+    rank, world_size, device = common.setup_distributed()
+    check(*sys.argv[1:7], rank, device)
+    if dist.is_initialized():  # the vLLM engine's shutdown may already have torn the process groups down
+        dist.destroy_process_group()
+
+
+@torch.no_grad()
+def check(base, run, checkpoint, merged, train_file, out_file, rank, device):
+    """The whole check inside a process group set up by the caller."""
     cfg = tg.parse_config(["--demo", "--model", base, "--train-files", train_file, "--val-files", "",
                            "--max-response-length", str(NEW_TOKENS)])
-    rank, world_size, device = common.setup_distributed()
+    if rank == 0:  # a run folder: its newest checkpoint
+        export_hf_folder(run, merged)
+    dist.barrier()
     from transformers import AutoModelForImageTextToText, AutoProcessor
     processor = AutoProcessor.from_pretrained(base)
     pad_id = processor.tokenizer.pad_token_id
@@ -64,8 +76,6 @@ def main():
         torch.save({"policy_greedy": greedy, "policy_logits": policy_logits, "merged_logits": merged_logits,
                     "vllm_greedy": vllm_greedy}, out_file)
     engine.close()
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

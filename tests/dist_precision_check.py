@@ -30,7 +30,7 @@ def main():
 
 
 def check(model_dir, train_file, out_dir, rank, world_size, device):
-    """The whole check inside a process group set up by the caller (also tests/dist_sync_and_precision.py)."""
+    """The whole check inside a process group set up by the caller (also tests/dist_runs.py)."""
     cfg = tg.parse_config(["--demo", "--model", model_dir, "--train-files", train_file, "--precision", "bf16"])
     from transformers import AutoProcessor
     processor = AutoProcessor.from_pretrained(model_dir)

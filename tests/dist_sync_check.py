@@ -46,7 +46,7 @@ def main():
 
 
 def check(model_dir, train_file, out_dir, rank, device):
-    """The whole check inside a process group set up by the caller (also tests/dist_sync_and_precision.py)."""
+    """The whole check inside a process group set up by the caller (also tests/dist_runs.py)."""
     cfg = tg.parse_config(["--demo", "--model", model_dir, "--train-files", train_file, "--val-files", "",
                            "--kl-coef", "0", "--max-response-length", str(NEW_TOKENS)])
     torch.manual_seed(0)

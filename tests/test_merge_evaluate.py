@@ -8,26 +8,31 @@ import torch
 from PIL import Image
 
 from checkpoint import export_hf_folder
-from test_train import REPO, read_jsonl, torchrun
+from test_train import REPO, read_jsonl
 
 
-def test_round_trip_checkpoint_to_hf_folder(demo_run, tiny_model_dir, demo_dir, tmp_path):
+def test_round_trip_checkpoint_to_hf_folder(demo_run, tiny_model_dir, tmp_path):
     """A merged model would not be the trained policy (wrong names, stale tied weights, lost shards)."""
-    run, _ = demo_run  # the shared 2-step demo run (tests/conftest.py), checkpointed at step 2
-    merged = export_hf_folder(run, tmp_path / "merged")  # a run folder: its newest checkpoint (step_2)
+    # the shared demo (tests/conftest.py): its GRPO run's folder exported (its newest checkpoint, step_40) and
+    # compared with step_40 in the FSDP2 policy, by tests/dist_merge_check.py in the same launch
+    demo_run.steps.finished("merge")
+    merged = demo_run.merged
     for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
                  "processor_config.json", "chat_template.jinja", "emo_r3_training.json"):
         assert (merged / name).exists(), name
-    torchrun("--master-port", "29953", "tests/dist_merge_check.py", tiny_model_dir, run / "checkpoints" / "step_2",
-             merged, demo_dir / "train.jsonl", tmp_path / "outputs.pt")
-    out = torch.load(tmp_path / "outputs.pt", weights_only=True)
+    assert json.loads((merged / "emo_r3_training.json").read_text())["step"] == 40  # the newest checkpoint
+    out = torch.load(demo_run.merge_outputs, weights_only=True)
     assert torch.allclose(out["merged_logits"], out["policy_logits"], atol=1e-5)
     assert out["vllm_greedy"] == out["policy_greedy"]
-    # and the update really changed the model, so this compares trained weights, not the base ones
+    # and the updates really changed the model, so this compares trained weights, not the ones the run
+    # started from: neither the base model nor the cold start it was initialised from
     from safetensors.torch import load_file
-    base, trained = load_file(tiny_model_dir / "model.safetensors"), load_file(merged / "model.safetensors")
-    assert set(base) == set(trained)
-    assert any(not torch.equal(base[k], trained[k]) for k in base)
+    trained = load_file(merged / "model.safetensors")
+    cold_start = export_hf_folder(demo_run.cold_start, tmp_path / "cold-start")
+    for start in (tiny_model_dir, cold_start):
+        weights = load_file(start / "model.safetensors")
+        assert set(weights) == set(trained)
+        assert any(not torch.equal(weights[k], trained[k]) for k in weights), start
 
 
 def test_evaluate_writes_every_output(tiny_model_dir, demo_dir, tmp_path, monkeypatch):
