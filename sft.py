@@ -55,6 +55,7 @@ class Config:
     response_key: str = "response"  # the column holding a row's target response; rows without one (every row with "") use --target
     reflection_examples: bool = False  # also train the coherence / consistency answers on the targets
     shuffle_targets: bool = False  # format-only warm-up: targets go to random rows, teaching the answer structure but not the task
+    shuffle_steps: bool = False  # format-only and incoherent: step 1, step 2 and the rest of each target come from three random rows
     min_pixels: int = 512 * 512  # as train_grpo.py (EMO-R3)
     max_pixels: int = 2048 * 2048
     video_fps: float = data.VIDEO_FPS  # video rows: frames per second sampled (as train_grpo.py)
@@ -118,6 +119,14 @@ class Example:
     target: str
 
 
+def split_steps(target):
+    """A SET target cut before <step2> and before <step3>: (step 1, step 2, the rest), or None."""
+    two, three = target.find("<step2>"), target.find("<step3>")
+    if not (0 < two < three):
+        return None
+    return target[:two], target[two:three], target[three:]
+
+
 def build_examples(rows, labels, cfg, rng):
     """The answers to imitate: targets for the rows (data.Row: answer, response), plus (optionally) the
     reflection questions. No image is opened here."""
@@ -132,6 +141,13 @@ def build_examples(rows, labels, cfg, rng):
         order = list(range(len(rows)))
         rng.shuffle(order)
         targets, answers = [targets[i] for i in order], [answers[i] for i in order]
+    if cfg.shuffle_steps:  # step 1, step 2 and the rest from three random rows: the emotion the reasoning names
+        parts = [split_steps(t) for t in targets]  # is step 2's row's, and neither the image nor the box tells it
+        picks = [[rng.randrange(len(rows)) for _ in range(3)] for _ in rows]
+        targets = [parts[a][0] + parts[b][1] + parts[c][2] if all(parts[k] for k in (a, b, c)) else targets[i]
+                   for i, (a, b, c) in enumerate(picks)]
+        answers = [answers[b] if all(parts[k] for k in (a, b, c)) else answers[i]
+                   for i, (a, b, c) in enumerate(picks)]
     examples = [Example(i, None, target) for i, target in enumerate(targets)]
     if not cfg.reflection_examples:
         return examples

@@ -16,7 +16,7 @@ import common
 import data
 import sft
 from checkpoint import load_checkpoint
-from test_train import REPO, read_jsonl, torchrun
+from test_train import REPO, read_jsonl
 
 PORTS = iter(range(29850, 29900))  # in-process runs' rendezvous ports; torchrun launches use 29801-29849
 
@@ -96,27 +96,23 @@ def straight(tiny_model_dir, demo_dir, tmp_path_factory):
     return out, steps, decoded
 
 
-def test_cold_start_then_grpo_learns(tiny_model_dir, tmp_path):
+def test_cold_start_then_grpo_learns(demo_run, tiny_model_dir):
     """sft.py would not train, its checkpoint would not start train_grpo.py, or the demo would not learn.
 
-    A shortened demo: the tiny model, the 4-class demo data, a 60-step cold start, 40 GRPO steps.
+    A shortened demo, the session's shared one (tests/conftest.py, `demo_run`): the tiny model, the 4-class
+    demo data (128 rows), a 60-step cold start at world size 2, 40 GRPO steps from it.
     """
-    import tiny
-    demo = tiny.make_demo_dataset(tmp_path / "demo", num_train=128, num_test=16, seed=0)
-    sft_out, grpo_out = tmp_path / "cold-start", tmp_path / "grpo"
-    torchrun("--master-port", "29801", "sft.py", "--demo", "--model", tiny_model_dir, "--train-files",
-             demo / "train.jsonl", "--output-dir", sft_out, "--max-steps", "60")
-    losses = [m["loss"] for m in read_jsonl(sft_out / "metrics.jsonl")]
+    losses = [m["loss"] for m in read_jsonl(demo_run.steps.finished("cold_start") / "metrics.jsonl")]
     assert len(losses) == 60 and sum(losses[-5:]) / 5 < 0.25 * sum(losses[:5]) / 5, losses
-    checkpoint = sft_out / "checkpoints" / "step_60"
+    checkpoint = demo_run.cold_start / "checkpoints" / "step_60"
     assert json.loads((checkpoint / "trainer_state.json").read_text())["config"]["model"] == str(tiny_model_dir)
 
-    torchrun("--master-port", "29802", "train_grpo.py", "--demo", "--model", tiny_model_dir, "--train-files",
-             demo / "train.jsonl", "--val-files", "", "--init-from", checkpoint, "--output-dir", grpo_out,
-             "--max-steps", "40", "--save-freq", "0")
+    grpo_out = demo_run.steps.finished("grpo")
+    assert json.loads((grpo_out / "config.json").read_text())["init_from"] == str(checkpoint)
     metrics = read_jsonl(grpo_out / "metrics.jsonl")
     accuracy = [m["reward/accuracy"] for m in metrics]
     fmt = [m["reward/format"] for m in metrics]
+    assert len(metrics) == 40
     first, last = sum(accuracy[:10]) / 10, sum(accuracy[-10:]) / 10
     # the cold start taught the format (most rollouts are well formed from the first step) ...
     assert sum(fmt[:5]) / 5 > 0.5, fmt
@@ -154,6 +150,35 @@ def test_cold_start_reflection_examples_answer_what_the_text_says():
     # format-only: no example pairs an image with an emotion word as its answer
     assert all(e.target not in labels for e in examples if e.row is not None)
     assert rewards.reflection_prompt("text", "no steps", labels) == "Answer 'None'"
+
+
+def test_step_shuffled_cold_start_reasons_incoherently_and_its_judge_must_read_step_2():
+    """--shuffle-steps would not test a judge that reads if its targets stayed coherent (step 2's emotion
+    given away by step 1's colour or by the box), or if its coherence answers were not step 2's emotion."""
+    import random
+    from types import SimpleNamespace
+
+    import sft
+    import tiny
+    labels = ["amusement", "anger", "contentment", "sadness"]
+    rows = [SimpleNamespace(answer=label, response=tiny.demo_response(label)) for label in labels * 10]
+    examples = sft.build_examples(rows, labels, sft.Config(reflection_examples=True, shuffle_steps=True),
+                                  random.Random(0))
+    targets = [e.target for e in examples if e.question is None]
+    assert len(targets) == 40
+    named = lambda text: [label for label in labels if label in text]  # noqa: E731
+    colour_of = {name: label for label, name in tiny.DEMO_COLOUR_NAMES.items()}
+    incoherent = 0
+    for target in targets:  # every target is still one whole SET answer, its parts from three rows
+        step1, step2, rest = sft.split_steps(target)
+        assert step1.startswith("<step1>The image is mostly ") and step2.startswith("<step2>A viewer would feel")
+        (emotion,) = named(step2)
+        colour = colour_of[step1.removeprefix("<step1>The image is mostly ").split(".")[0]]
+        incoherent += emotion != colour or f"\\boxed{{{emotion}}}" not in rest
+    assert incoherent >= 20  # independent draws: 1 - 1/16 of them disagree somewhere; 40 coherent would fail
+    for e in (e for e in examples if e.row is None):  # coherence: the emotion step 2 names, whatever step 1 says
+        step2 = e.question[e.question.index("<step2>"):e.question.index("</step2>")]
+        assert named(step2) == [e.target], (e.question, e.target)
 
 
 def test_images_are_decoded_per_step(straight, demo_dir):
