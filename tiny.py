@@ -91,9 +91,15 @@ VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_
 VIDEO_PIXELS = {"shortest_edge": 56 * 56, "longest_edge": 768 * 28 * 28}  # per-frame pixel range of the video processor
 
 
+CORPUS_PROMPTS = ("labels/emoset.txt", "labels/emotion6.txt", "reflect_image.txt", "reflect_text.txt", "set.txt",
+                  "think.txt")  # in the order the sorted rglob of prompts/ gave before r1-omni.txt existed
+
+
 def _tokenizer_corpus():
     """Text the BPE is trained on: the prompts, label names and SET tags, so they get short ids."""
-    texts = [p.read_text() for p in sorted((REPO / "prompts").rglob("*.txt"))]
+    # these prompt files by name, not every file in prompts/: a template added later (r1-omni.txt) would
+    # change the tokenizer, so the tiny model's weights, and every demo number measured before it
+    texts = [(REPO / "prompts" / name).read_text() for name in CORPUS_PROMPTS]
     words = " ".join(p.read_text().replace("\n", " ") for p in sorted((REPO / "prompts" / "labels").glob("*.txt")))
     texts += [words] * 20
     tags = "<step1> </step1> <step2> </step2> <step3> </step3> <think> </think> \\boxed{} yes no None"

@@ -245,3 +245,14 @@ def test_video_demo_command_writes_what_the_function_does(tmp_path):
     api = tiny.make_video_demo_dataset(tmp_path / "api", num_train=4, num_test=4, seed=2)
     for name in ("train.jsonl", "test.jsonl", "labels.txt", "video-demo.json", "frames/train_00003/7.png"):
         assert (tmp_path / "cli" / name).read_bytes() == (api / name).read_bytes(), name
+
+
+def test_tokenizer_is_the_one_the_recorded_demo_numbers_came_from(tiny_model_dir):
+    """A new file in prompts/ once changed the tiny tokenizer (it was trained on every prompt file), so the
+    model's weights, and moved the image demo from 0.328 -> 1.000 to 0.219 -> 0.750. The vocabulary is
+    pinned: a change here must re-measure every demo number in README.md and BENCHMARKS.md."""
+    import hashlib
+    from transformers import AutoTokenizer
+    vocab = sorted(AutoTokenizer.from_pretrained(tiny_model_dir).get_vocab().items())
+    assert hashlib.sha256(json.dumps(vocab).encode()).hexdigest() == \
+        "560bf6d18013c4d7c2d37bfed0a2851f9a6d6241feceab2df01668267ec4e317"
