@@ -43,7 +43,7 @@ from pathlib import Path
 
 import data
 import rewards
-from data import VIDEO_FPS, VIDEO_MAX_FRAMES, VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS  # (Config's `data` field hides the module)
+import video
 from plots import draw_confusion
 
 DOMAIN_ORDER = ["emoset", "emotion6", "webemo"]  # Table 1's column order within a block
@@ -68,10 +68,10 @@ class Config:
     max_prompt_length: int = 2048
     min_pixels: int = 512 * 512  # EMO-R3
     max_pixels: int = 2048 * 2048
-    video_fps: float = VIDEO_FPS  # video rows: frames per second sampled (as train_grpo.py)
-    video_max_frames: int = VIDEO_MAX_FRAMES
-    video_min_pixels: int = VIDEO_MIN_PIXELS
-    video_max_pixels: int = VIDEO_MAX_PIXELS
+    video_fps: float = video.VIDEO_FPS  # video rows: frames per second sampled (as train_grpo.py)
+    video_max_frames: int = video.VIDEO_MAX_FRAMES
+    video_min_pixels: int = video.VIDEO_MIN_PIXELS
+    video_max_pixels: int = video.VIDEO_MAX_PIXELS
     reflect: bool = False  # also ask the two reflection questions about each response
     reflect_max_tokens: int = 16  # reflection answers are one word
     reflect_temperature: float = 0.6  # EMO-R3's re-ask sampling
@@ -386,7 +386,7 @@ def evaluate(cfg):
             dataset = data.PromptDataset(file, processor, template=cfg.template, labels=cfg.labels or None,
                                          min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
                                          max_prompt_length=cfg.max_prompt_length, skip_bad=cfg.skip_bad_rows,
-                                         **data.video_kwargs(cfg))
+                                         **video.video_kwargs(cfg))
             count = min(len(dataset), cfg.max_samples or len(dataset))
             mine = list(range(count))[rank::world_size]  # strided share: every rank gets ~count / world
             rows = []

@@ -20,13 +20,14 @@ import torch.distributed as dist
 
 import data
 import packing
+import video
 from common import print0, rng_states, set_rng_states
 
 
 @dataclass
 class Request:
     """One generation request: chat text, its token ids (image / video pads unexpanded), its images and
-    its videos (data.Video: frames already sampled and resized)."""
+    its videos (video.Video: frames already sampled and resized)."""
     text: str
     prompt_ids: list
     images: list
@@ -39,7 +40,7 @@ def visuals(prompt):
 
 
 def vllm_video(video):
-    """A data.Video as vLLM takes it: the (T, H, W, 3) frames and their metadata. The frames are the whole
+    """A video.Video as vLLM takes it: the (T, H, W, 3) frames and their metadata. The frames are the whole
     clip as far as vLLM knows (already sampled), so it must not sample again: do_sample_frames=False."""
     return video.array(), {**video.metadata(), "do_sample_frames": False}
 
@@ -68,7 +69,7 @@ def plain_turn_requests(processor, questions, visual, max_prompt_length):
         kind = "video" if videos else "image" if images else None
         before, after, before_ids, after_ids = parts[kind]
         # the slot's placeholder expands to this many more tokens
-        extra = (data.video_token_count(videos[0], processor) if videos else
+        extra = (video.video_token_count(videos[0], processor) if videos else
                  data.image_token_count(images[0], processor) if images else 1) - 1
         ids = (before_ids + ids + after_ids)[:max(len(before_ids), max_prompt_length - extra)]
         requests.append(Request(before + question + after, ids, [images[0]] if kind == "image" else [],

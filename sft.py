@@ -38,6 +38,7 @@ import torch.distributed as dist
 import data
 import rewards
 import tiny
+import video
 from checkpoint import load_checkpoint, save_checkpoint, start_or_resume
 from common import (Tracker, demo_paths, get_batch_on_every_rank, load_model, lock_run_folder, parse_flags, print0,
                     require_cuda, run_folder, setup_distributed)
@@ -58,10 +59,10 @@ class Config:
     shuffle_steps: bool = False  # format-only and incoherent: step 1, step 2 and the rest of each target come from three random rows
     min_pixels: int = 512 * 512  # as train_grpo.py (EMO-R3)
     max_pixels: int = 2048 * 2048
-    video_fps: float = data.VIDEO_FPS  # video rows: frames per second sampled (as train_grpo.py)
-    video_max_frames: int = data.VIDEO_MAX_FRAMES
-    video_min_pixels: int = data.VIDEO_MIN_PIXELS
-    video_max_pixels: int = data.VIDEO_MAX_PIXELS
+    video_fps: float = video.VIDEO_FPS  # video rows: frames per second sampled (as train_grpo.py)
+    video_max_frames: int = video.VIDEO_MAX_FRAMES
+    video_min_pixels: int = video.VIDEO_MIN_PIXELS
+    video_max_pixels: int = video.VIDEO_MAX_PIXELS
     max_prompt_length: int = 2048
     batch_size: int = 64  # examples per optimizer step, all ranks together
     micro_batch_size: int = 8  # examples per forward/backward per rank
@@ -217,7 +218,7 @@ def main(argv=None):
     dataset = data.PromptDataset(cfg.train_files, processor, template=cfg.template, labels=cfg.labels or None,
                                  min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
                                  max_prompt_length=cfg.max_prompt_length, skip_bad=cfg.skip_bad_rows,
-                                 response_key=cfg.response_key, **data.video_kwargs(cfg))
+                                 response_key=cfg.response_key, **video.video_kwargs(cfg))
     # built from --seed alone, the same on every rank and in a resumed run: step N gets the same examples
     examples = build_examples(dataset.rows, dataset.labels, cfg, rng)
     rng.shuffle(examples)

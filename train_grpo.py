@@ -49,6 +49,7 @@ import torch.distributed as dist
 import data
 import rewards
 import tiny
+import video
 from checkpoint import find_checkpoint, load_checkpoint, load_weights, save_checkpoint, start_or_resume
 from common import (Tracker, compute_dtype, demo_paths, get_batch_on_every_rank, load_model, lock_run_folder, mean,
                     parse_flags, print0, require_cuda, run_folder, setup_distributed, skipped_on_any_rank,
@@ -75,10 +76,10 @@ class Config:
     min_pixels: int = 512 * 512  # EMO-R3 data.min_pixels (262144)
     max_pixels: int = 2048 * 2048  # EMO-R3 data.max_pixels (4194304)
     max_prompt_length: int = 2048  # EMO-R3 data.max_prompt_length (tokens, image and video tokens included)
-    video_fps: float = data.VIDEO_FPS  # frames sampled per second of a video file (EasyR1 data.video_fps); a frame list is taken as sampled at this rate
-    video_max_frames: int = data.VIDEO_MAX_FRAMES  # at most this many frames per video (qwen-vl-utils FPS_MAX_FRAMES)
-    video_min_pixels: int = data.VIDEO_MIN_PIXELS  # per-frame pixel range of videos (EasyR1 gives its data.min_pixels to qwen-vl-utils)
-    video_max_pixels: int = data.VIDEO_MAX_PIXELS  # (qwen-vl-utils VIDEO_MAX_PIXELS; the total over a clip is capped too)
+    video_fps: float = video.VIDEO_FPS  # frames sampled per second of a video file (EasyR1 data.video_fps); a frame list is taken as sampled at this rate
+    video_max_frames: int = video.VIDEO_MAX_FRAMES  # at most this many frames per video (qwen-vl-utils FPS_MAX_FRAMES)
+    video_min_pixels: int = video.VIDEO_MIN_PIXELS  # per-frame pixel range of videos (EasyR1 gives its data.min_pixels to qwen-vl-utils)
+    video_max_pixels: int = video.VIDEO_MAX_PIXELS  # (qwen-vl-utils VIDEO_MAX_PIXELS; the total over a clip is capped too)
     max_response_length: int = 2048  # EMO-R3 data.max_response_length
     # rollout
     rollout_batch_size: int = 512  # prompts per step, all ranks together (EMO-R3)
@@ -428,7 +429,7 @@ def main(argv=None):
     image_pad_id, video_pad_id = tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"])
     data_kwargs = dict(template=cfg.template, labels=cfg.labels or None, min_pixels=cfg.min_pixels,
                        max_pixels=cfg.max_pixels, max_prompt_length=cfg.max_prompt_length,
-                       image_dir=cfg.image_dir or None, skip_bad=cfg.skip_bad_rows, **data.video_kwargs(cfg))
+                       image_dir=cfg.image_dir or None, skip_bad=cfg.skip_bad_rows, **video.video_kwargs(cfg))
     train_set = data.PromptDataset(cfg.train_files, processor, **data_kwargs)
     val_set = data.PromptDataset(cfg.val_files, processor, **data_kwargs) if cfg.val_files and cfg.val_freq else None
     # as the reference's filter_overlong_prompts: rows over --max-prompt-length (image tokens included) are

@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import data  # noqa: E402
+import video  # noqa: E402
 
 SIZES = [(500, 375), (640, 480), (1600, 1200), (375, 500)]  # the third is over 2048 prompt tokens
 
@@ -102,7 +103,7 @@ def main():
             count = min(args.decode_rows, args.rows)
             started = time.perf_counter()
             for i in range(count):
-                data.open_image(f"images/{i:06d}.jpg", tmp)
+                video.open_image(f"images/{i:06d}.jpg", tmp)
             seconds = time.perf_counter() - started
             results["decode (for comparison)"] = {"rows": count, "rows_per_s": round(count / seconds)}
             print(f"for comparison, decoding {count} of these images: {count / seconds:,.0f} rows/s")

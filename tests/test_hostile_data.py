@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 import data
+import video
 # the data tests' pixel range (MIN_PIXELS 3136: a 56x56 image is kept as it is) and file helpers
 from test_data import MAX_PIXELS, MIN_PIXELS, load, write_jsonl, write_parquet
 
@@ -226,7 +227,7 @@ def test_open_image_converts_pil_images_and_bytes_alike(tmp_path):
     for image, left, right in [(two_halves("I;16", 100 * 257, 65535, size=(4, 2)), (100, 100, 100), WHITE),
                                (two_halves("LA", (100, 0), (30, 255), size=(4, 2)), WHITE, (30, 30, 30))]:
         for source in (encoded(image), image):
-            converted = data.open_image(source, tmp_path)
+            converted = video.open_image(source, tmp_path)
             assert converted.mode == "RGB" and converted.size == (4, 2)
             assert converted.getpixel((0, 0)) == left and converted.getpixel((3, 1)) == right, image.mode
 

@@ -6,7 +6,7 @@ as Clip/original/<00001>.mp4 or Clip/clip_224x224/<00001>/<00001>_<00001>.jpg fr
 `Train & Test Set/single/no_caption/set_<fold>/{train,test}.txt` lines `00025.mp4 anger`, its clips as
 data/clips/<00025>.mp4 or data/frames/<00025>/ folders. The converters only need the clips to exist, so
 videos are a few bytes and frames are empty .jpg files. Each expected row is written out by hand below.
-data.py's reading of videos is not used: the written JSONL rows and labels.txt are checked directly.
+video.py's reading of videos is not used: the written JSONL rows and labels.txt are checked directly.
 """
 
 import json

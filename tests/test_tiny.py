@@ -15,6 +15,7 @@ from PIL import Image
 import data
 import rollout
 import tiny
+import video
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +79,7 @@ def test_transformers_and_vllm_greedy_agree(tiny_model_dir, processor):
 
     # a clip (8 random frames of 56 x 56) through the HF engine the trainer falls back to
     rng = np.random.default_rng(0)
-    clip = data.Video([Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)) for _ in range(8)], 2.0)
+    clip = video.Video([Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)) for _ in range(8)], 2.0)
     clip_text = data.render_prompt(processor, "<video>What emotion does this clip evoke?", template="set")
     clip_request = rollout.Request(clip_text, processor.tokenizer(clip_text, add_special_tokens=False)["input_ids"],
                                    [], [clip])

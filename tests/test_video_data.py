@@ -1,6 +1,6 @@
-"""Video rows in data.py: real mp4 files written with PyAV in tmp_path, frame lists, R1-Omni's layout, the tiny
-model's real processor. Frame i of every test video is a solid colour that says i, so a test can tell WHICH
-frames were sampled."""
+"""Video rows in data.py and video.py: real mp4 files written with PyAV in tmp_path, frame lists, R1-Omni's layout,
+the tiny model's real processor. Frame i of every test video is a solid colour that says i, so a test can tell
+WHICH frames were sampled."""
 
 import json
 import sys
@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import data
+import video
 
 VIDEO_PAD = "<|video_pad|>"
 R1_OMNI_QUESTION = ("As an emotional recognition expert; throughout the video, which emotion conveyed by the "
@@ -37,10 +38,10 @@ def write_video(path, num_frames=30, fps=10, size=(64, 48)):
     return path
 
 
-def which_frames(video, num_frames=30):
+def which_frames(clip, num_frames=30):
     """The source index of each frame of a Video: the nearest colour(i) (YUV 4:2:0 moves colours a little)."""
     palette = np.array([colour(i) for i in range(num_frames)], float)
-    means = [np.asarray(frame, float).reshape(-1, 3).mean(0) for frame in video.frames]
+    means = [np.asarray(frame, float).reshape(-1, 3).mean(0) for frame in clip.frames]
     return [int(np.abs(palette - mean).sum(1).argmin()) for mean in means]
 
 
@@ -61,32 +62,32 @@ def save_frame(path, i, size=(64, 48)):
 
 def test_video_file_frames_fps_and_size(tmp_path):
     write_video(tmp_path / "clip.mp4")  # 30 frames at 10 fps: 3 seconds
-    video = data.load_video("clip.mp4", tmp_path)
+    clip = video.load_video("clip.mp4", tmp_path)
     # smart_nframes: 30 frames / 10 fps * 2 fps = 6, within [4, min(768, 30)], even -> 6 frames;
     # torch.linspace(0, 29, 6) = 0, 5.8, 11.6, 17.4, 23.2, 29 -> rounded 0, 6, 12, 17, 23, 29;
     # sample fps = 6 / 30 * 10 = 2.0
-    assert which_frames(video) == [0, 6, 12, 17, 23, 29]
-    assert video.fps == 2.0
+    assert which_frames(clip) == [0, 6, 12, 17, 23, 29]
+    assert clip.fps == 2.0
     # the frame size: 64x48 = 3072 px is under min_pixels 512*512 = 262144 (EasyR1's), so smart_resize scales both
     # sides by sqrt(262144 / 3072) = 9.2376 and rounds up to multiples of 28: 48 -> 443.4 -> 448, 64 -> 591.2 -> 616;
     # 616 * 448 = 275968 px is within the per-frame budget max(min(602112, 90316800 / 6 * 2), 1.05 * 262144)
-    assert {frame.size for frame in video.frames} == {(616, 448)}
-    assert all(frame.mode == "RGB" for frame in video.frames)
-    array = video.array()
+    assert {frame.size for frame in clip.frames} == {(616, 448)}
+    assert all(frame.mode == "RGB" for frame in clip.frames)
+    array = clip.array()
     assert array.shape == (6, 448, 616, 3) and array.dtype == np.uint8
-    assert data.video_shape("clip.mp4", tmp_path) == (6, 616, 448)  # from the container, nothing decoded
+    assert video.video_shape("clip.mp4", tmp_path) == (6, 616, 448)  # from the container, nothing decoded
     # EasyR1's own setting passes its image min_pixels 512*512: sides * sqrt(262144 / 3072) = 9.2376,
     # 48 -> 443.4 -> 448, 64 -> 591.2 -> 616
-    assert data.load_video("clip.mp4", tmp_path, min_pixels=512 * 512).frames[0].size == (616, 448)
+    assert video.load_video("clip.mp4", tmp_path, min_pixels=512 * 512).frames[0].size == (616, 448)
 
     # a frame cap of 4: linspace(0, 29, 4) = 0, 9.67, 19.33, 29 -> 0, 10, 19, 29; fps = 4 / 30 * 10
-    capped = data.load_video("clip.mp4", tmp_path, max_frames=4)
+    capped = video.load_video("clip.mp4", tmp_path, max_frames=4)
     assert which_frames(capped) == [0, 10, 19, 29]
     assert capped.fps == pytest.approx(4 / 3)
     # a half-second clip: 5 / 10 * 2 = 1 frame, raised to FPS_MIN_FRAMES 4; linspace(0, 4, 4) = 0, 1.33,
     # 2.67, 4 -> 0, 1, 3, 4; fps = 4 / 5 * 10 = 8
     write_video(tmp_path / "short.mp4", num_frames=5)
-    short = data.load_video(str(tmp_path / "short.mp4"), "elsewhere")  # an absolute path ignores base_dir
+    short = video.load_video(str(tmp_path / "short.mp4"), "elsewhere")  # an absolute path ignores base_dir
     assert which_frames(short) == [0, 1, 3, 4] and short.fps == 8.0
 
 
@@ -95,8 +96,8 @@ def test_video_files_without_a_true_frame_count(tmp_path):
     write_video(tmp_path / "clip.mkv")
     with av.open(str(tmp_path / "clip.mkv")) as container:
         assert container.streams.video[0].frames == 0
-    assert data.video_info(tmp_path / "clip.mkv") == (30, 10.0, 64, 48)
-    assert which_frames(data.load_video("clip.mkv", tmp_path)) == [0, 6, 12, 17, 23, 29]
+    assert video.video_info(tmp_path / "clip.mkv") == (30, 10.0, 64, 48)
+    assert which_frames(video.load_video("clip.mkv", tmp_path)) == [0, 6, 12, 17, 23, 29]
     # an mp4 whose header counts 30 frames but whose data holds 15 (cut after the 15th packet; moov first, no
     # B-frames, so the 15 decode): the frames that are there are sampled. 15 / 10 * 2 = 3 -> 4 (the minimum);
     # linspace(0, 14, 4) = 0, 4.67, 9.33, 14 -> 0, 5, 9, 14; fps = 4 / 15 * 10
@@ -111,8 +112,8 @@ def test_video_files_without_a_true_frame_count(tmp_path):
     with av.open(str(tmp_path / "whole.mp4")) as container:
         ends = [packet.pos + packet.size for packet in container.demux(video=0) if packet.size]
     (tmp_path / "cut.mp4").write_bytes((tmp_path / "whole.mp4").read_bytes()[:ends[14]])
-    assert data.video_info(tmp_path / "cut.mp4")[0] == 30
-    cut = data.load_video("cut.mp4", tmp_path)
+    assert video.video_info(tmp_path / "cut.mp4")[0] == 30
+    cut = video.load_video("cut.mp4", tmp_path)
     assert which_frames(cut) == [0, 5, 9, 14] and cut.fps == pytest.approx(4 / 15 * 10)
 
 
@@ -121,31 +122,31 @@ def test_frame_list_padding_and_subsampling(tmp_path):
     names[1] = (tmp_path / "f1.png").read_bytes()  # any image source works as a frame
     names[2] = {"bytes": None, "path": "f2.png"}
     # 3 frames: taken as sampled at fps, padded to an even count with the last frame
-    padded = data.load_video(names[:3], tmp_path, fps=2.0)
+    padded = video.load_video(names[:3], tmp_path, fps=2.0)
     assert which_frames(padded) == [0, 1, 2, 2] and padded.fps == 2.0
     # 5 frames with a cap of 4: linspace(0, 4, 4) -> 0, 1, 3, 4; they span the same time, so fps 2 * 4 / 5
-    capped = data.load_video(names, tmp_path, fps=2.0, max_frames=4)
+    capped = video.load_video(names, tmp_path, fps=2.0, max_frames=4)
     assert which_frames(capped) == [0, 1, 3, 4] and capped.fps == pytest.approx(1.6)
     # every frame takes the first frame's size, whatever its own
     Image.new("RGB", (90, 30), colour(9)).save(tmp_path / "wide.png")
-    mixed = data.load_video(["f0.png", "wide.png"], tmp_path)
+    mixed = video.load_video(["f0.png", "wide.png"], tmp_path)
     assert {frame.size for frame in mixed.frames} == {(616, 448)}  # 64x48, as in the test above
-    assert data.video_shape(["f0.png", "wide.png", "f3.png"], tmp_path) == (4, 616, 448)
+    assert video.video_shape(["f0.png", "wide.png", "f3.png"], tmp_path) == (4, 616, 448)
 
 
 def test_frame_size_budget():
     """fetch_video's per-frame budget, worked by hand for a 1280x720 video (921600 px a frame)."""
     # 6 frames: budget min(602112, 90316800 / 6 * 2) = 602112; sides / sqrt(921600 / 602112) = 1.2372:
     # 720 -> 581.9 -> 560, 1280 -> 1034.6 -> 1008 (rounded down to multiples of 28)
-    assert data.video_frame_size(1280, 720, 6) == (1008, 560)
+    assert video.video_frame_size(1280, 720, 6) == (1008, 560)
     # 600 frames: budget 90316800 / 600 * 2 = 301056; sides / 1.7496: 720 -> 411.5 -> 392, 1280 -> 731.6 -> 728
-    assert data.video_frame_size(1280, 720, 600) == (728, 392)
+    assert video.video_frame_size(1280, 720, 600) == (728, 392)
     # 2000 frames, min_pixels 512*512: 90316800 / 2000 * 2 = 90317 is under the floor int(1.05 * 262144) = 275251;
     # sides / 1.8298: 720 -> 393.5 -> 392, 1280 -> 699.5 -> 672
-    assert data.video_frame_size(1280, 720, 2000, min_pixels=512 * 512) == (672, 392)
+    assert video.video_frame_size(1280, 720, 2000, min_pixels=512 * 512) == (672, 392)
     # a size the processor would resize again (its video range here is 100352..200000 px) is refused
     with pytest.raises(ValueError, match="video pixel range 100352..200000"):
-        data.video_frame_size(1280, 720, 6, processor_pixels=(100352, 200000))
+        video.video_frame_size(1280, 720, 6, processor_pixels=(100352, 200000))
 
 
 def test_same_as_qwen_vl_utils():
@@ -160,10 +161,10 @@ def test_same_as_qwen_vl_utils():
                     expected = qwen.smart_nframes(ele, total_frames=total, video_fps=source_fps)
                 except ValueError:
                     with pytest.raises(ValueError, match="cannot be sampled"):
-                        data.sample_count(total, source_fps, ele["fps"], ele.get("max_frames", 768))
+                        video.sample_count(total, source_fps, ele["fps"], ele.get("max_frames", 768))
                     continue
-                assert data.sample_count(total, source_fps, ele["fps"], ele.get("max_frames", 768)) == expected
-                assert data.sample_indices(total, expected) == \
+                assert video.sample_count(total, source_fps, ele["fps"], ele.get("max_frames", 768)) == expected
+                assert video.sample_indices(total, expected) == \
                     torch.linspace(0, total - 1, expected).round().long().tolist()
     for width, height in [(64, 48), (640, 360), (1920, 1080), (300, 4000), (1000, 1000), (13, 2000)]:
         for frames in [4, 100, 700, 3000]:
@@ -173,16 +174,16 @@ def test_same_as_qwen_vl_utils():
                 budget = max(min(qwen.VIDEO_MAX_TOKEN_NUM * 28 * 28, qwen.MODEL_SEQ_LEN * 28 * 28 * 0.9 / frames * 2),
                              int(min_pixels * 1.05))
                 h, w = qwen.smart_resize(height, width, 28, min_pixels, min(given_max or budget, budget))
-                assert data.video_frame_size(width, height, frames, min_pixels,
-                                             processor_pixels=data.QWEN_PIXELS) == (w, h)
+                assert video.video_frame_size(width, height, frames, min_pixels,
+                                              processor_pixels=data.QWEN_PIXELS) == (w, h)
 
 
 def test_video_metadata_is_the_sampled_video(tmp_path):
     """The metadata presents the sampled frames as the whole video: transformers reads sampled_fps = fps from it
     (so second_per_grid_ts = 2 / fps) and vLLM reads do_sample_frames=False: nothing samples again."""
     from transformers.video_utils import VideoMetadata
-    video = data.Video([Image.new("RGB", (56, 56))] * 4, 1.6)
-    meta = video.metadata()
+    clip = video.Video([Image.new("RGB", (56, 56))] * 4, 1.6)
+    meta = clip.metadata()
     assert meta == dict(fps=1.6, total_num_frames=4, frames_indices=[0, 1, 2, 3], duration=2.5,
                         video_backend="pyav", do_sample_frames=False)
     hf = VideoMetadata(**{k: v for k, v in meta.items() if k != "do_sample_frames"})
@@ -207,17 +208,17 @@ def test_processor_inputs_tokens_and_time(tmp_path, processor):
     # frame list: 90x40 scaled by sqrt(100352 / 3600) = 5.2797 -> 475.2 x 211.2 -> 476 x 224 (multiples of 28)
     assert prompts[1].videos[0].frames[0].size == (476, 224)
     for prompt in prompts:
-        video = prompt.videos[0]
+        clip = prompt.videos[0]
         out = data.processor_inputs(processor, prompt.text, None, prompt.videos)  # one prompt, no images
         pads = int((out["input_ids"] == processor.video_token_id).sum())
-        width, height = video.frames[0].size
+        width, height = clip.frames[0].size
         # (T / 2) * (H / 28) * (W / 28) tokens, from the headers at load, from the frames, and from the processor
-        expected = len(video.frames) // 2 * (height // 28) * (width // 28)
-        assert pads == expected == data.video_token_count(video, processor)
+        expected = len(clip.frames) // 2 * (height // 28) * (width // 28)
+        assert pads == expected == video.video_token_count(clip, processor)
         assert dataset._header_length(dataset.rows[prompt.index], {}) == prompt.num_tokens == out["input_ids"].shape[1]
-        assert out["video_grid_thw"].tolist() == [[len(video.frames) // 2, height // 14, width // 14]]
-        assert out["second_per_grid_ts"].tolist() == pytest.approx([2 / video.fps])  # temporal_patch_size / fps
-        assert out["pixel_values_videos"].shape[0] == len(video.frames) // 2 * (height // 14) * (width // 14)
+        assert out["video_grid_thw"].tolist() == [[len(clip.frames) // 2, height // 14, width // 14]]
+        assert out["second_per_grid_ts"].tolist() == pytest.approx([2 / clip.fps])  # temporal_patch_size / fps
+        assert out["pixel_values_videos"].shape[0] == len(clip.frames) // 2 * (height // 14) * (width // 14)
     batch = data.encode(processor, prompts)  # both prompts at once, padded
     assert batch["input_ids"].shape == (2, max(p.num_tokens for p in prompts))
     assert batch["second_per_grid_ts"].tolist() == pytest.approx([1.0, 1.0])  # 2 / 2.0 fps, both
@@ -349,7 +350,7 @@ def test_check_command_counts_video_rows_and_audio(tmp_path, tiny_model_dir, pro
     assert report["video_rows"] == 2 and report["audio_dropped"] == 1 and report["usable"] == 2
     # the run scripts hand their config's video fields over with video_kwargs
     cfg = SimpleNamespace(video_fps=1.0, video_min_pixels=3136, video_max_pixels=12544, video_max_frames=16, seed=0)
-    settings = data.video_kwargs(cfg)
+    settings = video.video_kwargs(cfg)
     assert settings == dict(video_fps=1.0, video_min_pixels=3136, video_max_pixels=12544, video_max_frames=16)
     with pytest.warns(UserWarning, match="<audio>"):
         dataset = data.PromptDataset(path, processor, **settings)

@@ -11,6 +11,7 @@ from PIL import Image
 
 import data
 import packing
+import video
 from packing import Sample, collate, encode_prompts, mrope_positions, response_logprobs
 
 
@@ -27,9 +28,9 @@ def tiny(tiny_model_dir):
 
 
 def clip(seed, frames=8, size=56, fps=2.0):
-    """A data.Video of random frames, already at a size the tiny model's processor keeps."""
+    """A video.Video of random frames, already at a size the tiny model's processor keeps."""
     rng = np.random.default_rng(seed)
-    return data.Video([Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(frames)], fps)
+    return video.Video([Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(frames)], fps)
 
 
 def test_positions_equal_transformers_for_images(tiny):
