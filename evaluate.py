@@ -361,6 +361,16 @@ def evaluate(cfg):
         processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
         tokenizer = processor.tokenizer
         image_pad_id, video_pad_id = tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"])
+        files = [f for f in cfg.data.split(",") if f]
+        names = [n for n in cfg.names.split(",") if n] or [Path(f.partition("@")[0]).stem + (f"-{f.partition('@')[2]}" if "@" in f else "") for f in files]
+        if len(names) != len(files):
+            raise SystemExit(f"--names has {len(names)} entries for {len(files)} --data files")
+        # every benchmark read once, here, before the engine: a bad file stops the run before vLLM's
+        # start-up, and the engine learns from the datasets whether a benchmark has clips
+        datasets = [data.PromptDataset(file, processor, template=cfg.template, labels=cfg.labels or None,
+                                       min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
+                                       max_prompt_length=cfg.max_prompt_length, skip_bad=cfg.skip_bad_rows,
+                                       **video.video_kwargs(cfg)) for file in files]
         if cfg.engine == "vllm":
             engine = VLLMEngine(model_path, image_pad_id, dtype=compute_dtype("auto", device), seed=cfg.seed,
                                 max_model_len=cfg.max_prompt_length + max(cfg.max_response_length, cfg.reflect_max_tokens),
@@ -368,7 +378,7 @@ def evaluate(cfg):
                                 gpu_memory_utilization=cfg.gpu_memory_utilization, cpu_kv_cache_gb=cfg.cpu_kv_cache_gb,
                                 trust_remote_code=cfg.trust_remote_code, video_pad_id=video_pad_id,
                                 # vLLM budgets memory for a clip only where a benchmark has clips
-                                videos=any(row.videos for f in cfg.data.split(",") if f for row in data.read_rows(f)))
+                                videos=any(dataset.has_videos for dataset in datasets))
         else:
             engine = HFEngine(model_path, processor, device, image_pad_id, trust_remote_code=cfg.trust_remote_code,
                               video_pad_id=video_pad_id)
@@ -377,16 +387,9 @@ def evaluate(cfg):
         engine.wake_up(["weights", "kv_cache"])
         temperature = 0.0 if cfg.greedy else cfg.temperature
 
-        files = [f for f in cfg.data.split(",") if f]
-        names = [n for n in cfg.names.split(",") if n] or [Path(f.partition("@")[0]).stem + (f"-{f.partition('@')[2]}" if "@" in f else "") for f in files]
-        if len(names) != len(files):
-            raise SystemExit(f"--names has {len(names)} entries for {len(files)} --data files")
         summary = {}
-        for file, name in zip(files, names):
-            dataset = data.PromptDataset(file, processor, template=cfg.template, labels=cfg.labels or None,
-                                         min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
-                                         max_prompt_length=cfg.max_prompt_length, skip_bad=cfg.skip_bad_rows,
-                                         **video.video_kwargs(cfg))
+        for name in names:
+            dataset = datasets.pop(0)  # let go of each benchmark once done (a parquet may embed its images)
             count = min(len(dataset), cfg.max_samples or len(dataset))
             mine = list(range(count))[rank::world_size]  # strided share: every rank gets ~count / world
             rows = []

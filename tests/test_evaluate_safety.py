@@ -63,7 +63,7 @@ def test_checkpoint_evaluation_leaves_no_merged_model(demo_dir, tmp_path, merges
 
 def test_failed_checkpoint_evaluation_leaves_no_merged_model(tmp_path, merges):
     """An evaluation that fails after the merge (here a --data path that does not exist, read after the
-    engine is up) would leave its merged model behind."""
+    merge) would leave its merged model behind."""
     step, merges = merges
     out = tmp_path / "eval"
     with pytest.raises(ValueError, match="no such file"):
@@ -71,6 +71,34 @@ def test_failed_checkpoint_evaluation_leaves_no_merged_model(tmp_path, merges):
     assert merges == [out / ".merged-model" / "model"]  # it did fail after merging
     assert not list(tmp_path.rglob("model.safetensors")), "a merged model was left behind"
     assert not (out / ".merged-model").exists()
+
+
+def test_every_data_file_is_read_once(tiny_model_dir, demo_dir, tmp_path, monkeypatch):
+    """With vLLM every --data file was read twice: once to learn whether the engine must allow a clip, then
+    again to load it (seconds for a 100k-row parquet). The engine must still allow a clip when one benchmark
+    of several has them."""
+    import data
+    import rollout
+    import tiny
+    clips = tiny.make_video_demo_dataset(tmp_path / "clips", num_train=0, num_test=2) / "test.jsonl"
+    reads, videos = [], []
+    real_read_rows, real_engine = data.read_rows, rollout.VLLMEngine
+
+    def read_rows(path, *args, **kwargs):
+        reads.append(str(path))
+        return real_read_rows(path, *args, **kwargs)
+
+    def engine(*args, **kwargs):
+        videos.append(kwargs["videos"])
+        return real_engine(*args, **kwargs)
+    monkeypatch.setattr(data, "read_rows", read_rows)
+    monkeypatch.setattr(rollout, "VLLMEngine", engine)
+    images = demo_dir / "test.jsonl"
+    summary = evaluate.main(evaluate_args(tiny_model_dir, f"{images},{clips}", tmp_path / "eval", "--engine", "vllm",
+                                          "--names", "images,clips", "--video-min-pixels", 56 * 56))
+    assert set(summary) == {"images", "clips"}
+    assert sorted(reads) == sorted([str(images), str(clips)])
+    assert videos == [True]
 
 
 def test_out_holding_an_evaluation_is_refused_without_overwrite(tmp_path, monkeypatch):
