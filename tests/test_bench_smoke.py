@@ -153,3 +153,33 @@ def test_vs_trl_setup_that_cannot_run_is_a_row_and_the_others_still_run():
                                                   {trl_hf: "x", trl_vllm: "y"}, ours)
     assert ratio is None and ratios == [] and "**cannot be computed**, no TRL setup ran" in verdict[0]
     assert f"| {ours} | ran | 1.00 | 1.00 | n/a | 40.0 | n/a |" in table
+
+
+def test_demo_judges_reads_predictions_as_hand_counted():
+    """bench/demo_judges.py's figures in BENCHMARKS.md would be wrong if it mixed up which emotion a judge
+    named (step 2's, step 1's colour's, the box) or counted "yes" on the wrong side."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import demo_judges
+    text = demo_judges.demo_text  # step 1: the colour of the first emotion; step 2: the second; box: the first
+
+    def row(label, colour_of, step2, judge, yes):
+        return {"label": label, "response": text(colour_of, step2), "prediction": colour_of, "reflect_text": judge,
+                "reflect_image": yes}
+    rows = [row("anger", "anger", "anger", "anger", "yes"),  # all agree, right colour
+            row("anger", "sadness", "anger", "anger", "yes"),  # judge reads step 2; wrong colour, says yes
+            row("sadness", "sadness", "amusement", "sadness", "no"),  # judge reads the colour; right colour, no
+            row("amusement", "contentment", "anger", " Anger", "Yes.")]  # judge reads step 2; wrong colour, yes
+    got = demo_judges.analyse_predictions(rows)
+    assert got == {"judge_is_step2": 0.75, "judge_is_colour": 0.5, "judge_is_box": 0.5, "step2_is_colour": 0.25,
+                   "box_is_colour": 1.0, "colour_is_image": 0.5, "count": 4, "yes_right": "1/2", "yes_wrong": "2/2"}
+
+
+def test_demo_judges_probe_runs_on_the_tiny_model(tiny_model_dir, demo_dir):
+    """The probe would rot unnoticed (it drives the trainer's re-ask builder and the HF engine) if nothing
+    ran it: end to end on the untrained tiny model, every rate a share."""
+    out = run_script("bench/demo_judges.py", "--model", tiny_model_dir, "--data", demo_dir / "test.jsonl",
+                     "--images", 4)
+    probe = json.loads(out.strip().splitlines()[-1])["probe"]
+    assert set(probe) == {"coherence_reads_step2", "coherence_reads_colour", "yes_right", "yes_wrong"}
+    assert all(0.0 <= v <= 1.0 for v in probe.values()), probe
+    assert probe["coherence_reads_step2"] + probe["coherence_reads_colour"] <= 1.0  # X != Y: disjoint answers
