@@ -201,10 +201,11 @@ DEMO_COLOUR_NAMES = {"amusement": "yellow", "anger": "red", "awe": "light blue",
 POSITIVE = {"amusement", "awe", "contentment", "excitement"}  # Mikels valence (METHOD.md)
 
 
-def demo_response(label):
-    """A short SET answer for a demo image: the reasoning a cold start can imitate (sft.py)."""
+def demo_response(label, feel=None):
+    """A short SET answer for a demo image: the reasoning a cold start can imitate (sft.py). `feel`: another
+    emotion for step 2 to name (default `label`), for a text whose reasoning contradicts itself."""
     return (f"<step1>The image is mostly {DEMO_COLOUR_NAMES[label]}.</step1>\n"
-            f"<step2>A viewer would feel {label}.</step2>\n"
+            f"<step2>A viewer would feel {feel or label}.</step2>\n"
             f"<step3>The emotion is {'positive' if label in POSITIVE else 'negative'}.</step3>\n\\boxed{{{label}}}")
 
 

@@ -38,14 +38,6 @@ import tiny  # noqa: E402
 EMOTION_OF_COLOUR = {colour: label for label, colour in tiny.DEMO_COLOUR_NAMES.items()}
 
 
-def demo_text(colour_of, step2):
-    """A demo SET response whose step 1 names `colour_of`'s colour and step 2 the emotion `step2`."""
-    return (f"<step1>The image is mostly {tiny.DEMO_COLOUR_NAMES[colour_of]}.</step1>\n"
-            f"<step2>A viewer would feel {step2}.</step2>\n"
-            f"<step3>The emotion is {'positive' if colour_of in tiny.POSITIVE else 'negative'}.</step3>\n"
-            f"\\boxed{{{colour_of}}}")
-
-
 def read_steps(response):
     """(the emotion of step 1's colour, step 2's emotion word) of a demo response; None where missing."""
     colour = re.search(r"mostly (.*?)\.", response or "")
@@ -101,7 +93,7 @@ def probe(model, data_file=None, images=32, seed=0):
         return [tokenizer.decode(o[0][0], skip_special_tokens=True).strip().lower() for o in outs]
 
     pairs = [(x, y) for x in labels for y in labels if x != y] * 2
-    answers = ask("text", [demo_text(x, y) for x, y in pairs], [[]] * len(pairs))
+    answers = ask("text", [tiny.demo_response(x, feel=y) for x, y in pairs], [[]] * len(pairs))
     dataset = data.PromptDataset(str(data_file or tiny.make_demo_dataset() / "test.jsonl"), processor, min_pixels=56 * 56,
                                  max_pixels=112 * 112, max_prompt_length=512)
     texts, visuals, right = [], [], []
@@ -109,7 +101,7 @@ def probe(model, data_file=None, images=32, seed=0):
         label = dataset.rows[k].answer
         other = labels[(labels.index(label) + 1 + k % 3) % len(labels)]
         for colour_of, is_right in ((label, True), (other, False)):
-            texts.append(demo_text(colour_of, colour_of))
+            texts.append(tiny.demo_response(colour_of))
             visuals.append((list(dataset[k].images), []))
             right.append(is_right)
     said_yes = ["yes" in a for a in ask("image", texts, visuals)]

@@ -160,10 +160,10 @@ def test_demo_judges_reads_predictions_as_hand_counted():
     named (step 2's, step 1's colour's, the box) or counted "yes" on the wrong side."""
     sys.path.insert(0, str(REPO / "bench"))
     import demo_judges
-    text = demo_judges.demo_text  # step 1: the colour of the first emotion; step 2: the second; box: the first
+    import tiny
 
-    def row(label, colour_of, step2, judge, yes):
-        return {"label": label, "response": text(colour_of, step2), "prediction": colour_of, "reflect_text": judge,
+    def row(label, colour_of, step2, judge, yes):  # step 1: colour_of's colour; step 2: step2; box: colour_of
+        return {"label": label, "response": tiny.demo_response(colour_of, feel=step2), "prediction": colour_of, "reflect_text": judge,
                 "reflect_image": yes}
     rows = [row("anger", "anger", "anger", "anger", "yes"),  # all agree, right colour
             row("anger", "sadness", "anger", "anger", "yes"),  # judge reads step 2; wrong colour, says yes
