@@ -482,3 +482,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    from common import exit_process
+    exit_process()  # not Python's shutdown, where gloo's threads can abort a finished run: see its docstring

@@ -40,8 +40,8 @@ import rewards
 import tiny
 import video
 from checkpoint import load_checkpoint, save_checkpoint, start_or_resume
-from common import (Tracker, demo_paths, get_batch_on_every_rank, load_model, lock_run_folder, parse_flags, print0,
-                    require_cuda, run_folder, setup_distributed)
+from common import (Tracker, demo_paths, exit_process, get_batch_on_every_rank, load_model, lock_run_folder,
+                    parse_flags, print0, require_cuda, run_folder, setup_distributed)
 from packing import Sample, collate, encode_prompts, has_visual, response_logprobs
 
 
@@ -310,6 +310,8 @@ def main(argv=None):
         if (cfg.save_freq and (step + 1) % cfg.save_freq == 0) or step + 1 == total:
             save_checkpoint(policy, optimizer, step + 1, dataclasses.asdict(cfg), out, rank, scheduler, cfg.save_limit)
     progress.close()
+    if rank == 0:
+        tracker.close()
     print0(f"sft done: {out / 'checkpoints' / f'step_{total}'}")
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -317,3 +319,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    exit_process()  # not Python's shutdown, where gloo's threads can abort a finished run: see its docstring

@@ -51,9 +51,9 @@ import rewards
 import tiny
 import video
 from checkpoint import find_checkpoint, load_checkpoint, load_weights, save_checkpoint, start_or_resume
-from common import (Tracker, compute_dtype, demo_paths, get_batch_on_every_rank, load_model, lock_run_folder, mean,
-                    parse_flags, print0, require_cuda, run_folder, setup_distributed, skipped_on_any_rank,
-                    sum_over_ranks, timed)
+from common import (Tracker, compute_dtype, demo_paths, exit_process, get_batch_on_every_rank, load_model,
+                    lock_run_folder, mean, parse_flags, print0, require_cuda, run_folder, setup_distributed,
+                    skipped_on_any_rank, sum_over_ranks, timed)
 from packing import Sample, batched_logprobs, collate, encode_prompts, micro_batches, pad_stack, response_logprobs
 from plots import draw_curves
 from rollout import HFEngine, Request, SyncGuard, VLLMEngine, full_weights, plain_turn_requests, visuals
@@ -626,6 +626,8 @@ def main(argv=None):
 
     progress.close()
     if rank == 0:  # the curves of the whole run (a resumed run included), next to metrics.jsonl
+        tracker.close()
+        samples_file.close()
         draw_curves(out / "metrics.jsonl", out / "curves.png", title=f"{out.parent.name}/{out.name}")
     print0(f"done: {total_steps} steps; outputs in {out} (curves.png, samples.jsonl, metrics.jsonl)")
     engine.close()
@@ -635,3 +637,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    exit_process()  # not Python's shutdown, where gloo's threads can abort a finished run: see its docstring

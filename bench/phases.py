@@ -271,3 +271,5 @@ def main():
 
 if __name__ == "__main__":
     main()
+    import common
+    common.exit_process()  # as the stage scripts end

@@ -30,3 +30,4 @@ def corrupted_weights(model):
 if __name__ == "__main__":
     train_grpo.full_weights = corrupted_weights  # the trainer's loop looks the name up at call time
     train_grpo.main(sys.argv[1:])
+    train_grpo.exit_process()  # as train_grpo.py ends

@@ -80,3 +80,4 @@ def check(base, run, checkpoint, merged, train_file, out_file, rank, device):
 
 if __name__ == "__main__":
     main()
+    common.exit_process()  # as the stage scripts end

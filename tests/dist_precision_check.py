@@ -73,3 +73,4 @@ def check(model_dir, train_file, out_dir, rank, world_size, device):
 
 if __name__ == "__main__":
     main()
+    common.exit_process()  # as the stage scripts end

@@ -102,6 +102,7 @@ def main():
     for module in ("transformers", "vllm"):  # before any output is redirected: their loggers keep the stream
         importlib.import_module(module)      # they first see
     real_full_weights = train_grpo.full_weights
+    leave, common.exit_process = common.exit_process, lambda code=0: None  # sft.py's __main__ ends with it
     train_grpo.VLLMEngine, train_grpo.HFEngine = tracked(train_grpo.VLLMEngine), tracked(train_grpo.HFEngine)
     world = {key: os.environ[key] for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
     for k, step in enumerate(spec["steps"]):
@@ -128,6 +129,7 @@ def main():
         if (result["exit"] is not None or "error" in result) and dist.is_initialized():  # the other rank too
             dist.monitored_barrier(timeout=datetime.timedelta(seconds=120))
         end_of_step()
+    leave()  # as the stage scripts end
 
 
 if __name__ == "__main__":

@@ -123,3 +123,4 @@ def check(model_dir, train_file, out_dir, rank, device):
 
 if __name__ == "__main__":
     main()
+    common.exit_process()  # as the stage scripts end
