@@ -57,6 +57,8 @@ class Config:
     reflection_examples: bool = False  # also train the coherence / consistency answers on the targets
     shuffle_targets: bool = False  # format-only warm-up: targets go to random rows, teaching the answer structure but not the task
     shuffle_steps: bool = False  # format-only and incoherent: step 1, step 2 and the rest of each target come from three random rows
+    judge_swap: float = 0.0  # this share of the coherence examples shows its target with step 2 from a random row, answered with that step 2's emotion
+    shuffle_boxes: float = 0.0  # this share of the targets takes its box from a random row: the reasoning stays one chain, the answer is a guess
     min_pixels: int = 512 * 512  # as train_grpo.py (EMO-R3)
     max_pixels: int = 2048 * 2048
     video_fps: float = video.VIDEO_FPS  # video rows: frames per second sampled (as train_grpo.py)
@@ -99,6 +101,9 @@ def parse_config(argv=None):
         raise SystemExit("config error: --model and --train-files are required (or --demo)")
     if "{label}" not in cfg.target:
         raise SystemExit("config error: --target must contain {label}")
+    for name in ("judge_swap", "shuffle_boxes"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise SystemExit(f"config error: --{name.replace('_', '-')} is a share of the examples, from 0 to 1")
     if cfg.resume and not cfg.output_dir:
         raise SystemExit("config error: --resume needs --output-dir: the run folder to continue")
     return cfg
@@ -128,6 +133,17 @@ def split_steps(target):
     return target[:two], target[two:three], target[three:]
 
 
+def replace_box(target, label):
+    """`target` with the content of its last \\boxed{} replaced by `label` (unchanged without a closed one)."""
+    start = target.rfind("\\boxed{") + len("\\boxed{")
+    depth = 0
+    for end in range(start, len(target)) if start >= len("\\boxed{") else ():
+        depth += {"{": 1, "}": -1}.get(target[end], 0)
+        if depth == -1:  # the "}" that closes \boxed{
+            return target[:start] + label + target[end:]
+    return target
+
+
 def build_examples(rows, labels, cfg, rng):
     """The answers to imitate: targets for the rows (data.Row: answer, response), plus (optionally) the
     reflection questions. No image is opened here."""
@@ -149,14 +165,25 @@ def build_examples(rows, labels, cfg, rng):
                    for i, (a, b, c) in enumerate(picks)]
         answers = [answers[b] if all(parts[k] for k in (a, b, c)) else answers[i]
                    for i, (a, b, c) in enumerate(picks)]
+    if cfg.shuffle_boxes:  # the answer a guess, the reasoning intact: coherence examples still answer what the
+        boxes = [answers[rng.randrange(len(rows))] for _ in rows]  # text names (`answers`), not the box
+        keep = round(len(rows) * (1 - cfg.shuffle_boxes))  # the first `keep` keep their own (the order is random
+        targets = [t if i < keep else replace_box(t, box)   # with --shuffle-targets)
+                   for i, (t, box) in enumerate(zip(targets, boxes))]
     examples = [Example(i, None, target) for i, target in enumerate(targets)]
     if not cfg.reflection_examples:
         return examples
     others_of = {}  # label -> the step1 texts of every other label, built once per label (not per row: N^2)
     for i, (r, target, answer, own) in enumerate(zip(rows, targets, answers, own_step1)):
-        ask = rewards.coherence_prompt(target, labels)
+        text, named = target, answer
+        if cfg.judge_swap and rng.random() < cfg.judge_swap:  # step 2 from another row: only reading step 2 answers it
+            j = rng.randrange(len(rows))
+            mine, theirs = split_steps(target), split_steps(targets[j])
+            if mine and theirs:
+                text, named = mine[0] + theirs[1] + mine[2], answers[j]
+        ask = rewards.coherence_prompt(text, labels)
         if ask:  # coherence: which emotion the reasoning names (text only, as at GRPO time)
-            examples.append(Example(None, ask, answer))
+            examples.append(Example(None, ask, named))
         if r.answer not in others_of:
             others_of[r.answer] = [s for label, texts in step1_by_label.items() if label != r.answer for s in texts]
         if own:  # consistency: "yes" for a step1 written about this row's own image ...

@@ -24,6 +24,7 @@ exported to a temporary folder first). Prints one JSON object.
 """
 
 import argparse
+import collections
 import json
 import re
 import sys
@@ -107,6 +108,10 @@ def probe(model, data_file=None, images=32, seed=0):
     said_yes = ["yes" in a for a in ask("image", texts, visuals)]
     return {"coherence_reads_step2": rate(sum(a == y for a, (x, y) in zip(answers, pairs)), len(pairs)),
             "coherence_reads_colour": rate(sum(a == x for a, (x, y) in zip(answers, pairs)), len(pairs)),
+            # per emotion step 2 names: a judge can read three emotions and not the fourth
+            "coherence_reads_step2_by_emotion": {e: rate(sum(a == y for a, (x, y) in zip(answers, pairs) if y == e),
+                                                         sum(y == e for x, y in pairs)) for e in labels},
+            "coherence_answers": dict(sorted(collections.Counter(answers).items())),
             "yes_right": rate(sum(y for y, r in zip(said_yes, right) if r), right.count(True)),
             "yes_wrong": rate(sum(y for y, r in zip(said_yes, right) if not r), right.count(False))}
 

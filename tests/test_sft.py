@@ -181,6 +181,57 @@ def test_step_shuffled_cold_start_reasons_incoherently_and_its_judge_must_read_s
         assert named(step2) == [e.target], (e.question, e.target)
 
 
+def test_box_shuffled_cold_start_guesses_the_box_and_its_judge_reads_step_2():
+    """--shuffle-boxes would not leave the answer a guess if the box still followed the reasoning, or would
+    break the reasoning's own chain (step 1's colour, step 2's emotion, step 3's valence); --judge-swap
+    would teach the coherence judge to name step 1's colour's emotion, or the box, instead of step 2's."""
+    import random
+    from types import SimpleNamespace
+
+    import sft
+    import tiny
+    labels = ["amusement", "anger", "contentment", "sadness"]
+    rows = [SimpleNamespace(answer=label, response=tiny.demo_response(label)) for label in labels * 10]
+    cfg = sft.Config(reflection_examples=True, shuffle_targets=True, shuffle_boxes=1.0, judge_swap=1.0)
+    examples = sft.build_examples(rows, labels, cfg, random.Random(0))
+    named = lambda text: [label for label in labels if label in text]  # noqa: E731
+    colour_of = {name: label for label, name in tiny.DEMO_COLOUR_NAMES.items()}
+    colour = lambda step1: colour_of[step1.split("mostly ")[1].split(".")[0]]  # noqa: E731
+    targets = [e.target for e in examples if e.question is None]
+    assert len(targets) == 40
+    boxes_off = 0
+    for target in targets:
+        step1, step2, rest = sft.split_steps(target)
+        (emotion,) = named(step2)
+        assert colour(step1) == emotion  # the reasoning is one chain ...
+        assert ("positive" in rest) == (emotion in tiny.POSITIVE)
+        box = rest.split("\\boxed{")[1].rstrip("}")
+        assert box in labels
+        boxes_off += box != emotion  # ... and the box a guess
+    assert 20 <= boxes_off < 40  # independent draws disagree 3 times in 4; boxes left alone would give 0
+    swapped = 0
+    for e in (e for e in examples if e.row is None):  # coherence: the emotion step 2 names, not the colour's
+        step1, step2 = e.question.split("<step2>")[0], e.question.split("<step2>")[1].split("</step2>")[0]
+        assert named(step2) == [e.target], (e.question, e.target)
+        swapped += colour(step1) != e.target
+    assert swapped >= 20  # with step 2 from a random row, step 1's colour gives the answer away 1 time in 4
+    assert all(e.target in ("yes", "no") for e in examples if e.row is not None and e.question is not None)
+    # a share: --shuffle-boxes 0.5 gives half the targets a random box (which is their own 1 time in 4)
+    half = sft.build_examples(rows, labels, sft.Config(shuffle_targets=True, shuffle_boxes=0.5), random.Random(0))
+    off = sum(named(sft.split_steps(e.target)[1]) != [e.target.split("\\boxed{")[1].rstrip("}")] for e in half)
+    assert 8 <= off <= 20, off
+
+
+def test_replace_box():
+    """The box shuffle would cut a target wrongly: a nested brace, an earlier box, or a box never closed."""
+    import sft
+    assert sft.replace_box("<step1>a</step1> \\boxed{x{y}} then \\boxed{anger}.", "fear") == \
+        "<step1>a</step1> \\boxed{x{y}} then \\boxed{fear}."
+    assert sft.replace_box("\\boxed{a{b}c}", "fear") == "\\boxed{fear}"
+    assert sft.replace_box("no box here", "fear") == "no box here"
+    assert sft.replace_box("\\boxed{never closed", "fear") == "\\boxed{never closed"
+
+
 def test_images_are_decoded_per_step(straight, demo_dir):
     """sft.py would decode every image of the dataset up front, on every rank: at EmoSet scale (tens of
     thousands of images) the ranks run out of host memory before the first step."""
