@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # The CPU demo, the README's main job: the whole EMO-R3 story on the tiny model in a few minutes.
 #   1. build the tiny Qwen2.5-VL and the demo data (images whose emotion is their dominant colour)
-#   2. Cold-Start-Emo (sft.py): a format-only warm-up, so the model writes the SET structure
-#      (<step1>..<step3>, \boxed{}) and judges step texts by reading them, but guesses the emotion
+#   2. Cold-Start-Emo (sft.py) in two phases, format-only: the model writes the SET structure
+#      (<step1>..<step3>, \boxed{}) and judges step texts by reading them, but guesses the emotion.
+#      Phase 1 imitates whole answers given to random rows, and its coherence examples show step 2
+#      from another row (--judge-swap), so the judge must read step 2; phase 2 (from phase 1, merged)
+#      makes the box a guess of its own (--shuffle-boxes): the reasoning and the answer disagree
+#      3 times in 4, which is what the reflective reward has to fix
 #   3. evaluate: format rate high, accuracy near chance
-#   4. EMO-R3 GRPO with the reflective reward (train_grpo.py), starting from the cold start
+#   4. EMO-R3 GRPO with the reflective reward (train_grpo.py), starting from the cold start: 200 steps at a
+#      KL of 0.1 (the --demo defaults are 100 and 0.05; at 0.05 the policy, which is also the judge,
+#      drifts from the judge it was taught to be)
 #   5. evaluate again: accuracy, model-free coherence and the self-judged reflection scores
 # `bash demo.sh --ablation` runs step 4-5 for three arms from the same cold start instead (SET without
 # reflection, SET + coherence, full EMO-R3) and prints one table and one picture of the three.
@@ -27,14 +33,19 @@ fi
 echo "== 1/5 tiny model and demo data"
 $PY tiny.py
 $PY tiny.py demo
-echo "== 2/5 cold start (sft.py)"
-$TORCHRUN sft.py --demo --output-dir "$OUT/cold-start"
+echo "== 2/5 cold start (sft.py), phase 1: whole answers, a judge that reads step 2"
+$TORCHRUN sft.py --demo --judge-swap 1.0 --output-dir "$OUT/cold-start-1"
+$PY merge.py "$OUT/cold-start-1" --out "$OUT/cold-start-1-hf"
+echo "== 2/5 cold start (sft.py), phase 2: the box a guess of its own"
+$TORCHRUN sft.py --demo --model "$OUT/cold-start-1-hf" --judge-swap 1.0 --shuffle-boxes 1.0 --max-steps 100 \
+    --output-dir "$OUT/cold-start"
 echo "== 3/5 evaluate the cold start"
 $PY evaluate.py --model "$OUT/cold-start" $EVAL --out "$OUT/eval-cold-start" --method cold-start
 for arm in $ARMS; do
     name=${arm%%:*}
     echo "== 4/5 GRPO: $name (train_grpo.py --reward ${arm#*:})"
-    $TORCHRUN train_grpo.py --demo --init-from "$OUT/cold-start" --output-dir "$OUT/$name" --reward "${arm#*:}" "$@"
+    $TORCHRUN train_grpo.py --demo --init-from "$OUT/cold-start" --output-dir "$OUT/$name" --reward "${arm#*:}" \
+        --max-steps 200 --kl-coef 0.1 "$@"
     echo "== 5/5 evaluate $name"
     $PY evaluate.py --model "$OUT/$name" $EVAL --out "$OUT/eval-$name" --method "$name"
 done
