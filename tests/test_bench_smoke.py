@@ -180,6 +180,10 @@ def test_demo_judges_probe_runs_on_the_tiny_model(tiny_model_dir, demo_dir):
     out = run_script("bench/demo_judges.py", "--model", tiny_model_dir, "--data", demo_dir / "test.jsonl",
                      "--images", 4)
     probe = json.loads(out.strip().splitlines()[-1])["probe"]
+    by_emotion, answers = probe.pop("coherence_reads_step2_by_emotion"), probe.pop("coherence_answers")
     assert set(probe) == {"coherence_reads_step2", "coherence_reads_colour", "yes_right", "yes_wrong"}
     assert all(0.0 <= v <= 1.0 for v in probe.values()), probe
+    # 24 crafted texts, 6 per emotion step 2 names: the per-emotion rates average to the overall one
+    assert sorted(by_emotion) == ["amusement", "anger", "contentment", "sadness"] and sum(answers.values()) == 24
+    assert abs(sum(by_emotion.values()) / 4 - probe["coherence_reads_step2"]) < 1e-3, (by_emotion, probe)
     assert probe["coherence_reads_step2"] + probe["coherence_reads_colour"] <= 1.0  # X != Y: disjoint answers
