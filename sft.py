@@ -57,7 +57,7 @@ class Config:
     reflection_examples: bool = False  # also train the coherence / consistency answers on the targets
     shuffle_targets: bool = False  # format-only warm-up: targets go to random rows, teaching the answer structure but not the task
     shuffle_steps: bool = False  # format-only and incoherent: step 1, step 2 and the rest of each target come from three random rows
-    judge_swap: float = 0.0  # this share of the coherence examples shows its target with step 2 from a random row, answered with that step 2's emotion
+    judge_swap: float = 0.0  # this share of the coherence examples shows its target with step 2 from a random row, answered with that row's label (its step 2's emotion)
     shuffle_boxes: float = 0.0  # this share of the targets takes its box from a random row: the reasoning stays one chain, the answer is a guess
     min_pixels: int = 512 * 512  # as train_grpo.py (EMO-R3)
     max_pixels: int = 2048 * 2048
@@ -135,9 +135,12 @@ def split_steps(target):
 
 def replace_box(target, label):
     """`target` with the content of its last \\boxed{} replaced by `label` (unchanged without a closed one)."""
-    start = target.rfind("\\boxed{") + len("\\boxed{")
+    start = target.rfind("\\boxed{")
+    if start < 0:
+        return target
+    start += len("\\boxed{")
     depth = 0
-    for end in range(start, len(target)) if start >= len("\\boxed{") else ():
+    for end in range(start, len(target)):
         depth += {"{": 1, "}": -1}.get(target[end], 0)
         if depth == -1:  # the "}" that closes \boxed{
             return target[:start] + label + target[end:]
