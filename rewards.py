@@ -100,21 +100,28 @@ def _literals_in_order(text, literals):
     return True
 
 
-def extract_boxed(text):
-    """Content of the last \\boxed{...}, brace-balanced and stripped; "None" if absent or unclosed.
-
-    Same semantics as mathruler.grader.extract_boxed_content, which the reference uses.
-    """
+def boxed_span(text):
+    """(start, end) of the content of the last \\boxed{...} (brace-balanced, not stripped), or None when
+    there is none or its braces never close."""
     start = text.rfind("\\boxed{")
     if start < 0:
-        return "None"
+        return None
     start += len("\\boxed{")
     depth = 0
     for brace in _BRACE.finditer(text, start):
         depth += 1 if brace.group() == "{" else -1
         if depth == -1:  # the "}" that closes \boxed{
-            return text[start:brace.start()].strip()
-    return "None"  # braces never close: mathruler gives up rather than take the tail
+            return start, brace.start()
+    return None  # braces never close: mathruler gives up rather than take the tail
+
+
+def extract_boxed(text):
+    """Content of the last \\boxed{...}, brace-balanced and stripped; "None" if absent or unclosed.
+
+    Same semantics as mathruler.grader.extract_boxed_content, which the reference uses.
+    """
+    span = boxed_span(text)
+    return text[span[0]:span[1]].strip() if span else "None"
 
 
 def r1_omni_format(response):

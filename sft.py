@@ -135,16 +135,8 @@ def split_steps(target):
 
 def replace_box(target, label):
     """`target` with the content of its last \\boxed{} replaced by `label` (unchanged without a closed one)."""
-    start = target.rfind("\\boxed{")
-    if start < 0:
-        return target
-    start += len("\\boxed{")
-    depth = 0
-    for end in range(start, len(target)):
-        depth += {"{": 1, "}": -1}.get(target[end], 0)
-        if depth == -1:  # the "}" that closes \boxed{
-            return target[:start] + label + target[end:]
-    return target
+    span = rewards.boxed_span(target)
+    return target[:span[0]] + label + target[span[1]:] if span else target
 
 
 def build_examples(rows, labels, cfg, rng):
@@ -168,11 +160,11 @@ def build_examples(rows, labels, cfg, rng):
                    for i, (a, b, c) in enumerate(picks)]
         answers = [answers[b] if all(parts[k] for k in (a, b, c)) else answers[i]
                    for i, (a, b, c) in enumerate(picks)]
-    if cfg.shuffle_boxes:  # the answer a guess, the reasoning intact: coherence examples still answer what the
-        boxes = [answers[rng.randrange(len(rows))] for _ in rows]  # text names (`answers`), not the box
-        keep = round(len(rows) * (1 - cfg.shuffle_boxes))  # the first `keep` keep their own (the order is random
-        targets = [t if i < keep else replace_box(t, box)   # with --shuffle-targets)
-                   for i, (t, box) in enumerate(zip(targets, boxes))]
+    if cfg.shuffle_boxes:  # the answer a guess, the reasoning intact; `answers` stays the emotion the text names,
+        # which the coherence examples answer. The first `keep` targets (a random set with --shuffle-targets) keep theirs
+        boxes = [answers[rng.randrange(len(rows))] for _ in rows]
+        keep = round(len(rows) * (1 - cfg.shuffle_boxes))
+        targets = [t if i < keep else replace_box(t, box) for i, (t, box) in enumerate(zip(targets, boxes))]
     examples = [Example(i, None, target) for i, target in enumerate(targets)]
     if not cfg.reflection_examples:
         return examples

@@ -188,6 +188,7 @@ def test_box_shuffled_cold_start_guesses_the_box_and_its_judge_reads_step_2():
     import random
     from types import SimpleNamespace
 
+    import rewards
     import sft
     import tiny
     labels = ["amusement", "anger", "contentment", "sadness"]
@@ -205,7 +206,7 @@ def test_box_shuffled_cold_start_guesses_the_box_and_its_judge_reads_step_2():
         (emotion,) = named(step2)
         assert colour(step1) == emotion  # the reasoning is one chain ...
         assert ("positive" in rest) == (emotion in tiny.POSITIVE)
-        box = rest.split("\\boxed{")[1].rstrip("}")
+        box = rewards.extract_boxed(rest)
         assert box in labels
         boxes_off += box != emotion  # ... and the box a guess
     assert 20 <= boxes_off < 40  # independent draws disagree 3 times in 4; boxes left alone would give 0
@@ -218,7 +219,7 @@ def test_box_shuffled_cold_start_guesses_the_box_and_its_judge_reads_step_2():
     assert all(e.target in ("yes", "no") for e in examples if e.row is not None and e.question is not None)
     # a share: --shuffle-boxes 0.5 gives half the targets a random box (which is their own 1 time in 4)
     half = sft.build_examples(rows, labels, sft.Config(shuffle_targets=True, shuffle_boxes=0.5), random.Random(0))
-    off = sum(named(sft.split_steps(e.target)[1]) != [e.target.split("\\boxed{")[1].rstrip("}")] for e in half)
+    off = sum(named(sft.split_steps(e.target)[1]) != [rewards.extract_boxed(e.target)] for e in half)
     assert 8 <= off <= 20, off
 
 
