@@ -249,12 +249,24 @@ def start_or_resume(out, resume, config=None, may_change=()):
     return found, step
 
 
+def same_path(a, b):
+    """True when strings `a` and `b` are two spellings of one existing file or folder ("out/cold-start" and
+    "/home/me/emo-r3/out/cold-start"): a resumed run given either trains on the same thing."""
+    if not (isinstance(a, str) and isinstance(b, str) and a and b):
+        return False
+    try:
+        return os.path.exists(a) and os.path.samefile(a, b)
+    except OSError:  # b missing, or a name the file system refuses
+        return False
+
+
 def check_resume_config(checkpoint, config, may_change):
     """Stop when a resumed run's flags (`config`, a dict) differ from the checkpoint's in a way that changes
     what the run trains (restoring the optimizer would bring back the old lr; another batch size or seed
     re-slices the data), listing every difference. Fields in `may_change` may differ."""
     saved = json.loads((checkpoint / "trainer_state.json").read_text())["config"]
-    changed = {k: (saved[k], v) for k, v in config.items() if k in saved and k not in may_change and saved[k] != v}
+    changed = {k: (saved[k], v) for k, v in config.items()
+               if k in saved and k not in may_change and saved[k] != v and not same_path(saved[k], v)}
     if changed:
         lines = [f"--{k.replace('_', '-')}: {old!r} in {checkpoint}, {new!r} now" for k, (old, new) in changed.items()]
         raise SystemExit("--resume: these flags differ from the run being resumed and would change what it "

@@ -66,6 +66,24 @@ def test_resume_refuses_changed_flags(tmp_path):
         train_grpo.parse_config(["--demo", "--resume"])
 
 
+def test_resume_accepts_another_spelling_of_the_same_path(tmp_path, monkeypatch):
+    """A run started with --init-from /abs/out/cold-start and resumed with --init-from out/cold-start (the same
+    folder) was refused as a changed flag. Another folder is still refused."""
+    (tmp_path / "out" / "cold-start").mkdir(parents=True)
+    (tmp_path / "out" / "other").mkdir()
+    ckpt = tmp_path / "run" / "checkpoints" / "step_4"
+    ckpt.mkdir(parents=True)
+    saved = {"init_from": str(tmp_path / "out" / "cold-start"), "lr": 1e-3}
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 4, "config": saved}))
+    monkeypatch.chdir(tmp_path)
+    may = train_grpo.RESUME_MAY_CHANGE
+    checkpoint.check_resume_config(ckpt, {**saved, "init_from": "out/cold-start"}, may)
+    checkpoint.check_resume_config(ckpt, {**saved, "init_from": "out/../out/cold-start/"}, may)
+    for other in ("out/other", "out/missing"):
+        with pytest.raises(SystemExit, match="--init-from"):
+            checkpoint.check_resume_config(ckpt, {**saved, "init_from": other}, may)
+
+
 def test_user_rewards_fail_loudly(tmp_path):
     """A --reward-fn whose dict lacks "overall" scored 0 for everything: the run learned nothing, silently.
     A NaN or inf reward made its whole group's advantages NaN and the update was skipped, silently too."""
