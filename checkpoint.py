@@ -252,11 +252,11 @@ def start_or_resume(out, resume, config=None, may_change=()):
 def same_path(a, b):
     """True when strings `a` and `b` are two spellings of one existing file or folder ("out/cold-start" and
     "/home/me/emo-r3/out/cold-start"): a resumed run given either trains on the same thing."""
-    if not (isinstance(a, str) and isinstance(b, str) and a and b):
+    if not (isinstance(a, str) and isinstance(b, str)):  # samefile takes ints as file descriptors: seed 1 vs 2
         return False
     try:
-        return os.path.exists(a) and os.path.samefile(a, b)
-    except OSError:  # b missing, or a name the file system refuses
+        return os.path.samefile(a, b)
+    except OSError:  # either missing or empty, or a name the file system refuses
         return False
 
 
