@@ -3,13 +3,13 @@ sft.py and evaluate.py.
 
 - flags from a dataclass (`parse_flags`: one flag per field, its comment as the help);
 - torchrun and the process group (`setup_distributed`: gloo on CPU, `cpu:gloo,cuda:nccl` on GPU),
-  `require_cuda`, `print0`, RNG states, the run folder, the demo's model and data;
-- `load_model`: a Qwen2.5-VL, FSDP2-sharded, with its precision policy;
+  `require_cuda`, `print0`, RNG states, the run folder (its lock, and on several nodes the check that
+  every node sees it), the demo's model and data;
 - the metrics `Tracker`, `timed`, `sum_over_ranks` (scalar totals of every rank), and
   `get_batch_on_every_rank` (a bad row stops every rank together).
 
-Not here: anything about GRPO (train_grpo.py), the rollout engines (rollout.py), how a micro-batch is
-packed and scored (packing.py), checkpoints (checkpoint.py).
+Not here: anything about GRPO (train_grpo.py), loading and sharding a model (model.py), the rollout
+engines (rollout.py), how a micro-batch is packed and scored (packing.py), checkpoints (checkpoint.py).
 """
 
 import argparse
@@ -27,7 +27,6 @@ import torch
 import torch.distributed as dist
 
 import data
-from packing import register_shared_prompt_attention
 
 
 # --- flags ------------------------------------------------------------------------------------------
@@ -104,9 +103,7 @@ def exit_process(code=0):
     a collective's tensors only after the rank waiting on it has moved on. Freeing a tensor Python has
     seen needs the GIL; a thread that asks for it while Python shuts down is ended inside a C++ destructor
     and the process aborts ("terminate called without an active exception"): a failed torchrun for a run
-    that finished. Measured on tests/test_teardown.py's script: 3 of 20 launches aborted with Python's
-    shutdown (8 of 20 in a variant without `import common`), 0 of 20 leaving through here; on
-    test_checkpoint_io's two-rank save, 2 of 110 and 0 of 50. os._exit skips that shutdown, and with it
+    that finished (BENCHMARKS.md, "Teardown": how often). os._exit skips that shutdown, and with it
     the atexit handlers: Tracker.close ends wandb and tensorboard before."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -121,8 +118,8 @@ def require_cuda(allow_cpu, demo=False):
     raise SystemExit(
         f"CUDA is not usable here (torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}: "
         f"torch.cuda.is_available() is False). The pinned GPU stack (torch 2.14, vLLM 0.33) is built for CUDA 13 "
-        f"and needs an NVIDIA driver >= 580: check `nvidia-smi`, or see the README's GPU section for a CUDA 12 "
-        f"stack. To run on the CPU anyway (slow: hours per step for a 3B model), pass --allow-cpu.")
+        f'and needs an NVIDIA driver >= 580: check `nvidia-smi`, or see the README, "The stack and the driver", for a '
+        f"CUDA 12 stack. To run on the CPU anyway (slow: hours per step for a 3B model), pass --allow-cpu.")
 
 
 def rng_states():
@@ -179,6 +176,48 @@ def lock_run_folder(out):
         raise SystemExit(errors[0])
 
 
+def check_shared_folder(out, poll_seconds=10.0):
+    """Stop unless every rank sees one and the same `out` (the run folder). Checkpoints are written by
+    every rank into it and read back whole: on nodes that each have a folder of their own, a run would
+    save checkpoints that are silently incomplete. Each rank writes a marker under a name rank 0 drew
+    for this launch (so markers of an earlier launch cannot fool it); rank 0 looks each one up by name
+    (not by listing the folder, which a network file system may serve from a stale cache) for up to
+    `poll_seconds`, and every rank learns the outcome."""
+    import socket
+    import uuid
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    token, hosts = [uuid.uuid4().hex], [None] * world_size
+    dist.broadcast_object_list(token, src=0)
+    dist.all_gather_object(hosts, socket.gethostname())
+    marks = out / f".ranks-{token[0]}"
+    marks.mkdir(parents=True, exist_ok=True)
+    (marks / str(rank)).write_text(hosts[rank])
+    dist.barrier()
+    error = None
+    if rank == 0:
+        deadline = time.monotonic() + poll_seconds
+        while missing := [r for r in range(world_size) if not (marks / str(r)).exists()]:
+            if time.monotonic() > deadline:
+                where = sorted({hosts[r] for r in missing})
+                error = (f"--output-dir {out} is not one shared folder: rank 0 ({hosts[0]}) cannot see what ranks "
+                         f"{missing} (on {', '.join(where)}) wrote there. Every node must see the same folder "
+                         f"(a shared file system) or the checkpoints are incomplete; use a path on shared "
+                         f"storage, the same on every node.")
+                break
+            time.sleep(0.5)
+    errors = [error]
+    dist.broadcast_object_list(errors, src=0)  # after rank 0 has looked: every marker may go
+    (marks / str(rank)).unlink(missing_ok=True)
+    dist.barrier()
+    if rank == 0 or errors[0]:
+        try:
+            marks.rmdir()  # each node's own copy, where the folder is not shared
+        except OSError:
+            pass
+    if errors[0]:
+        raise SystemExit(errors[0])
+
+
 def demo_paths(model=None, files=()):
     """Build the tiny model and the demo data once, by rank 0 (every rank waits): only what the run
     uses, so --demo with your own --model or --train-files leaves the repository's .cache alone.
@@ -193,56 +232,6 @@ def demo_paths(model=None, files=()):
             tiny.make_video_demo_dataset(tiny.VIDEO_DEMO_DIR)  # asked for by name (demo.sh --video)
     dist.barrier()
     return tiny.DEFAULT_DIR, tiny.DEMO_DIR
-
-
-# --- models -----------------------------------------------------------------------------------------
-
-def attention_implementation():
-    """flash-attn on GPU when installed, PyTorch sdpa otherwise."""
-    if torch.cuda.is_available():
-        try:
-            import flash_attn  # noqa: F401
-            return "flash_attention_2"
-        except ImportError:
-            pass
-    return "sdpa"
-
-
-def compute_dtype(precision, device):
-    """--precision auto|bf16|fp32 -> the dtype forwards compute in (auto: bf16 on GPU, fp32 on CPU)."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
-
-
-def load_model(path, device, trainable, precision="auto", gradient_checkpointing=False, freeze_vision=False,
-               trust_remote_code=False):
-    """A Qwen2.5-VL, FSDP2-sharded per decoder layer and per vision block, then as a whole.
-
-    fp32 parameters (the master weights); with bf16 precision (the GPU default) FSDP2 casts them to
-    bf16 for the forward and backward and reduces gradients in fp32. The LM head's log-probs are fp32
-    whatever the precision (response_logprobs).
-    """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    from transformers import AutoModelForImageTextToText
-
-    model = AutoModelForImageTextToText.from_pretrained(
-        path, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code,
-        attn_implementation={"text_config": register_shared_prompt_attention(), "vision_config": attention_implementation()})
-    model.config.use_cache = False  # training forward passes never need the KV cache
-    if trainable and gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if not trainable:
-        model.requires_grad_(False)
-    elif freeze_vision:
-        model.model.visual.requires_grad_(False)
-    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-              if compute_dtype(precision, device) == torch.bfloat16 else MixedPrecisionPolicy())
-    for block in list(model.model.visual.blocks) + list(model.model.language_model.layers):
-        fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
-    return model.to(device)
-
 
 
 # --- outputs ----------------------------------------------------------------------------------------

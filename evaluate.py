@@ -342,7 +342,8 @@ def evaluate(cfg):
     from tqdm import tqdm
     from transformers import AutoProcessor
 
-    from common import compute_dtype, require_cuda, setup_distributed, skipped_on_any_rank
+    from common import require_cuda, setup_distributed, skipped_on_any_rank
+    from model import compute_dtype
     from rollout import HFEngine, Request, VLLMEngine, visuals
     from train_grpo import ask_reflection  # the trainer's re-ask, exactly
 

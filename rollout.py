@@ -101,6 +101,17 @@ def full_weights(model):
         unit.reshard()
 
 
+def check_tensor_parallel(tp):
+    """Refuse a vLLM tensor-parallel size that would put one engine on two nodes. A TP group is tp
+    consecutive global ranks, and torchrun numbers a node's processes consecutively, so tp must divide
+    the processes per node (and with them the world size)."""
+    world_size = dist.get_world_size()
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    if tp < 1 or world_size % tp or per_node % tp:
+        raise SystemExit(f"--tensor-parallel-size {tp} must divide the processes per node ({per_node}, torchrun's "
+                         f"--nproc_per_node) and the world size ({world_size}): a vLLM engine must not span two nodes")
+
+
 class EngineState:
     """An engine is asleep or awake, on every platform, and `generate` on a sleeping engine raises.
 
@@ -112,11 +123,17 @@ class EngineState:
         -> generate(...) ... -> sleep()
     (the KV cache is allocated only after the new weights are in, so the gathered tensors and the cache
     never need GPU memory at the same time). Engines start asleep.
+
+    `load_weights(weights, version)` records which weights the engine holds, and `holds(version)` says
+    whether a push can be skipped: validation pushes the updated policy, and the next step's rollout
+    needs the same weights. A sleep that discards the weights (vLLM's level 2) forgets the version.
     """
 
     def _init_state(self):
         self.awake = set()  # of "weights", "kv_cache"
         self.stale_caches = False  # weights changed since the prefix / encoder caches were reset
+        self.version = None  # what the caller called the weights last pushed (None: the folder's, or lost)
+        self.sleep_keeps_weights = True  # False where sleep discards them (vLLM level 2)
 
     def _wake_up(self, tags):  # the platform's own wake-up; nothing where there is no sleep mode
         pass
@@ -139,15 +156,22 @@ class EngineState:
             raise RuntimeError(f"engine: generate on a sleeping engine (awake: {sorted(self.awake) or 'nothing'}); "
                                "wake_up(['weights']) then wake_up(['kv_cache']) first (vLLM would wait forever)")
 
-    def load_weights(self, weights):
-        """Push (name, full tensor) pairs into the engine; the weights must be awake, the KV cache not yet."""
+    def holds(self, version):
+        """Whether the engine's weights are the ones pushed as `version` (and kept since)."""
+        return version is not None and self.version == version
+
+    def load_weights(self, weights, version=None):
+        """Push (name, full tensor) pairs into the engine; the weights must be awake, the KV cache not yet.
+        `version` names them for holds() (e.g. how many training steps the policy has taken)."""
         if "weights" not in self.awake:
             raise RuntimeError("engine: load_weights while the weights sleep: call wake_up(['weights']) first")
         if "kv_cache" in self.awake:
             raise RuntimeError("engine: load_weights with the KV cache awake: push the weights before "
                                "wake_up(['kv_cache']) (and reset the caches in between)")
         self.stale_caches = True
+        self.version = None  # a push that fails half-way leaves weights of no version
         self._load_weights(weights)
+        self.version = version
 
     def reset_caches(self):
         """Forget cached prefixes and image embeddings: they were computed with the old weights."""
@@ -157,6 +181,8 @@ class EngineState:
     def sleep(self):
         self._sleep()
         self.awake = set()
+        if not self.sleep_keeps_weights:
+            self.version = None
 
 
 class VLLMEngine(EngineState):
@@ -164,7 +190,7 @@ class VLLMEngine(EngineState):
 
     def __init__(self, model_path, image_pad_id, *, max_model_len, dtype=torch.float32, seed=1,
                  tensor_parallel_size=1, gpu_memory_utilization=0.6, cpu_kv_cache_gb=1.0, trust_remote_code=False,
-                 videos=False, video_pad_id=None):
+                 videos=False, video_pad_id=None, sleep_level=1):
         try:
             from vllm import LLM
             from vllm.platforms import current_platform
@@ -173,8 +199,9 @@ class VLLMEngine(EngineState):
         # With tensor parallelism the ranks of a TP group share one engine and must submit the same
         # requests: each rank's requests are gathered within its group (a gloo group: PIL images travel).
         tp, world_size = tensor_parallel_size, dist.get_world_size()
-        if world_size % tp:
-            raise SystemExit(f"--tensor-parallel-size {tp} does not divide the world size {world_size}")
+        check_tensor_parallel(tp)
+        if sleep_level not in (1, 2):
+            raise SystemExit(f"--sleep-level must be 1 or 2, got {sleep_level}")
         self.tp_group = None
         for start in range(0, world_size, tp):
             group = dist.new_group(list(range(start, start + tp)), backend="gloo") if tp > 1 else None
@@ -214,8 +241,12 @@ class VLLMEngine(EngineState):
         # the policy must never emit an image or video placeholder
         self.banned = {t: -100.0 for t in (image_pad_id, video_pad_id) if t is not None}
         self._init_state()
+        # Level 1 copies the weights to pinned host memory at every sleep and back at every wake (vLLM's
+        # cumem allocator, device_allocator/cumem.py); level 2 discards them, so every wake needs a push.
+        self.sleep_level = sleep_level
+        self.sleep_keeps_weights = not self.sleep_mode or sleep_level == 1
         if self.sleep_mode:
-            self.llm.sleep(level=1)
+            self.llm.sleep(level=sleep_level)
 
     def _wake_up(self, tags):
         if self.sleep_mode and tags:
@@ -223,7 +254,7 @@ class VLLMEngine(EngineState):
 
     def _sleep(self):
         if self.sleep_mode:
-            self.llm.sleep(level=1)  # frees weights and KV cache memory for the update phase
+            self.llm.sleep(level=self.sleep_level)  # frees weights and KV cache memory for the update phase
 
     def _load_weights(self, weights):
         self.llm.collective_rpc(lambda worker, ws: worker.reload_weights(weights_iterator=ws), args=(weights,))

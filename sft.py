@@ -40,8 +40,9 @@ import rewards
 import tiny
 import video
 from checkpoint import load_checkpoint, save_checkpoint, start_or_resume
-from common import (Tracker, demo_paths, exit_process, get_batch_on_every_rank, load_model, lock_run_folder,
+from common import (Tracker, check_shared_folder, demo_paths, exit_process, get_batch_on_every_rank, lock_run_folder,
                     parse_flags, print0, require_cuda, run_folder, setup_distributed)
+from model import adamw, load_model
 from packing import Sample, collate, encode_prompts, has_visual, response_logprobs
 
 
@@ -224,6 +225,7 @@ def main(argv=None):
     rng = random.Random(cfg.seed)
     out = run_folder(cfg.output_dir, "runs/sft-%Y%m%d-%H%M%S")
     lock_run_folder(out)  # one run per folder, before anything is written
+    check_shared_folder(out)  # on several nodes: one folder that every node sees
     # without --resume a folder holding a run (also one that crashed before its first save) is refused; with
     # it, the newest complete checkpoint, refused (before any file is touched) if the flags now would train
     # something else; metrics.jsonl lines after it are dropped, those steps are redone
@@ -258,8 +260,7 @@ def main(argv=None):
 
     policy = load_model(cfg.model, device, trainable=True, gradient_checkpointing=cfg.gradient_checkpointing,
                         freeze_vision=cfg.freeze_vision, trust_remote_code=cfg.trust_remote_code)
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = adamw(policy, cfg.lr, (0.9, 0.999), cfg.weight_decay)  # torch's default betas
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     if resume_from:  # weights, AdamW state, LR schedule and this rank's RNG states
         load_checkpoint(policy, optimizer, resume_from, rank, scheduler)

@@ -30,9 +30,10 @@ Launch:
       --rollout-batch-size 64 --mini-batch-size 32 --gpu-memory-utilization 0.3   # one GPU
   torchrun --nproc_per_node 8 train_grpo.py --model Qwen/Qwen2.5-VL-3B-Instruct \\
       --train-files DATA@train --val-files DATA@test                    # the paper's setup, 8 GPUs
-  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train_grpo.py ...
-Memory (an estimate; README, "Training on GPUs"): about 9.4 GB per GPU persistent on 8 GPUs for the 3B
-model (fp32 master weights, gradients, AdamW, reference), plus activations and vLLM's share.
+  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train_grpo.py \\
+      ... --output-dir /shared/runs/NAME                                 # 2 nodes: a folder every node sees
+Memory: `python bench/memory.py --model 3B --gpus 8 --gpu-gb 80 [these flags]` estimates the peak per GPU
+and the host RAM of a command (README, "Memory"): the one-GPU command above peaks at about 74 GiB of 80.
 """
 
 import dataclasses
@@ -51,12 +52,14 @@ import rewards
 import tiny
 import video
 from checkpoint import find_checkpoint, load_checkpoint, load_weights, save_checkpoint, start_or_resume
-from common import (Tracker, compute_dtype, demo_paths, exit_process, get_batch_on_every_rank, load_model,
-                    lock_run_folder, mean, parse_flags, print0, require_cuda, run_folder, setup_distributed,
-                    skipped_on_any_rank, sum_over_ranks, timed)
+from common import (Tracker, check_shared_folder, demo_paths, exit_process, get_batch_on_every_rank, lock_run_folder,
+                    mean, parse_flags, print0, require_cuda, run_folder, setup_distributed, skipped_on_any_rank,
+                    sum_over_ranks, timed)
+from model import adamw, compute_dtype, load_model
 from packing import Sample, batched_logprobs, collate, encode_prompts, micro_batches, pad_stack, response_logprobs
 from plots import draw_curves
-from rollout import HFEngine, Request, SyncGuard, VLLMEngine, full_weights, plain_turn_requests, visuals
+from rollout import (HFEngine, Request, SyncGuard, VLLMEngine, check_tensor_parallel, full_weights, plain_turn_requests,
+                     visuals)
 
 
 # --- config -------------------------------------------------------------------------------------
@@ -92,6 +95,7 @@ class Config:
     logp_gap_patience: int = 3  # steps in a row above --logp-gap-limit before stopping (each one warns)
     tensor_parallel_size: int = 1  # vLLM TP; 1 = one engine per rank (EMO-R3 script)
     gpu_memory_utilization: float = 0.6  # vLLM's share of GPU memory (EMO-R3); on CPU see cpu_kv_cache_gb
+    sleep_level: int = 1  # vLLM sleep mode while the trainer updates (GPU): 1 keeps a pinned host copy of the engine's weights, 2 discards them (less host RAM; open reports of corrupted VLM rollouts)
     cpu_kv_cache_gb: float = 1.0  # vLLM KV cache size on CPU (GiB per rank)
     # reflection (the Reflective Emotional Reward)
     reflect_text: bool = True  # ask the coherence question (EMO-R3 is_rethink=true)
@@ -193,6 +197,8 @@ def check_config(cfg):
         problems.append("--resume needs --output-dir: the run folder to continue")
     if cfg.precision not in ("auto", "bf16", "fp32"):
         problems.append("--precision must be auto, bf16 or fp32")
+    if cfg.sleep_level not in (1, 2):
+        problems.append("--sleep-level must be 1 or 2")
     if problems:
         raise SystemExit("config error:\n  " + "\n  ".join(problems))
 
@@ -201,7 +207,7 @@ def check_config(cfg):
 # and how the engine is sized. Any other change alters what the run means, and --resume refuses it.
 RESUME_MAY_CHANGE = {"max_steps", "epochs", "val_freq", "save_freq", "save_limit", "samples_per_step", "logger",
                      "resume", "allow_cpu", "max_bad_updates", "logp_gap_limit", "logp_gap_patience",
-                     "logp_check_prompts", "gpu_memory_utilization", "cpu_kv_cache_gb", "skip_bad_rows",
+                     "logp_check_prompts", "gpu_memory_utilization", "cpu_kv_cache_gb", "sleep_level", "skip_bad_rows",
                      "dist_timeout_minutes", "output_dir"}
 
 
@@ -394,6 +400,9 @@ def update_policy(policy, optimizer, samples, encoded, old_logp, ref_logp, cfg, 
             raise SystemExit(f"step {step}: {bad_updates} consecutive updates with a non-finite loss or grad norm "
                              f"(--max-bad-updates {cfg.max_bad_updates}); stopping. Check the rewards (NaN?), "
                              f"lower --lr, or resume from the last checkpoint.")
+    # the gradients are not needed until the next update: freed now, they leave GPU memory to the engine's
+    # wake-up (as large as the fp32 policy, they would otherwise stay live through the next rollout)
+    optimizer.zero_grad(set_to_none=True)
     if losses:
         stats["loss"] = mean(losses)
     for key in ("kl", "clip_frac_high", "clip_frac_low", "ppo_kl"):  # token means over micro-batches
@@ -412,6 +421,7 @@ def main(argv=None):
     random.seed(cfg.seed + rank)
     out = run_folder(cfg.output_dir, "runs/emo-r3-%Y%m%d-%H%M%S")
     lock_run_folder(out)  # one run per folder, before anything is written
+    check_shared_folder(out)  # on several nodes: one folder that every node sees
     # without --resume a folder holding a run is refused; with it, the newest complete checkpoint (a half-written
     # step_N.tmp never counts) of the same run, or stop before touching its files: a changed lr, batch size
     # or seed would silently change what it trains
@@ -420,6 +430,8 @@ def main(argv=None):
         demo_paths(cfg.model, [cfg.train_files, cfg.val_files])
     if cfg.rollout_batch_size % world_size or cfg.mini_batch_size % world_size:
         raise SystemExit(f"--rollout-batch-size and --mini-batch-size must be multiples of the world size ({world_size})")
+    if cfg.engine == "vllm":
+        check_tensor_parallel(cfg.tensor_parallel_size)  # before the models load, not after
 
     # --- data and processor
     from transformers import AutoProcessor
@@ -453,15 +465,14 @@ def main(argv=None):
         for model in filter(None, (policy, reference)):
             load_weights(model, start)
         print0(f"initialised from {start}")
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
-                                  betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    optimizer = adamw(policy, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay)
     warmup = max(1, int(cfg.lr_warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     if cfg.engine == "vllm":  # starts asleep
         engine = VLLMEngine(
             cfg.model, image_pad_id, dtype=compute_dtype(cfg.precision, device), seed=cfg.seed,
             max_model_len=cfg.max_prompt_length + max(cfg.max_response_length, cfg.reflect_max_tokens),
-            tensor_parallel_size=cfg.tensor_parallel_size,
+            tensor_parallel_size=cfg.tensor_parallel_size, sleep_level=cfg.sleep_level,
             gpu_memory_utilization=cfg.gpu_memory_utilization, cpu_kv_cache_gb=cfg.cpu_kv_cache_gb,
             trust_remote_code=cfg.trust_remote_code, videos=train_set.has_videos, video_pad_id=video_pad_id)
     else:
@@ -491,11 +502,14 @@ def main(argv=None):
         seed = cfg.seed * 7919 + step * 100003 + rank * 1009  # per-step, per-rank sampling seed
 
         # 2. sync: wake the engine's weights, push the policy's (FSDP2 shards -> full tensors, one unit at
-        # a time), forget caches computed with the old weights, then wake the KV cache
+        # a time), forget caches computed with the old weights, then wake the KV cache. The policy has taken
+        # `step` steps: when validation already pushed these weights and the sleep kept them, no push
         with timed(timings, "sync"):
             engine.wake_up(["weights"])
-            engine.load_weights(full_weights(policy))
-            engine.reset_caches()
+            if not engine.holds(step):
+                with timed(timings, "push"):
+                    engine.load_weights(full_weights(policy), version=step)
+                engine.reset_caches()
             engine.wake_up(["kv_cache"])
 
         # 1-4 once; with the DAPO filter again, on a further draw of prompts, until every rank holds its share
@@ -596,7 +610,7 @@ def main(argv=None):
         if val_set is not None and ((step + 1) % cfg.val_freq == 0 or step + 1 == total_steps):
             with timed(timings, "validate"):  # the updated policy, with the rollout's choreography
                 engine.wake_up(["weights"])
-                engine.load_weights(full_weights(policy))
+                engine.load_weights(full_weights(policy), version=step + 1)  # the next step's weights too
                 engine.reset_caches()
                 engine.wake_up(["kv_cache"])
                 metrics.update(validate(engine, val_set, cfg, tokenizer, step, score))

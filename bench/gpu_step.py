@@ -45,10 +45,12 @@ peak; log-prob MFU = 2 x parameters x tokens x passes (old, reference) / time/lo
 token ignores attention's T^2 term and the checkpointing recompute (the GPU does about 8N).
 Per step (a table of every step, then the median and the max over the measured ones): time/step;
 peak GPU memory (memory/peak_gb, torch.cuda.max_memory_allocated; the headline figure is the
-largest of any step); the log-prob gap rollout/logp_gap_mean and rollout/logp_gap_max from the
-run's metrics.jsonl: |engine log-prob - trainer log-prob| of the sampled tokens (the trainer's
-side is the old-log-prob pass), mean and largest over the tokens of a step. On the GPU that is the
-HF engine's fp32 copy against the trainer's bf16 compute; on the CPU both are fp32 (1e-7 to 1e-6).
+largest of any step), beside it bench/memory.py's estimate of it for the run's own config.json on
+this card (planner_estimate; measured / planned is the planner's error); the log-prob gap
+rollout/logp_gap_mean and rollout/logp_gap_max from the run's metrics.jsonl: |engine log-prob -
+trainer log-prob| of the sampled tokens (the trainer's side is the old-log-prob pass), mean and
+largest over the tokens of a step. On the GPU that is the HF engine's fp32 copy against the
+trainer's bf16 compute; on the CPU both are fp32 (1e-7 to 1e-6).
 
 The sdpa probe, run before the trainer (on the GPU in a child process, so that this process holds no
 CUDA context while the trainer runs): the two sdpa calls of shared_prompt_attention, the trainer's
@@ -322,6 +324,35 @@ def sdpa_table(probe):
     return "\n".join(lines)
 
 
+def planner_estimate(model_dir, cfg, gpu, logits_gib):
+    """bench/memory.py's figure for this very run, to set beside its measured peak: the trainer's resolved
+    config (its config.json), the model folder's dimensions, this card. torch.cuda.max_memory_allocated sees
+    neither the CUDA context nor vLLM, so the planner's update peak as torch's allocator holds it
+    (update_peak_torch_gib), plus what --engine hf adds and the planner does not model: HFEngine's fp32
+    copy of the model (4 bytes x P) in every phase, and at the rollout generate's logits (logits_gib, this
+    script's estimate). The larger of that update and that rollout is the estimate. The planner models the
+    trainer with its memory changes (bf16 reference, per-parameter AdamW step, gradients freed before the
+    rollout: its docstring); a trainer without them measures more. None (and a warning) if it fails."""
+    try:
+        import dataclasses
+
+        import memory as planner  # bench/memory.py
+        import train_grpo
+        fields = {f.name for f in dataclasses.fields(train_grpo.Config)}
+        config = train_grpo.Config(**{k: v for k, v in cfg.items() if k in fields})
+        gpu_gb = gpu["memory_gib"] / planner.USABLE_PER_NOMINAL_GB if gpu else 80.0  # CPU: any card will do
+        planned = planner.plan(planner.arch_from_folder(model_dir), config, gpus=1, gpu_gb=gpu_gb)
+    except Exception as e:  # noqa: BLE001  (a diagnostic: the measured figures are still wanted)
+        print(f"WARNING: the memory planner failed: {type(e).__name__}: {e}", flush=True)
+        return None
+    hf_copy = 4 * planned["params"] / 2**30
+    update = planned["update_peak_torch_gib"] + hf_copy
+    rollout = planned["persistent_gib"] + hf_copy + logits_gib
+    return {"estimate_gib": max(update, rollout), "update_gib": update, "hf_rollout_gib": rollout,
+            "hf_engine_copy_gib": hf_copy, "planner_update_peak_torch_gib": planned["update_peak_torch_gib"],
+            "planner_terms_gib": planned["terms"]}
+
+
 def per_step_figures(metrics, measured_steps):
     """Per step: time/step, peak GPU memory, the engine-vs-trainer log-prob gap (mean, max), response
     length; then the median and the max of each over the measured steps (after the warm-up)."""
@@ -479,6 +510,9 @@ def main():
         "wall_s": wall, "settings": run, "kl_coef": cfg["kl_coef"],
         "trainer_command": " ".join(["torchrun"] + list(map(str, cmd[3:]))),
     }
+    result["planner"] = planner_estimate(model_dir, cfg, gpu, logits)
+    if result["planner"] and result["peak_memory_gib"] is not None:  # the planner's error, measured / planned
+        result["planner"]["measured_over_planned"] = result["peak_memory_gib"] / result["planner"]["estimate_gib"]
     if peak:
         result["update_mfu"] = med(lambda m: 6 * trainable * tokens * cfg["ppo_epochs"] / m["time/update"] / (peak * 1e12))
         if passes:
@@ -488,6 +522,11 @@ def main():
     def pct(key):
         return f"{100 * result[key]:.1f} %" if key in result else "n/a (no --peak-tflops)"
     memory = f"{result['peak_memory_gib']:.1f} GiB" if result["peak_memory_gib"] is not None else "n/a (no GPU)"
+    planned = result["planner"]
+    planned_text = "n/a (the planner failed)" if planned is None else (
+        f"{planned['estimate_gib']:.1f} GiB = max(update {planned['update_gib']:.1f}, HF rollout "
+        f"{planned['hf_rollout_gib']:.1f}), HF copy {planned['hf_engine_copy_gib']:.1f} included; measured / planned "
+        + (f"{planned['measured_over_planned']:.2f}" if "measured_over_planned" in planned else "n/a (no GPU)"))
     gap = result["logp_gap_mean"]
     gap_text = (f"{gap['median']:.3g} (max over steps {gap['max']:.3g}; largest single token "
                 f"{result['logp_gap_max']['max']:.3g})" if gap else "n/a (no rollout/logp_gap in metrics.jsonl)")
@@ -499,6 +538,7 @@ def main():
         f"| update MFU (6 x {trainable / 1e9:.2f}B x tokens, peak {peak} TFLOP/s) | {pct('update_mfu')} |",
         f"| log-prob MFU ({'+'.join(passes) or 'no'} passes, 2 x params x tokens) | {pct('logprob_mfu')} |",
         f"| peak GPU memory (max_memory_allocated) | {memory} |",
+        f"| planner's estimate of that peak (bench/memory.py) | {planned_text} |",
         f"| log-prob gap, HF engine (fp32) vs trainer ({compute}), mean per step (median) | {gap_text} |"])
     report = (f"{sequences} sequences per step ({cfg['rollout_batch_size']} prompts x {cfg['group_size']}), "
               f"{prompt_tokens:.0f} prompt tokens ({image.width}x{image.height} image) + {response:.0f} response tokens "

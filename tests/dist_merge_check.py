@@ -18,6 +18,7 @@ import torch.distributed as dist  # noqa: E402
 import data  # noqa: E402
 from checkpoint import export_hf_folder, load_checkpoint  # noqa: E402
 import common  # noqa: E402
+import model as modeling  # noqa: E402
 import packing  # noqa: E402
 import rollout  # noqa: E402
 import train_grpo as tg  # noqa: E402
@@ -56,7 +57,7 @@ def check(base, run, checkpoint, merged, train_file, out_file, rank, device):
     encoded = packing.encode_prompts(processor, [prompt])
 
     # the trained policy, as training would resume it: FSDP2 shards loaded from the checkpoint
-    policy = common.load_model(cfg.model, device, trainable=True, precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing)
+    policy = modeling.load_model(cfg.model, device, trainable=True, precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
     load_checkpoint(policy, optimizer, Path(checkpoint), rank)
     policy.eval()

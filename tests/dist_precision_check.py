@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import data  # noqa: E402
 import common  # noqa: E402
+import model as modeling  # noqa: E402
 import packing  # noqa: E402
 import train_grpo as tg  # noqa: E402
 
@@ -41,7 +42,7 @@ def check(model_dir, train_file, out_dir, rank, world_size, device):
     generator = torch.Generator().manual_seed(rank)
     samples = [packing.Sample(p, torch.randint(10, 600, (n,), generator=generator).tolist(), [])
                for p, n in ((0, 9), (0, 4), (1, 12))]
-    policy = common.load_model(cfg.model, device, trainable=True, precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing)
+    policy = modeling.load_model(cfg.model, device, trainable=True, precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing)
 
     # the head's input, as the model hands it over (bf16 under the policy), and the weight it uses
     captured = {}

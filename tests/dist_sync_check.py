@@ -15,6 +15,7 @@ import torch.distributed as dist  # noqa: E402
 
 import data  # noqa: E402
 import common  # noqa: E402
+import model as modeling  # noqa: E402
 import packing  # noqa: E402
 import rollout  # noqa: E402
 import train_grpo as tg  # noqa: E402
@@ -58,7 +59,7 @@ def check(model_dir, train_file, out_dir, rank, device):
     encoded = packing.encode_prompts(processor, [prompt])
     request = rollout.Request(prompt.text, prompt.prompt_ids, prompt.images)
 
-    policy = common.load_model(cfg.model, device, trainable=True, precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing)
+    policy = modeling.load_model(cfg.model, device, trainable=True, precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing)
     torch.manual_seed(1000 + rank)  # a per-rank seed, as the trainer sets: the engine's start must keep it
     rng_before = torch.get_rng_state()
     engine = rollout.VLLMEngine(model_dir, processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"), seed=cfg.seed,

@@ -1,5 +1,5 @@
 """Run under torchrun (2 ranks, CPU/gloo): train_grpo.update_policy itself, on the tiny Qwen2.5-VL (FSDP2
-via common.load_model, fp32), in the scenarios below; tests/test_grpo_math.py reads what it writes.
+via modeling.load_model, fp32), in the scenarios below; tests/test_grpo_math.py reads what it writes.
 
     torchrun --nproc_per_node 2 --master-port 29931 tests/dist_update_check.py MODEL_DIR DATA.jsonl OUT.pt
 
@@ -40,6 +40,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 import common  # noqa: E402
+import model as modeling  # noqa: E402
 import data  # noqa: E402
 import packing  # noqa: E402
 import train_grpo as tg  # noqa: E402
@@ -171,6 +172,8 @@ def run_scenario(name, policy, reference, encoded, samples, old_offset, ref_offs
         if hook is not None:
             hook.remove()
     outcome["steps"] = len(optimizer.steps)
+    # gradients still held when update_policy returns: they would stay live through the next rollout
+    outcome["grads_left"] = sum(p.grad is not None for p in policy.parameters())
     outcome.update(recorded)
     # every rank's outcome first (small objects): a rank that stepped alone must not leave the other
     # waiting in the gradients' all-gather below
@@ -183,6 +186,35 @@ def run_scenario(name, policy, reference, encoded, samples, old_offset, ref_offs
     return {"ranks": outcomes, "grads": grads}
 
 
+def adamw_paths(policy):
+    """modeling.adamw (the single-tensor path) against torch's foreach path, which torch picks on CUDA for
+    DTensor parameters: three steps each from the same weights with the same gradients (functions of the
+    weights and the step, computed shard by shard). Returns {name: max |difference|} of the full weights."""
+    params = [p for p in policy.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in params]
+    finals = []
+    for make in (lambda: modeling.adamw(policy, 1e-3, (0.9, 0.999), 1e-2),
+                 lambda: torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-2, foreach=True)):
+        with torch.no_grad():
+            for p, w in zip(params, start):
+                p.copy_(w)
+        optimizer = make()
+        for k in range(3):
+            for p in params:
+                p.grad = torch.sin(p.detach() * (k + 1) + 0.5)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        finals.append([p.detach().full_tensor() for p in params])
+        foreach = optimizer.defaults["foreach"]
+        finals[-1].append(foreach)
+    with torch.no_grad():
+        for p, w in zip(params, start):
+            p.copy_(w)
+    names = [n for n, p in policy.named_parameters() if p.requires_grad]
+    return {"trainer_foreach": finals[0][-1],
+            "max_diff": {n: (a - b).abs().max().item() for n, a, b in zip(names, finals[0][:-1], finals[1][:-1])}}
+
+
 def main():
     model_dir, train_file, out_path = sys.argv[1:4]
     rank, world_size, device = common.setup_distributed()
@@ -191,18 +223,20 @@ def main():
     from transformers import AutoProcessor
     processor = AutoProcessor.from_pretrained(model_dir)
     pad_id = processor.tokenizer.pad_token_id
-    policy = common.load_model(model_dir, device, trainable=True)  # FSDP2, fp32, as train_grpo.main loads them
-    reference = common.load_model(model_dir, device, trainable=False)
+    policy = modeling.load_model(model_dir, device, trainable=True)  # FSDP2, fp32, as train_grpo.main loads them
+    reference = modeling.load_model(model_dir, device, trainable=False)
     encoded, samples, old_offset, ref_offset = make_inputs(rank, processor, train_file)
     results = {}
     for name in SCENARIOS:
         results[name] = run_scenario(name, policy, reference, encoded, samples, old_offset, ref_offset, pad_id,
                                      device, rank)
+    results_adamw = adamw_paths(policy)
     inputs = [None] * world_size  # the prompts and samples of both ranks, for the one-process reference
     dist.all_gather_object(inputs, {"encoded": encoded, "samples": [(s.prompt, s.response_ids, s.advantage)
                                                                     for s in samples]})
     if rank == 0:
-        torch.save({"inputs": inputs, "scenarios": results, "base": BASE, "pad_id": pad_id}, out_path)
+        torch.save({"inputs": inputs, "scenarios": results, "base": BASE, "pad_id": pad_id, "adamw": results_adamw},
+                   out_path)
     dist.destroy_process_group()
 
 

@@ -176,3 +176,15 @@ def test_a_broken_image_mid_run_stops_every_rank_or_is_skipped(runs):
     assert [m["step"] for m in metrics] == [1, 2]
     assert metrics[0]["data/skipped_rows"] == 2  # the label row once (not once per rank) + the image
     assert metrics[1]["val/skipped_rows"] == 2 and metrics[1]["val/rows"] == 16 - 1
+
+
+def test_validation_and_the_next_step_share_one_push(runs):
+    """Broken: the engine keeping what validation pushed (rollout.EngineState.holds): with validation after
+    step 2, step 3's rollout needs the same weights and must not all-gather and push them again (on a GPU
+    a full weight push per step, twice with --val-freq 1). The other steps push (`time/push` logged), and
+    step 3's rollout still samples from the trainer's weights: its log-prob gap is at fp32 level. The
+    resume test above shows the shared push changes no number: its resumed run pushes at step 3."""
+    metrics = read_jsonl(runs.steps.finished("straight") / "metrics.jsonl")
+    assert [m["step"] for m in metrics if "val/accuracy" in m] == [2, 4]  # --val-freq 2
+    assert ["time/push" in m for m in metrics] == [True, True, False, True]
+    assert metrics[2]["rollout/logp_gap_max"] < 1e-4

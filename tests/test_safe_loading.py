@@ -106,7 +106,7 @@ def test_model_weights_load_only_from_safetensors(tiny_model_dir, processor, tmp
     """A model folder holding only a pickled pytorch_model.bin would be unpickled by the trainer."""
     loads = [(where, kw) for where, obj, kw in calls("from_pretrained") if obj == "AutoModelForImageTextToText"
              and not where.startswith("tests/")]
-    assert {w.split(":")[0] for w, _ in loads} == {"common.py", "rollout.py", "checkpoint.py"}
+    assert {w.split(":")[0] for w, _ in loads} == {"model.py", "rollout.py", "checkpoint.py"}
     assert [w for w, kw in loads if kw.get("use_safetensors") is not True] == []
     # and for real: the HF engine (the same call as load_model) refuses a .bin-only folder
     import shutil

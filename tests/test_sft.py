@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 import common
+import model as modeling
 import data
 import sft
 from checkpoint import load_checkpoint
@@ -56,7 +57,7 @@ def restored(checkpoint, model_dir, monkeypatch):
     world_of_one(monkeypatch)
     common.setup_distributed()
     try:
-        model = common.load_model(str(model_dir), torch.device("cpu"), trainable=True)
+        model = modeling.load_model(str(model_dir), torch.device("cpu"), trainable=True)
         optimizer = torch.optim.AdamW(model.parameters())
         load_checkpoint(model, optimizer, checkpoint, 0)
         full = {name: p for name, p in model.named_parameters()}
