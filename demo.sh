@@ -15,7 +15,9 @@
 # `bash demo.sh --ablation` runs step 4-5 for three arms from the same cold start instead (SET without
 # reflection, SET + coherence, full EMO-R3) and prints one table and one picture of the three.
 # Everything lands in $OUT (default runs/demo-DATE-TIME). Other arguments go to train_grpo.py.
+# `bash demo.sh --help` prints this comment.
 set -euo pipefail
+if [ "${1:-}" = "--help" ]; then awk 'NR > 1 { if (!/^#/) exit; sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; exit 0; fi
 cd "$(dirname "${BASH_SOURCE[0]}")"
 ABLATION=0
 if [ "${1:-}" = "--ablation" ]; then ABLATION=1; shift; fi

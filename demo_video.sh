@@ -10,7 +10,9 @@
 #        emo-r3   the SET template and the reflective reward, the re-asks shown the same clip
 #   3. a summary table of the two arms, before and after GRPO
 # Everything lands in $OUT (default runs/video-demo-DATE-TIME). Other arguments go to train_grpo.py.
+# `bash demo_video.sh --help` prints this comment.
 set -euo pipefail
+if [ "${1:-}" = "--help" ]; then awk 'NR > 1 { if (!/^#/) exit; sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; exit 0; fi
 cd "$(dirname "${BASH_SOURCE[0]}")"
 PY=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-runs/video-demo-$(date +%Y%m%d-%H%M%S)}

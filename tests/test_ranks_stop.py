@@ -32,6 +32,7 @@ def rank_main(what, model_dir, train_file):
     from transformers import AutoProcessor
 
     import common
+    import model as modeling
     import data
 
     rank, _, device = common.setup_distributed(timeout_minutes=TIMEOUT_MINUTES)
@@ -46,7 +47,7 @@ def rank_main(what, model_dir, train_file):
     import train_grpo
 
     encoded, samples, _, _ = upd.make_inputs(rank, processor, train_file)
-    policy = common.load_model(model_dir, device, trainable=True)
+    policy = modeling.load_model(model_dir, device, trainable=True)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
     forwards = 0
 
@@ -115,7 +116,7 @@ def test_a_broken_row_on_one_rank_stops_every_rank_by_itself(tiny_model_dir, dem
 def test_a_rank_failing_inside_the_update_does_not_leave_the_other_waiting(tiny_model_dir, demo_dir, tmp_path):
     """Broken: a rank that dies inside update_policy (here an exception in its second forward) leaves
     the other rank waiting in FSDP's collectives for good, instead of ending it within
-    --dist-timeout-minutes (README, "A rank dies or hangs"; on one host gloo ends it at once)."""
+    --dist-timeout-minutes (docs/reliability.md, "A rank dies or hangs"; on one host gloo ends it at once)."""
     (code0, stdout0, stderr0), (code1, _, stderr1) = run_two_ranks("update", tiny_model_dir,
                                                                    demo_dir / "train.jsonl", tmp_path)
     assert code1 != 0 and "rank 1 fails inside the update" in stderr1, stderr1[-3000:]

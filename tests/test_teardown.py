@@ -6,9 +6,8 @@ Python has seen needs the GIL; a thread that asks for it while Python shuts down
 destructor and the rank aborts ("terminate called without an active exception"), so torchrun reports a
 failure for a run that finished. The script below ends as the stage scripts do (common.exit_process) after
 the pattern that makes the race likely: an all_gather of Python tensors, then a barrier, twenty times, then
-the exit. Ending it with Python's shutdown instead aborted 3 of 20 launches here (8 of 20 in a variant)
-(`torchrun --nproc_per_node 2`, 2 CPU cores), and this test failed in each of 3 runs with exit_process
-made to return through Python's shutdown (sys.exit); through os._exit, 0 of 20 launches aborted."""
+the exit. Ending it with Python's shutdown instead aborted a share of launches here, none through
+os._exit (BENCHMARKS.md, "Teardown")."""
 
 import os
 import subprocess
