@@ -49,14 +49,51 @@ def config_parser(config_class, description):
     return parser
 
 
-def parse_flags(config_class, description, argv=None, demo_defaults=None):
-    """A config_class instance from the command line. With --demo, `demo_defaults` replace the field
-    defaults (anything given on the command line still wins); nothing is rewritten after parsing."""
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+def parse_flags(config_class, description, argv=None, demo_defaults=None, check=None):
+    """A config_class instance from the command line: field defaults, then with --demo `demo_defaults`,
+    then the --recipe file's values (when the class has a `recipe` field), then the flags given; nothing
+    is rewritten after parsing. `check(config, printing)` validates it (printing: only --print-config, so
+    the data and model a run needs may be left out). --print-config prints the result as JSON and exits,
+    before the caller loads anything."""
     parser = config_parser(config_class, description)
-    argv = sys.argv[1:] if argv is None else argv
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (defaults, --demo, --recipe and flags) as JSON and exit")
+    argv = sys.argv[1:] if argv is None else list(argv)
     if demo_defaults and "--demo" in argv:
         parser.set_defaults(**demo_defaults)
-    return config_class(**vars(parser.parse_args(argv)))
+    recipe = getattr(parser.parse_known_args(argv)[0], "recipe", "")
+    if recipe:
+        parser.set_defaults(**recipe_values(parser, recipe))
+    args = vars(parser.parse_args(argv))
+    print_config = args.pop("print_config")
+    config = config_class(**args)
+    if check is not None:
+        check(config, print_config)
+    if print_config:
+        print(json.dumps(dataclasses.asdict(config), indent=1))
+        raise SystemExit(0)
+    return config
+
+
+def recipe_values(parser, recipe):
+    """{field: value} a recipe sets: recipes/NAME.flags (or a file of that form): flags as on the command
+    line, any number per line, `#` starting a comment (where each value comes from)."""
+    import shlex
+    path = Path(recipe) if Path(recipe).is_file() else RECIPE_DIR / f"{recipe}.flags"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in RECIPE_DIR.glob("*.flags")))
+        raise SystemExit(f"--recipe {recipe}: no recipe file {path} (recipes: {known}; or give a file's path)")
+    tokens = [token for line in path.read_text().splitlines() for token in shlex.split(line, comments=True)]
+    if any(t == "--recipe" or t.startswith("--recipe=") for t in tokens):
+        raise SystemExit(f"{path}: a recipe cannot name another recipe")
+    given, unknown = parser.parse_known_args(tokens)
+    if unknown:
+        raise SystemExit(f"{path}: not flags of this script: {' '.join(unknown)}")
+    base = vars(parser.parse_args([]))
+    return {k: v for k, v in vars(given).items() if v != base[k] and k != "print_config"}
 
 
 # --- processes --------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 #      leaves two emotions possible, the order decides)
 #   2. per arm, a format-only cold start (sft.py: targets given to random rows), then GRPO from it
 #      (train_grpo.py) and an evaluation of both on the 64 held-out clips:
-#        r1-omni  --template r1-omni --reward r1-omni, no re-ask (R1-Omni's recipe: accuracy + format)
+#        r1-omni  --recipe r1-omni (its prompt, reward, no re-ask, its trainer's settings), the demo's lr and length
 #        emo-r3   the SET template and the reflective reward, the re-asks shown the same clip
 #   3. a summary table of the two arms, before and after GRPO
 # Everything lands in $OUT (default runs/video-demo-DATE-TIME). Other arguments go to train_grpo.py.
@@ -24,7 +24,9 @@ EVAL="--allow-cpu --data $DATA/test.jsonl --names video --max-response-length 64
 # name | sft.py flags | train_grpo.py flags | evaluate.py flags
 # Both cold starts imitate the same reasoning, each in its arm's layout (tiny.video_demo_response): the
 # colours in order, then the emotion; R1-Omni's is the rows' response_r1_omni column, EMO-R3's their response
-ARM_FLAGS_r1_omni=("--template r1-omni --response-key response_r1_omni" "--template r1-omni --reward r1-omni --no-reflect-text --no-reflect-image" "--template r1-omni")
+# R1-Omni's GRPO is its whole recipe (recipes/r1-omni.flags) with the demo's own sizes on top: the tiny model,
+# trained from random weights, needs the demo's lr (1e-3, not 1e-6), and 64-token responses keep the CPU run short
+ARM_FLAGS_r1_omni=("--template r1-omni --response-key response_r1_omni" "--recipe r1-omni --lr 1e-3 --max-response-length 64" "--template r1-omni")
 ARM_FLAGS_emo_r3=("" "" "--reflect")
 
 echo "== 1/3 tiny model and video demo data"

@@ -204,7 +204,9 @@ def prepare_emoset(src, out, split="train"):
     src, labels = Path(src), rewards.load_labels("emoset")
     split_file = src / f"{split}.json"
     if not split_file.is_file():
-        raise DataError(f"{split_file}: no such split file (EmoSet ships train.json, val.json and test.json)")
+        below = sorted(p.parent for p in src.glob(f"*/{split}.json"))  # SRC given one folder too high
+        hint = f"; {below[0]} has one: pass that folder as SRC" if below else ""
+        raise DataError(f"{split_file}: no such split file (EmoSet ships train.json, val.json and test.json){hint}")
     items = []
     for n, entry in tqdm(read_table(split_file), desc=f"EmoSet {split}"):
         where = f"{split_file}: entry {n}"

@@ -293,24 +293,37 @@ def _step_text(response, end_literal, include_end):
     return response[start:end + len(end_literal) if include_end else end].strip()
 
 
-def coherence_prompt(response, labels):
-    """Text-only reflection prompt over <step1>..</step2>, or None when the steps are missing."""
-    if isinstance(labels, str):  # ", ".join("fear") would silently give "f, e, a, r"
-        raise TypeError("labels must be a list of label strings, e.g. load_labels('emoset')")
-    steps = _step_text(response, "</step2>", include_end=True)
+def reflection_parts(kind, response, labels=None):
+    """The re-ask's question about `response` in three parts, (before, step text, after), or None when
+    the steps are missing. kind "text": the coherence question over <step1>..</step2> (text only);
+    kind "image": the consistency question over <step1> up to <step2>, beginning with "<image>\n" where
+    the image goes. The step text is the part a too-long re-ask may shorten (rollout.plain_turn_requests)."""
+    if kind == "text":
+        if isinstance(labels, str):  # ", ".join("fear") would silently give "f, e, a, r"
+            raise TypeError("labels must be a list of label strings, e.g. load_labels('emoset')")
+        steps = _step_text(response, "</step2>", include_end=True)
+        # {labels} first, so a response that happens to contain "{labels}" is left as it is
+        template = load_template("reflect_text").replace("{labels}", ", ".join(labels))
+    else:
+        steps = _step_text(response, "<step2>", include_end=False)
+        template = load_template("reflect_image")
     if not steps:
         return None
-    # {labels} first, so a response that happens to contain "{labels}" is left as it is
-    return load_template("reflect_text").replace("{labels}", ", ".join(labels)).replace("{response}", steps)
+    before, after = template.split("{response}", 1)  # each template has one {response}
+    return before, steps, after
+
+
+def coherence_prompt(response, labels):
+    """Text-only reflection prompt over <step1>..</step2>, or None when the steps are missing."""
+    parts = reflection_parts("text", response, labels)
+    return "".join(parts) if parts else None
 
 
 def consistency_prompt(response):
     """Image + text reflection prompt over <step1> up to <step2>, or None when missing.
-    It begins with "<image>\\n"; the caller puts the image there."""
-    step1 = _step_text(response, "<step2>", include_end=False)
-    if not step1:
-        return None
-    return load_template("reflect_image").replace("{response}", step1)
+    It begins with "<image>\n"; the caller puts the image there."""
+    parts = reflection_parts("image", response)
+    return "".join(parts) if parts else None
 
 
 def reflection_prompt(kind, response, labels):

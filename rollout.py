@@ -51,8 +51,12 @@ def plain_turn_requests(processor, questions, visual, max_prompt_length):
     the first video, else the first image, is shown (the rollout's clip for a video prompt; a plain
     list is images). The question's words stay words: a literal "<image>" opens no slot, and
     "<|image_pad|>" among them is tokenized as characters, not as the special token (a slot without
-    its image: vLLM refuses the request, HF generate misplaces the image). A prompt longer than
-    `max_prompt_length` tokens, the visual's tokens included, is cut on the right.
+    its image: vLLM refuses the request, HF generate misplaces the image).
+
+    A question is a string, or a (before, shortenable, after) triple whose parts are joined. A prompt
+    over `max_prompt_length` tokens, the visual's tokens included, is shortened inside the question: the
+    triple's middle part (the re-ask's step text) loses its end, a string its end; the chat template
+    around it stays, so the prompt still ends with the assistant's opening and shows its visual.
     """
     tokenizer, sentinel, requests = processor.tokenizer, "\x00", []
     parts = {}  # the chat template around a sentinel, split: its tokens are tokenized normally
@@ -62,19 +66,40 @@ def plain_turn_requests(processor, questions, visual, max_prompt_length):
                                                  add_generation_prompt=True, tokenize=False)
         before, after = rendered.split(sentinel)
         parts[kind] = (before, after, *(tokenizer(p, add_special_tokens=False)["input_ids"] for p in (before, after)))
+    texts = [q if isinstance(q, str) else "".join(q) for q in questions]
     # one tokenizer call for all questions (per-question calls were a tenth of the re-ask's time on the demo)
-    question_ids = tokenizer(questions, add_special_tokens=False, split_special_tokens=True)["input_ids"] if questions else []
-    for question, ids, shown in zip(questions, question_ids, visual):
+    question_ids = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"] if texts else []
+    for question, text, ids, shown in zip(questions, texts, question_ids, visual):
         images, videos = shown if isinstance(shown, tuple) else (shown, [])
         kind = "video" if videos else "image" if images else None
         before, after, before_ids, after_ids = parts[kind]
         # the slot's placeholder expands to this many more tokens
         extra = (video.video_token_count(videos[0], processor) if videos else
                  data.image_token_count(images[0], processor) if images else 1) - 1
-        ids = (before_ids + ids + after_ids)[:max(len(before_ids), max_prompt_length - extra)]
-        requests.append(Request(before + question + after, ids, [images[0]] if kind == "image" else [],
+        room = max_prompt_length - extra - len(before_ids) - len(after_ids)  # tokens the question may have
+        if len(ids) > room:
+            text, ids = shorten_question(tokenizer, question, room, max_prompt_length)
+        requests.append(Request(before + text + after, before_ids + ids + after_ids, [images[0]] if kind == "image" else [],
                                 [videos[0]] if kind == "video" else []))
     return requests
+
+
+def shorten_question(tokenizer, question, room, max_prompt_length):
+    """(text, ids) of `question` cut to at most `room` tokens by dropping the end of its shortenable part
+    (plain_turn_requests). Token counts of a decoded prefix need not add up exactly, so it re-checks."""
+    before, middle, after = ("", question, "") if isinstance(question, str) else question
+    middle_ids = tokenizer(middle, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    keep = len(middle_ids)
+    while True:
+        text = before + tokenizer.decode(middle_ids[:keep]) + after
+        ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        if len(ids) <= room or keep == 0:
+            break
+        keep = max(0, keep - (len(ids) - room))
+    if len(ids) > room:
+        raise ValueError(f"a re-ask prompt does not fit in {max_prompt_length} tokens even without its response "
+                         f"text ({len(ids)} question tokens for {room}); raise --max-prompt-length")
+    return text, ids
 
 
 def full_weights(model):
@@ -267,9 +292,10 @@ class VLLMEngine(EngineState):
         # vLLM's shutdown tears down its process groups; it must run before we destroy the world group
         self.llm.llm_engine.engine_core.shutdown()
 
-    def generate(self, requests, n, temperature, top_p, max_tokens, seed, logprobs_for=None):
+    def generate(self, requests, n, temperature, top_p, max_tokens, seed, logprobs_for=None, top_k=-1):
         """n samples per request -> per request a list of (token ids, their sampled log-probs). Only the
-        first `logprobs_for` requests (None: all) get log-probs; the others get an empty list."""
+        first `logprobs_for` requests (None: all) get log-probs; the others get an empty list. top_k -1:
+        no top-k truncation."""
         from vllm import SamplingParams
 
         self.check_awake()
@@ -290,7 +316,7 @@ class VLLMEngine(EngineState):
             prompts.append({"prompt_token_ids": r.prompt_ids, **({"multi_modal_data": media} if media else {})})
         # detokenize=False: we decode the ids ourselves; vLLM's own detokenizing of every sampled token
         # (and of its log-prob entry) was a third of the CPU demo's rollout time
-        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=max(top_k, 0), max_tokens=max_tokens,
                                  logprobs=0 if w else None, logit_bias=self.banned, seed=s, detokenize=False)
                   for s, w in zip(seeds, want)]
         outputs = self.llm.generate(prompts, params, use_tqdm=False) if prompts else []
@@ -352,7 +378,7 @@ class HFEngine(EngineState):
                 **pixels}
 
     @torch.no_grad()
-    def generate(self, requests, n, temperature, top_p, max_tokens, seed, logprobs_for=None):
+    def generate(self, requests, n, temperature, top_p, max_tokens, seed, logprobs_for=None, top_k=-1):
         """As VLLMEngine.generate; the log-probs come with the logits, so every request gets them."""
         self.check_awake()
         results = []
@@ -360,9 +386,10 @@ class HFEngine(EngineState):
             inputs = {k: v.to(self.device) for k, v in self.inputs(r).items()}
             with torch.random.fork_rng(devices=[]):  # per-request seed without touching the trainer's RNG
                 torch.manual_seed(seed + i)
-                # top_k=0: generation_config's default top_k=50 would silently truncate the sampling
+                # top_k=0 for none: generation_config's default top_k=50 would silently truncate the sampling
                 out = self.model.generate(**inputs, do_sample=temperature > 0, temperature=temperature or None,
-                                          top_p=top_p, top_k=0, max_new_tokens=max_tokens, num_return_sequences=n,
+                                          top_p=top_p, top_k=max(top_k, 0), max_new_tokens=max_tokens,
+                                          num_return_sequences=n,
                                           suppress_tokens=[t for t in (self.image_pad_id, self.video_pad_id)
                                                            if t is not None], output_logits=True,
                                           return_dict_in_generate=True)
@@ -384,7 +411,7 @@ class SyncGuard:
     `limit` on average (rollout/logp_gap_mean), and stop after `patience` such steps in a row: the
     rollouts are then not sampled from the policy being trained. Each rank measures its own gap, so
     the decision is all-reduced (a rank that stopped alone would leave the others in a collective).
-    `limit` 0 turns the guard off.
+    A NaN gap counts as above the limit. `limit` 0 turns the guard off.
 
     Default limits (--logp-gap-limit -1): measured on the CPU demo, the gap is about 1e-6 in fp32 and
     0.015 with bf16 compute (BENCHMARKS.md); weights that did not reach the engine, or reached it
@@ -401,7 +428,8 @@ class SyncGuard:
         its step had the engine's log-probs, e.g. all filtered out)."""
         if self.limit == 0:
             return
-        high = torch.tensor([float(gap_mean is not None and gap_mean > self.limit)])
+        # "not <=": a NaN gap (NaN log-probs on either side) counts as high; NaN > limit would be False
+        high = torch.tensor([float(gap_mean is not None and not gap_mean <= self.limit)])
         dist.all_reduce(high, op=dist.ReduceOp.MAX)
         self.high_steps = self.high_steps + 1 if high.item() else 0
         if not self.high_steps:

@@ -89,6 +89,7 @@ class Config:
     group_size: int = 8  # responses per prompt, GRPO's n (EMO-R3 script: ROLLOUT_NUMBER=8)
     temperature: float = 1.0  # rollout sampling temperature (EMO-R3); logits are divided by it in training too
     top_p: float = 1.0  # rollout top_p (EMO-R3)
+    top_k: int = -1  # rollout top-k; -1: none (EMO-R3's vLLM); R1-Omni sampled with HF generate's default 50
     engine: str = "vllm"  # vllm, or hf (transformers generate; slow, for machines without vLLM)
     logp_check_prompts: int = 1  # prompts per rank whose rollouts also return the engine's log-probs, for rollout/logp_gap (0: none, -1: all; each costs rollout time)
     logp_gap_limit: float = -1.0  # stop when rollout/logp_gap_mean stays above this (stale or corrupted engine weights); -1: by precision (fp32 1e-3, bf16 0.1); 0: never
@@ -115,13 +116,15 @@ class Config:
     weight_decay: float = 1e-2  # (EMO-R3)
     beta1: float = 0.9
     beta2: float = 0.999
-    lr_warmup_ratio: float = 0.0  # linear warm-up share of all steps, then constant (EMO-R3: 0)
+    lr_warmup_ratio: float = 0.0  # linear warm-up share of all steps (EMO-R3: 0)
+    lr_schedule: str = "constant"  # after the warm-up: constant (EMO-R3) or linear decay to 0 at the last step (HF Trainer's default, R1-Omni)
     grad_clip: float = 1.0  # max grad norm (EMO-R3)
     clip_low: float = 0.2  # PPO clip: ratio >= 1 - clip_low (EasyR1 default)
     clip_high: float = 0.3  # ratio <= 1 + clip_high (EasyR1 default; DAPO uses 0.28)
     clip_dual: float = 3.0  # dual-clip constant for negative advantages (EasyR1 default)
     loss_agg: str = "token"  # token (global token mean, EasyR1 since PR #417), micro (the released fork: token mean per micro-batch of --micro-batch-size, averaged), seq (mean of sequence means), drgrpo (token sum / (seqs * max_response_length))
     adv_std: bool = True  # divide advantages by the group std (False = Dr.GRPO)
+    adv_eps: float = 1e-6  # (R - mean) / (std + adv_eps) (EasyR1 1e-6; TRL 0.14, R1-Omni's trainer: 1e-4)
     kl_coef: float = 1e-2  # KL loss coefficient (EMO-R3); 0 removes the reference model
     kl_kind: str = "low_var_kl"  # kl (k1), abs, mse (k2), low_var_kl (k3) (EMO-R3)
     online_filter: bool = False  # DAPO's online filter: keep only groups whose mean --filter-key is inside the bounds, drawing more prompts until the step is full
@@ -148,6 +151,7 @@ class Config:
     samples_per_step: int = 4  # rollouts written to samples.jsonl per step (rank 0)
     logger: str = ""  # extra trackers, comma separated: wandb, tensorboard (when installed)
     demo: bool = False  # tiny model + demo data + small sizes: the CPU demo
+    recipe: str = ""  # NAME: the flag values of recipes/NAME.flags (emo-r3, r1-omni; or a file); flags given on the command line win
     allow_cpu: bool = False  # run a real model (not --demo) on the CPU when CUDA is unusable, instead of stopping
 
 
@@ -167,15 +171,16 @@ DEMO_DEFAULTS = dict(
 
 
 def parse_config(argv=None):
-    cfg = parse_flags(Config, __doc__, argv, DEMO_DEFAULTS)
-    check_config(cfg)
-    return cfg
+    """The run's Config: field defaults < --demo's < the --recipe file's < the command line. With
+    --print-config it is printed as JSON and the process exits, before anything is loaded."""
+    return parse_flags(Config, __doc__, argv, DEMO_DEFAULTS, check=check_config)
 
 
-def check_config(cfg):
-    """Fail at start-up, with the flag's name, rather than an hour into a run."""
+def check_config(cfg, printing=False):
+    """Fail at start-up, with the flag's name, rather than an hour into a run (printing: --print-config,
+    which needs no model or data)."""
     problems = []
-    if not cfg.demo and not (cfg.model and cfg.train_files):
+    if not cfg.demo and not (cfg.model and cfg.train_files) and not printing:
         problems.append("--model and --train-files are required (or --demo)")
     if cfg.group_size < 2:
         problems.append("--group-size must be > 1: GRPO normalises rewards within a group of responses")
@@ -199,6 +204,10 @@ def check_config(cfg):
         problems.append("--precision must be auto, bf16 or fp32")
     if cfg.sleep_level not in (1, 2):
         problems.append("--sleep-level must be 1 or 2")
+    if cfg.lr_schedule not in ("constant", "linear"):
+        problems.append("--lr-schedule must be constant or linear")
+    if cfg.top_k == 0 or cfg.top_k < -1:
+        problems.append("--top-k must be -1 (none) or at least 1")
     if problems:
         raise SystemExit("config error:\n  " + "\n  ".join(problems))
 
@@ -212,6 +221,18 @@ RESUME_MAY_CHANGE = {"max_steps", "epochs", "val_freq", "save_freq", "save_limit
 
 
 # --- GRPO math (EasyR1's; METHOD.md, "GRPO") --------------------------------------------------
+
+def lr_factor(step, total_steps, cfg):
+    """The lr multiplier of training step `step` (0-based; stepped once per training step, as EasyR1 does):
+    a linear warm-up over --lr-warmup-ratio of the steps that reaches the full lr at its first step (the
+    released schedule's 0 at step 1 is an upstream bug, METHOD.md), then constant, or with --lr-schedule
+    linear a decay to 0 at the end (HF Trainer's get_linear_schedule_with_warmup: 1 at the warm-up's end,
+    (total - s) / (total - warm-up) after it)."""
+    warmup = max(1, int(cfg.lr_warmup_ratio * total_steps))
+    if step + 1 < warmup or cfg.lr_schedule == "constant":
+        return min(1.0, (step + 1) / warmup)
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup + 1))
+
 
 def grpo_advantages(rewards, group_size, eps=1e-6, scale_by_std=True):
     """(R - group mean) / (group std + eps) with the unbiased std; rewards is 1-D, groups contiguous."""
@@ -281,22 +302,32 @@ def kl_penalty(logp, ref_logp, kind="low_var_kl"):
 
 # --- the reflective re-ask ------------------------------------------------------------------------
 
-def reflection_requests(processor, kind, texts, images, labels, max_prompt_length):
+def reflection_requests(processor, kind, texts, images, labels, limit):
     """One engine request per response for EMO-R3's re-ask: the coherence question (kind "text": which
     emotion does your step1-step2 text express? text only) or the consistency question (kind "image":
     can your step1 text describe this image? its one image, or for a video prompt its clip, the same
     sampled frames: `images` holds rollout.visuals(prompt) per response). A response without steps gets the
     reference's "Answer 'None'" question. The response's words stay words ("<image>" in them is no image
-    slot), and a prompt over `max_prompt_length` tokens is cut on the right, as in the reference."""
-    asks = [rewards.reflection_prompt(kind, t, labels) for t in texts]
+    slot). A prompt over `limit` tokens (reask_prompt_limit) keeps its question, its image and the
+    assistant's opening, and loses the end of the quoted step text."""
+    asks = [rewards.reflection_parts(kind, t, labels) or (rewards.NO_STEPS_ASKS[kind], "", "") for t in texts]
     if kind == "text":
-        return plain_turn_requests(processor, asks, [[]] * len(asks), max_prompt_length)
-    return plain_turn_requests(processor, [ask.removeprefix("<image>") for ask in asks], images, max_prompt_length)
+        return plain_turn_requests(processor, asks, [[]] * len(asks), limit)
+    asks = [(before.removeprefix("<image>"), steps, after) for before, steps, after in asks]  # the slot is the image
+    return plain_turn_requests(processor, asks, images, limit)
+
+
+def reask_prompt_limit(cfg):
+    """The most tokens a re-ask's prompt may have: the engine's context (max_model_len, as the trainer and
+    evaluate.py build it) less the answer's --reflect-max-tokens. The released fork counts an image as
+    one token against --max-prompt-length and so almost never cuts; this cuts only a prompt that the
+    engine could not take whole, where the fork's vLLM would refuse the request."""
+    return cfg.max_prompt_length + max(cfg.max_response_length, cfg.reflect_max_tokens) - cfg.reflect_max_tokens
 
 
 def ask_reflection(engine, processor, kind, texts, images, labels, cfg, seed):
     """The policy's short answers to one kind of re-ask ("text" or "image") about each response."""
-    requests = reflection_requests(processor, kind, texts, images, labels, cfg.max_prompt_length)
+    requests = reflection_requests(processor, kind, texts, images, labels, reask_prompt_limit(cfg))
     outputs = engine.generate(requests, 1, cfg.reflect_temperature, cfg.reflect_top_p, cfg.reflect_max_tokens,
                               seed + 500009 * (1 if kind == "text" else 2), logprobs_for=0)
     return [processor.tokenizer.decode(out[0][0], skip_special_tokens=True) for out in outputs]
@@ -466,8 +497,7 @@ def main(argv=None):
             load_weights(model, start)
         print0(f"initialised from {start}")
     optimizer = adamw(policy, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay)
-    warmup = max(1, int(cfg.lr_warmup_ratio * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))
     if cfg.engine == "vllm":  # starts asleep
         engine = VLLMEngine(
             cfg.model, image_pad_id, dtype=compute_dtype(cfg.precision, device), seed=cfg.seed,
@@ -527,7 +557,8 @@ def main(argv=None):
             with timed(timings, "rollout"):
                 outputs = engine.generate([Request(p.text, p.prompt_ids, p.images, p.videos) for p in batch], n, cfg.temperature,
                                           cfg.top_p, cfg.max_response_length, seed + 50021 * attempt,
-                                          logprobs_for=None if cfg.logp_check_prompts < 0 else cfg.logp_check_prompts)
+                                          logprobs_for=None if cfg.logp_check_prompts < 0 else cfg.logp_check_prompts,
+                                          top_k=cfg.top_k)
             new = [Sample(i, ids, lps) for i, group in enumerate(outputs) for ids, lps in group]
             new_texts = [tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in new]
             # 3. reflect: the same engine and weights judge each response (shown the image or clip it saw)
@@ -568,7 +599,8 @@ def main(argv=None):
         encoded = encode_prompts(processor, prompts)
 
         # 5. advantage: (R - group mean) / (group std + 1e-6), one scalar per response
-        advantages = grpo_advantages(torch.tensor([sc["overall"] for sc in scores]), n, scale_by_std=cfg.adv_std)
+        advantages = grpo_advantages(torch.tensor([sc["overall"] for sc in scores]), n, eps=cfg.adv_eps,
+                                     scale_by_std=cfg.adv_std)
         for s, a in zip(samples, advantages.tolist()):
             s.advantage = a
 

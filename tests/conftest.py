@@ -102,6 +102,8 @@ def shared_launch(tiny_model_dir, demo_dir, tmp_path_factory):
                                   "--group-size", "8", "--lr", "1e-2", "--max-response-length", "24"]),
         dict(name="dapo", args=[*dapo, "--max-steps", "2", "--reward-fn", "tests/reward_dapo.py:by_label"]),
         dict(name="bf16", args=[*small, "--val-files", "", "--precision", "bf16", "--max-steps", "2", "--save-freq", "0"]),
+        dict(name="top_k", args=[*small, *quiet, "--top-k", "1", "--max-steps", "1", "--group-size", "4",
+                                 "--rollout-batch-size", "8", "--mini-batch-size", "8", "--max-response-length", "16"]),
         dict(name="dapo_dry", args=[*dapo, "--max-steps", "1", "--max-try-make-batch", "2",
                                     "--reward-fn", "tests/reward_dapo.py:always_right"]),
         dict(name="corrupt_sync", corrupt_sync=True,

@@ -529,3 +529,14 @@ def test_cli_help_names_every_dataset_and_flag():
     for word in ("emoset", "emotion6", "webemo", "fi", "--out", "--split", "--level", "--hierarchy", "--image-root",
                  "--skip-missing", "--label-from", "--test-fraction", "--seed"):
         assert word in result.stdout, word
+
+
+def test_emoset_one_folder_too_high_names_the_folder_below(tmp_path):
+    """Broken: the hint for the commonest mistake with a download, SRC given as the folder that holds the
+    release (its split files one level down): the error said only "no such split file"."""
+    root = make_emoset(tmp_path / "downloads" / "EmoSet-118K")
+    with pytest.raises(data.DataError, match=re.escape(f"{root} has one: pass that folder as SRC")):
+        prepare_data.prepare_emoset(tmp_path / "downloads", tmp_path / "out", "train")
+    with pytest.raises(data.DataError) as nothing_below:  # no split file anywhere: no hint
+        prepare_data.prepare_emoset(tmp_path / "out", tmp_path / "out2", "train")
+    assert "pass that folder" not in str(nothing_below.value)

@@ -1,12 +1,13 @@
 """The reflective re-ask's prompts, as the engines receive them (METHOD.md, "Reflection prompts"):
 well formed whatever the response says, the reference's question where the steps are missing, and
-cut on the right at the prompt limit. Expected prompts are written out from the method's templates."""
+shortened inside the quoted step text when over the limit. Expected prompts are written out from the method's templates."""
 
 import pytest
 import torch
 from PIL import Image
 
 import data
+import rewards
 import rollout
 import train_grpo
 
@@ -75,13 +76,51 @@ def test_missing_steps_ask_answer_none(processor, image):
                              "<|im_start|>assistant\n") and img.images == [image]
 
 
-def test_long_reflection_prompts_are_cut_on_the_right(processor, image):
-    """An over-long re-ask would exceed the engine's context (vLLM refuses it) instead of being cut."""
+def ends_with_the_assistant_opening(request):
+    return request.text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_a_long_re_ask_keeps_its_question_its_image_and_the_assistant_opening(processor, image):
+    """A re-ask over the limit was cut on the right: its question, the assistant's opening and (for a
+    long enough cut) the image slot went first, and the model was asked to continue the user's text.
+    Now the quoted step text loses its end; the rest of the prompt stays, and the prompt fits."""
     long = "<step1>" + "calm sea " * 400 + "</step1><step2>x</step2><step3>y</step3>\\boxed{awe}"
     limit, per_image = 100, data.image_token_count(image, processor)
     text, = train_grpo.reflection_requests(processor, "text", [long], [[image]], LABELS, limit)
     img, = train_grpo.reflection_requests(processor, "image", [long], [[image]], LABELS, limit)
-    assert len(text.prompt_ids) == limit
-    assert len(img.prompt_ids) - 1 + per_image == limit and slots(img.prompt_ids, processor) == 1
-    full, = train_grpo.reflection_requests(processor, "text", [long], [[image]], LABELS, 10**6)
-    assert text.prompt_ids == full.prompt_ids[:limit]  # the left part is kept as it was
+    assert len(text.prompt_ids) <= limit and len(img.prompt_ids) - 1 + per_image <= limit
+    assert len(text.prompt_ids) >= limit - 3  # cut to the limit, not far below it
+    for request in (text, img):
+        assert ends_with_the_assistant_opening(request)
+        assert "<step1>calm sea calm sea" in request.text  # the step text's start is kept
+        assert processor.tokenizer.decode(request.prompt_ids) == request.text  # ids and text agree
+    assert "Which emotion best describes the text above?" in text.text and "amusement, anger" in text.text
+    assert "Can the following text describe the image?" in img.text
+    assert slots(img.prompt_ids, processor) == 1 and img.images == [image]
+
+
+def test_re_ask_limits_tight_and_default(processor):
+    """With a 400-token image (560 x 560 on the tiny processor), the default limits must send the whole
+    re-ask as the released code does (it counts the image as one token); under a tight limit (460 tokens,
+    the image's 400 included) the step text is shortened, never the question or the assistant's opening."""
+    big = Image.new("RGB", (560, 560), "blue")
+    assert data.image_token_count(big, processor) == 400
+    response = ("<step1>" + "The picture shows a quiet blue lake under grey clouds. " * 6 + "</step1><step2>"
+                + "A viewer would feel calm and a little sad. " * 4 + "</step2><step3>negative</step3>\\boxed{sadness}")
+    default = train_grpo.reask_prompt_limit(train_grpo.Config())  # 2048 + 2048 - 16: the engine's context less the answer
+    assert default == 4080
+    for kind in ("text", "image"):
+        whole, = train_grpo.reflection_requests(processor, kind, [response], [[big]], LABELS, default)
+        assert whole.text.endswith(rewards.reflection_prompt(kind, response, LABELS).removeprefix("<image>")
+                                   + "<|im_end|>\n<|im_start|>assistant\n")  # all of it
+        tight, = train_grpo.reflection_requests(processor, kind, [response], [[big]], LABELS, 460)
+        expanded = len(tight.prompt_ids) + (399 if kind == "image" else 0)
+        assert expanded <= 460 and ends_with_the_assistant_opening(tight)
+        if kind == "image":  # the image and the template leave a few tokens: the step text goes, the question stays
+            assert len(tight.prompt_ids) < len(whole.prompt_ids) and tight.images == [big]
+            question = "Can the following text describe the image?Please answer with yes or no."
+            kept = tight.text.split(question, 1)[1].removesuffix("<|im_end|>\n<|im_start|>assistant\n")
+            assert rewards.consistency_prompt(response).endswith(question + response.split("<step2>")[0])
+            assert response.startswith(kept)  # a prefix of the step text (here a few characters), nothing else
+        else:  # without an image it fits whole
+            assert tight.prompt_ids == whole.prompt_ids
