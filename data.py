@@ -57,7 +57,7 @@ from video import (FRAME_FACTOR, QWEN_VIDEO_PIXELS, VIDEO_FPS, VIDEO_MAX_FRAMES,
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DEFAULT_QUESTION = "<image>What emotion does this image evoke? Choose one of: {labels}."
-SKIP_HINT = "(pass skip_bad / --skip-bad-rows to skip such rows)"
+SKIP_HINT = "(pass --skip-bad-rows to skip such rows)"  # every script that reads data has the flag
 QWEN_PIXELS = (56 * 56, 28 * 28 * 16384)  # the Qwen2/2.5-VL processors' own pixel range (preprocessor_config.json)
 R1_OMNI_INSTRUCTION = ("Output the thinking process in <think> </think> and final emotion in <answer> </answer> "
                        "tags.")  # how R1-Omni's questions end; prompts/r1-omni.txt adds the same sentence
@@ -181,7 +181,9 @@ def read_rows(path, image_dir=None, prompt_key="problem", answer_key="answer", i
     rows = []
     for file in files:
         base_dir = Path(image_dir) if image_dir else file.parent
-        for n, raw in read_table(file):
+        table = read_table(file)
+        check_columns(file, table, prompt_key, answer_key, image_key, video_key)
+        for n, raw in table:
             where = f"{file}:{n}"
             if not isinstance(raw, dict):
                 raise DataError(f"{where}: expected an object with {prompt_key!r}, {answer_key!r}, {image_key!r}")
@@ -197,6 +199,21 @@ def read_rows(path, image_dir=None, prompt_key="problem", answer_key="answer", i
     if not rows:  # said here, or an empty file would surface later as "no labels" or "no usable rows"
         raise DataError(f"{path}: no rows" + ("" if files == [path] else f" in its {len(files)} data file(s)"))
     return rows
+
+
+def check_columns(file, table, prompt_key, answer_key, image_key, video_key):
+    """Refuse, once, a file of another layout (a column no row has: `question` for `problem`, `label` for
+    `answer`, `image` for `images`), naming its columns, instead of refusing (or skipping) every row."""
+    columns = list(dict.fromkeys(key for _, raw in table if isinstance(raw, dict) for key in raw))
+    if not columns or {"conversations", "video"} <= set(columns):  # no rows (said later), R1-Omni's layout
+        return
+    missing = [repr(key) for key in (prompt_key, answer_key) if key not in columns]
+    if image_key not in columns and video_key not in columns:
+        missing.append(f"{image_key!r} (or {video_key!r})")
+    if missing:
+        raise DataError(f"{file}: no {' or '.join(missing)} column. Its columns are {', '.join(map(repr, columns))}; "
+                        f"data.py reads {prompt_key!r} (the question), {answer_key!r} (the label) and {image_key!r} "
+                        f"(or {video_key!r}): rename the file's columns to these (the layout: docs/data.md)")
 
 
 def resolve_labels(rows, labels=None, data_path=None):

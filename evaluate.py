@@ -15,8 +15,11 @@ other ranks wait (up to --merge-timeout-minutes); every rank then loads it from 
 nodes --out must be on storage they all share (a checkpoint sweep's folder usually is). The merged
 folder is deleted when the evaluation ends, also when it fails. An --out that already holds an
 evaluation (run.json, NAME/metrics.json or predictions.jsonl, a merged model) is refused before any
-model is loaded, unless --overwrite is given. Every other collective wait ends the run after
---dist-timeout-minutes instead of hanging.
+model is loaded, unless --overwrite is given: it deletes that whole evaluation (every benchmark's folder,
+run.json, a merged model left behind), never a file evaluate.py did not write (an --out holding one is
+refused, naming it). Every benchmark's metrics.json names the run that wrote it (run_id, as in run.json),
+its model and method, and --table refuses a folder whose benchmarks come from different runs. Every other
+collective wait ends the run after --dist-timeout-minutes instead of hanging.
 
     python evaluate.py --model merged/ --data EmoSet2k@test,Emotion6/test.jsonl,WebEmo/test7.jsonl \\
         --names emoset,emotion6,webemo --out eval/emor3-emoset --method "EMO-R3 n=8" --train-domain emoset
@@ -36,8 +39,9 @@ import json
 import re
 import shutil
 import socket
+import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
@@ -47,6 +51,11 @@ import video
 from plots import draw_confusion
 
 DOMAIN_ORDER = ["emoset", "emotion6", "webemo"]  # Table 1's column order within a block
+# What evaluate.py writes, and so all that --overwrite may delete: in --out, and in each benchmark's folder
+OUT_FILES = ("run.json", "table1.md", "table1.csv")
+MERGED_DIR = ".merged-model"  # a training checkpoint merged for the evaluation (deleted at its end)
+BENCHMARK_FILES = ("predictions.jsonl", "labels.txt", "metrics.json", "report.md", "confusion.png",
+                   "metrics.rescored.json")
 
 
 @dataclass
@@ -56,7 +65,7 @@ class Config:
     names: str = ""  # a name per benchmark, comma separated (default: the file names); emoset/emotion6/webemo for --table
     labels: str = ""  # label set for every benchmark (default: each benchmark's own labels.txt / answers)
     out: str = "eval"  # output folder: one sub-folder per benchmark (on shared storage for a checkpoint on several nodes)
-    overwrite: bool = False  # write into an --out that already holds an evaluation (its files are replaced)
+    overwrite: bool = False  # replace an --out's earlier evaluation, all of it (never a file evaluate.py did not write)
     method: str = ""  # method name for --table (default: the model's folder name, with the template unless set)
     train_domain: str = ""  # the dataset the model was trained on (emoset, emotion6), for --table
     template: str = "set"  # prompt template: set, think, r1-omni (answer in <answer> tags), none (zero-shot baselines)
@@ -173,10 +182,42 @@ def compute_metrics(rows, labels):
     return metrics
 
 
+def read_predictions(path):
+    """The rows of a predictions.jsonl, each an object with the two fields re-scoring reads ("label",
+    "response"); anything else stops with a message naming the file and line, before anything is written."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"{path}: cannot read it as a predictions file: {e}") from None
+    lines = text.split("\n")  # (not splitlines: a line number must be the one an editor shows)
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            cut = (": the file is cut short (its last line is incomplete), as when the run writing it was killed "
+                   "or the disk was full" if n == len(lines) else "")
+            raise SystemExit(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno}){cut}") from None
+        if not isinstance(row, dict):
+            raise SystemExit(f"{path}:{n}: a prediction is a JSON object with \"label\" and \"response\", "
+                             f"not a {type(row).__name__}")
+        for key in ("label", "response"):  # the true label; the model's text, parsed again
+            if not isinstance(row.get(key), str):
+                got = "has none" if key not in row else f"has {json.dumps(row[key])}"
+                raise SystemExit(f"{path}:{n}: the row {got} for \"{key}\"; every row needs \"label\" (the true "
+                                 f"label) and \"response\" (the model's text) as strings")
+        rows.append(row)
+    if not rows:  # no metric of nothing (an accuracy of 0/0)
+        raise SystemExit(f"{path}: holds no predictions (the file is {'empty' if not text else 'blank'})")
+    return rows
+
+
 def rescore(path, labels=None, parse="boxed", template="set"):
     """Recompute every metric from a predictions.jsonl (responses are parsed again)."""
     path = Path(path)
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_predictions(path)
     if labels:
         labels = rewards.load_labels(labels)
     elif (path.parent / "labels.txt").exists():
@@ -232,15 +273,18 @@ def build_table(folders, out):
             raise SystemExit(f"{folder}/run.json: train_domain {run['train_domain']!r} must be one of {DOMAIN_ORDER} "
                              f"(evaluate.py --train-domain)")
         by_dataset = entries.setdefault(run["method"], {}).setdefault(run["train_domain"], {})
-        for metrics_file in sorted(folder.glob("*/metrics.json")):
-            name = metrics_file.parent.name
+        benchmarks = {path.parent.name: json.loads(path.read_text())
+                      for path in sorted(folder.glob("*/metrics.json"))}
+        check_one_run(folder, run, benchmarks)
+        for name, metrics in benchmarks.items():
+            metrics_file = folder / name / "metrics.json"
             if name not in DOMAIN_ORDER:
                 raise SystemExit(f"{metrics_file}: benchmark {name!r} is not one of {DOMAIN_ORDER} "
                                  f"(name benchmarks with evaluate.py --names emoset,emotion6,webemo)")
             if name in by_dataset:
                 raise SystemExit(f"{metrics_file}: a second {name} result for method {run['method']!r} trained on "
                                  f"{run['train_domain']}; give each run its own --method")
-            by_dataset[name] = 100 * json.loads(metrics_file.read_text())["accuracy"]
+            by_dataset[name] = 100 * metrics["accuracy"]
     domains = [d for d in DOMAIN_ORDER if any(d in m for m in entries.values())]
     header, table = ["Method"], []
     for train in domains:
@@ -270,14 +314,31 @@ def build_table(folders, out):
     return header, table
 
 
-def write_outputs(out, name, rows, metrics, model):
+def check_one_run(folder, run, benchmarks):
+    """Refuse an evaluation folder whose benchmarks (name -> metrics.json) were not all written by the run
+    its run.json describes: a benchmark left by an earlier run would be credited to this run's method."""
+    def source(record):
+        return (f"run {record['run_id']} (method {record.get('method')!r}, model {record.get('model')})"
+                if record.get("run_id") else "no run id (an evaluate.py older than run ids)")
+    others = [name for name, metrics in benchmarks.items() if not run.get("run_id")
+              or metrics.get("run_id") != run["run_id"]]
+    if others:
+        raise SystemExit(f"{folder}: its benchmarks do not all come from the run in its run.json, so its numbers "
+                         f"would be credited to the wrong method. run.json: {source(run)}; "
+                         + "; ".join(f"{name}/metrics.json: {source(benchmarks[name])}" for name in others)
+                         + ". Evaluate again into an empty --out (or with --overwrite, which replaces every "
+                           "benchmark of the folder)")
+
+
+def write_outputs(out, name, rows, metrics, run):
+    """A benchmark's folder; `run`: the run's id, model, method and training domain, recorded in its metrics.json."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "predictions.jsonl", "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
     (out / "labels.txt").write_text("\n".join(metrics["labels"]) + "\n")
-    (out / "metrics.json").write_text(json.dumps({"dataset": name, "model": model, **metrics}, indent=1))
-    write_report(out, name, metrics, model)
+    (out / "metrics.json").write_text(json.dumps({"dataset": name, **run, **metrics}, indent=1))
+    write_report(out, name, metrics, run["model"])
     draw_confusion(out / "confusion.png", metrics, f"{name}: accuracy {metrics['accuracy']:.3f}")
 
 
@@ -286,8 +347,50 @@ def write_outputs(out, name, rows, metrics, model):
 def previous_evaluation(out):
     """The files in `out` that an earlier evaluate.py run left (none: a new or unrelated folder)."""
     out = Path(out)
-    found = [p for p in (out / "run.json", out / ".merged-model") if p.exists()]
+    found = [p for p in (out / "run.json", out / MERGED_DIR) if p.exists()]
     return found + sorted(out.glob("*/metrics.json")) + sorted(out.glob("*/predictions.jsonl"))
+
+
+def listing(paths, most=6):
+    """The first `most` paths for a message, and how many more there are."""
+    return ", ".join(map(str, paths[:most])) + (f" and {len(paths) - most} more" if len(paths) > most else "")
+
+
+def evaluation_contents(out):
+    """(ours, others) in `out`: ours, what evaluate.py writes there (run.json, the tables, a merged model,
+    the folders of benchmarks, holding its files only); others, every file it does not write, which
+    --overwrite never deletes. An empty folder is neither."""
+    ours, others = [], []
+    for entry in sorted(Path(out).iterdir()) if Path(out).is_dir() else []:
+        if entry.is_symlink():  # (a link is never ours: rmtree would not follow it, a reader of --out would)
+            others.append(entry)
+        elif entry.is_dir() and entry.name == MERGED_DIR:
+            ours.append(entry)
+        elif entry.is_dir():
+            files = [p for p in sorted(entry.rglob("*")) if p.is_symlink() or not p.is_dir()]
+            foreign = [p for p in files if p.parent != entry or p.name not in BENCHMARK_FILES
+                       or p.is_symlink() or not p.is_file()]
+            # predictions.jsonl is a benchmark's first file: a folder without it (or metrics.json) is not one
+            if not foreign and {p.name for p in files} & {"predictions.jsonl", "metrics.json"}:
+                ours.append(entry)
+            else:
+                others += foreign or files
+        elif entry.is_file() and entry.name in OUT_FILES:
+            ours.append(entry)
+        else:
+            others.append(entry)
+    return ours, others
+
+
+def remove_evaluation(out):
+    """--overwrite: delete the evaluation in `out` (evaluation_contents' `ours`), run.json first, so that a
+    deletion that fails part-way never leaves a folder that --table takes for a finished evaluation."""
+    ours, _ = evaluation_contents(out)
+    for entry in sorted(ours, key=lambda p: p.name != "run.json"):
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def merge_checkpoint(checkpoint, folder, timeout_minutes, dtype=None):
@@ -350,13 +453,16 @@ def evaluate(cfg):
     require_cuda(cfg.allow_cpu)
     rank, world_size, device = setup_distributed(cfg.dist_timeout_minutes)
     out_root = Path(cfg.out)
-    if rank == 0 and cfg.overwrite:  # run.json is written last: a replacement that fails part-way is never
-        (out_root / "run.json").unlink(missing_ok=True)  # taken for a finished evaluation (--table refuses it)
+    if rank == 0 and cfg.overwrite:  # the whole earlier evaluation: a benchmark this run does not write must not
+        remove_evaluation(out_root)  # stay beside the new run.json (--table would credit it to this run's method)
+    # what every benchmark's metrics.json records, so that --table can tell the runs of one folder apart
+    run = {"run_id": f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}", "model": cfg.model,
+           "method": cfg.method or default_method(cfg), "train_domain": cfg.train_domain}
     model_path, merged_root, merge_group, engine = cfg.model, None, None, None
     try:
         if Path(model_path, "trainer_state.json").exists() or Path(model_path, "checkpoints").is_dir():
             # a training checkpoint: merged once, by rank 0, under --out, which every node can read
-            merged_root = out_root / ".merged-model"
+            merged_root = out_root / MERGED_DIR
             model_path, merge_group = merge_checkpoint(cfg.model, merged_root / "model", cfg.merge_timeout_minutes,
                                                        dtype="float32" if device.type == "cpu" else None)
         processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
@@ -431,17 +537,15 @@ def evaluate(cfg):
                     metrics["skipped_rows"] = skipped
                 if dataset.dropped_long:  # over --max-prompt-length, dropped at load as in the reference
                     metrics["dropped_long_rows"] = len(dataset.dropped_long)
-                write_outputs(out_root / name, name, rows, metrics, cfg.model)
+                write_outputs(out_root / name, name, rows, metrics, run)
                 summary[name] = metrics["accuracy"]
                 coherent = (f"  reasoning coherent {metrics['reasoning_coherent_rate']:.3f}"
                             if "reasoning_coherent_rate" in metrics else "")
                 print(f"{name}: accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
                       f"format {metrics['format_rate']:.3f}{coherent}  -> {out_root / name}")
         if rank == 0:
-            (out_root / "run.json").write_text(json.dumps({"method": cfg.method or default_method(cfg),
-                                                            "train_domain": cfg.train_domain, "model": cfg.model,
-                                                            "config": dataclasses.asdict(cfg), "accuracy": summary},
-                                                           indent=1))
+            (out_root / "run.json").write_text(json.dumps({**run, "config": dataclasses.asdict(cfg),
+                                                            "accuracy": summary}, indent=1))
         return summary
     finally:  # on success and on failure alike
         # before engine.close: vLLM's shutdown tears down the process groups the wait needs (the engine
@@ -475,9 +579,13 @@ def main(argv=None):
         raise SystemExit(f"--merge-timeout-minutes must be > 0, got {cfg.merge_timeout_minutes}")
     found = previous_evaluation(cfg.out)
     if found and not cfg.overwrite:  # checked on every rank, before any model is loaded
-        raise SystemExit(f"--out {cfg.out} already holds an evaluation: {', '.join(map(str, found[:6]))}"
-                         f"{f' and {len(found) - 6} more' if len(found) > 6 else ''}. Choose another --out, or "
-                         f"pass --overwrite to replace it")
+        raise SystemExit(f"--out {cfg.out} already holds an evaluation: {listing(found)}. Choose another --out, "
+                         f"or pass --overwrite to replace it")
+    ours, others = evaluation_contents(cfg.out) if cfg.overwrite else ([], [])
+    if ours and others:  # rank 0 deletes `ours` in evaluate(), once every rank has got here
+        raise SystemExit(f"--overwrite replaces the evaluation in --out {cfg.out} and deletes only what evaluate.py "
+                         f"writes, but the folder also holds {len(others)} file(s) that evaluate.py did not write: "
+                         f"{listing(others)}. Move them out of it, or choose another --out; nothing was deleted")
     return evaluate(cfg)
 
 

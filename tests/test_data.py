@@ -2,8 +2,12 @@
 
 import io
 import json
+import os
 import random
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +40,7 @@ THINK_BODY = (
     "final answer. The reasoning process MUST BE enclosed within <think> </think> tags. The final answer MUST BE "
     "put in \\boxed{}."
 )
+REPO = Path(__file__).resolve().parents[1]
 EMOSET = ["amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear", "sadness"]
 
 
@@ -484,11 +489,21 @@ def test_non_utf8_jsonl_names_the_file(tmp_path, processor):
 
 # --- batching -----------------------------------------------------------------------------------
 
+STEP_CASES = [(10, 3, step, seed, shuffle) for step in (0, 4, 7) for seed in (0, 7) for shuffle in (True, False)]
+
+
 def test_step_indices():
     """Resumed runs would see different prompts, or an epoch would repeat/skip rows, if step_indices
-    were not a pure, epoch-covering function of (seed, step)."""
+    were not a pure, epoch-covering function of (seed, step): the same in a fresh process (a resumed
+    run, another rank) as here, whatever its hash seed (str hashes) or global RNG state."""
+    here = [data.step_indices(*case) for case in STEP_CASES]
+    code = f"import json, data; print(json.dumps([data.step_indices(*c) for c in {STEP_CASES!r}]))"
+    seed = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"  # never this process's hash seed
+    fresh = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONHASHSEED": seed},
+                           capture_output=True, text=True, timeout=120)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert json.loads(fresh.stdout) == here
     num_rows, batch_size = 10, 3  # 3 steps per epoch, one row dropped per epoch
-    assert data.step_indices(num_rows, batch_size, 4, seed=7) == data.step_indices(num_rows, batch_size, 4, seed=7)
     epoch1 = [data.step_indices(num_rows, batch_size, step, seed=7) for step in range(3)]
     epoch2 = [data.step_indices(num_rows, batch_size, step, seed=7) for step in range(3, 6)]
     for epoch in (epoch1, epoch2):

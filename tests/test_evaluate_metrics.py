@@ -4,6 +4,7 @@ value is worked out by hand in the comment beside it."""
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -142,6 +143,44 @@ def test_true_label_outside_label_set_stops_with_its_name(tmp_path):
         evaluate.rescore(path)
 
 
+def snapshot(folder):
+    """Every file under `folder` with its bytes: what a refused command must leave as it was."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+GOOD_LINE = json.dumps({"id": 1, "label": "fear", "response": set_response("\\boxed{fear}")})
+# a predictions file as a user may meet it -> its labels.txt?, the start of the message (PATH: the file)
+BROKEN_PREDICTIONS = {
+    # a run killed while writing: the last line stops mid-object, with no newline
+    "cut short": (GOOD_LINE + "\n" + GOOD_LINE + "\n" + GOOD_LINE[:40], True, "PATH:3: not valid JSON"),
+    "no label": (GOOD_LINE + "\n" + json.dumps({"id": 2, "response": "\\boxed{fear}"}) + "\n", True,
+                 'PATH:2: the row has none for "label"'),
+    "label null": (GOOD_LINE + "\n\n" + json.dumps({"id": 2, "label": None, "response": "x"}) + "\n", True,
+                   'PATH:3: the row has null for "label"'),  # line 3: the blank line 2 counts, as in an editor
+    "not an object": (GOOD_LINE + "\n[1, 2]\n", True, "PATH:2: a prediction is a JSON object"),
+    "empty": ("", False, "PATH: holds no predictions (the file is empty)"),
+    "blank": ("\n \n", True, "PATH: holds no predictions (the file is blank)"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_PREDICTIONS)
+def test_rescoring_a_broken_predictions_file_names_file_and_line(tmp_path, case):
+    """`evaluate.py --predictions FILE` on a file cut short, a row without its label or an empty file would
+    end in a JSONDecodeError, KeyError or ZeroDivisionError traceback (or write the metrics of no rows)
+    instead of a sentence naming the file and line, and must change nothing on disk."""
+    text, with_labels, message = BROKEN_PREDICTIONS[case]
+    path = write_predictions(tmp_path / "emotion6", rows=[], labels=LABELS if with_labels else None)
+    path.write_text(text)
+    (tmp_path / "emotion6" / "metrics.rescored.json").write_text('{"from": "an earlier re-score"}')
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as stop:  # main() as the command line runs it: SystemExit is the message
+        evaluate.main(["--predictions", str(path)])
+    assert str(stop.value.code).startswith(message.replace("PATH", str(path))), stop.value.code
+    if case == "cut short":
+        assert "cut short" in str(stop.value.code)
+    assert snapshot(tmp_path) == before
+
+
 def test_lenient_parse_reads_a_bare_label():
     """Zero-shot baselines that answer without \\boxed{} would be scored wrongly if this failed."""
     parse = evaluate.parse_answer
@@ -241,10 +280,11 @@ def write_fake_runs(root):
                               ("emotion6", dict(zip(["emotion6", "emoset", "webemo"], on_emotion6)))):
             folder = root / f"run{k}-{train}"
             folder.mkdir(parents=True)
-            (folder / "run.json").write_text(json.dumps({"method": method, "train_domain": train}))
+            run = {"run_id": f"run{k}-{train}", "method": method, "train_domain": train}
+            (folder / "run.json").write_text(json.dumps(run))
             for dataset, value in values.items():
                 (folder / dataset).mkdir()
-                (folder / dataset / "metrics.json").write_text(json.dumps({"accuracy": value / 100}))
+                (folder / dataset / "metrics.json").write_text(json.dumps({**run, "accuracy": value / 100}))
             folders.append(str(folder))
     return folders
 
@@ -286,6 +326,26 @@ def test_table_cli(tmp_path):
     folders = write_fake_runs(tmp_path / "eval")
     evaluate.main(["--table", ",".join(folders), "--out", str(tmp_path / "table")])
     check_table(tmp_path / "table")
+
+
+def test_table_refuses_a_folder_whose_benchmarks_come_from_other_runs(tmp_path):
+    """Table 1 would credit a benchmark left in a folder by another run (another method, evaluated there
+    before) to the method in the folder's run.json, in its column and in the means, if --table did not
+    refuse a folder whose benchmarks' run ids differ from its run.json's, naming each."""
+    folders = write_fake_runs(tmp_path / "eval")
+    mixed = Path(folders[0])  # Zero-shot trained on emoset; its emotion6 now from a SFT run
+    (mixed / "emotion6" / "metrics.json").write_text(json.dumps({"run_id": "run1-emoset", "method": "SFT",
+                                                                  "model": "sft-3b", "accuracy": 0.9}))
+    (mixed / "webemo" / "metrics.json").write_text(json.dumps({"accuracy": 0.9}))  # no run id: cannot tell
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main(["--table", ",".join(folders), "--out", str(tmp_path / "table")])
+    message = str(stop.value.code)
+    assert message.startswith(f"{mixed}: its benchmarks do not all come from the run in its run.json"), message
+    assert "run.json: run run0-emoset (method 'Zero-shot'" in message, message
+    assert "emotion6/metrics.json: run run1-emoset (method 'SFT', model sft-3b)" in message, message
+    assert "webemo/metrics.json: no run id" in message, message
+    assert message.count("/metrics.json:") == 2, message  # emoset, the run's own, is not named
+    assert not (tmp_path / "table").exists()  # no table1.md of the mixed folder
 
 
 # --- model-free coherence rate --------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """evaluate.py runs that leave no merged model behind, never overwrite an earlier evaluation by accident,
-and do not time out while rank 0 merges. In-process where possible (the tiny model, --engine hf, a world
-of one); the merge wait with two real processes, since a timeout needs someone to wait."""
+replace all of it (and nothing else) when told to, and do not time out while rank 0 merges. In-process
+where possible (the tiny model, --engine hf, a world of one); the merge wait with two real processes,
+since a timeout needs someone to wait."""
 
 import json
 import os
@@ -124,6 +125,55 @@ def test_out_holding_an_evaluation_is_refused_without_overwrite(tmp_path, monkey
     (tmp_path / "other").mkdir()  # an unrelated folder's files are not an evaluation
     (tmp_path / "other" / "notes.txt").write_text("mine")
     evaluate.main(list(map(str, args[:-1] + [tmp_path / "other"])))
+
+
+def test_overwrite_replaces_the_whole_evaluation(tiny_model_dir, demo_dir, tmp_path):
+    """--overwrite removed only run.json: a benchmark of the earlier evaluation that the new one does not
+    write (emotion6 here) stayed, and --table credited its numbers to the new method. Every file of the
+    earlier evaluation must go (its benchmarks, a merged model a killed run left, a re-score), and each
+    new metrics.json must carry the new run's id, model and method."""
+    out, test = tmp_path / "eval", demo_dir / "test.jsonl"
+    evaluate.main(evaluate_args(tiny_model_dir, f"{test},{test}", out, "--names", "emoset,emotion6",
+                                "--method", "old", "--train-domain", "emoset", "--max-samples", 1))
+    old_run = json.loads((out / "run.json").read_text())["run_id"]
+    assert json.loads((out / "emotion6" / "metrics.json").read_text())["run_id"] == old_run
+    evaluate.main(["--predictions", str(out / "emotion6" / "predictions.jsonl")])  # writes metrics.rescored.json
+    (out / ".merged-model" / "model").mkdir(parents=True)  # what a killed checkpoint evaluation leaves
+    (out / ".merged-model" / "model" / "config.json").write_text("{}")
+    evaluate.main(evaluate_args(tiny_model_dir, test, out, "--names", "emoset", "--method", "new",
+                                "--train-domain", "emoset", "--max-samples", 1, "--overwrite"))
+    assert sorted(p.name for p in out.iterdir()) == ["emoset", "run.json"]
+    assert sorted(p.name for p in (out / "emoset").iterdir()) == sorted(
+        set(evaluate.BENCHMARK_FILES) - {"metrics.rescored.json"})
+    run = json.loads((out / "run.json").read_text())
+    metrics = json.loads((out / "emoset" / "metrics.json").read_text())
+    assert run["run_id"] != old_run and metrics["run_id"] == run["run_id"]
+    assert (metrics["method"], metrics["model"], metrics["train_domain"]) == ("new", str(tiny_model_dir), "emoset")
+    header, table = evaluate.build_table([out], tmp_path / "table")
+    assert table == [["new", 100 * metrics["accuracy"], None, None, 100 * metrics["accuracy"], None,
+                      100 * metrics["accuracy"]]]  # emotion6 and webemo: "-", in the columns and the means
+
+
+def test_overwrite_refuses_an_out_holding_files_evaluate_did_not_write(tmp_path):
+    """--overwrite would delete a user's own files kept in --out (notes, a plot beside a benchmark's
+    files, a folder of analyses), or replace only part of the evaluation, if it did not refuse such an
+    --out before touching anything, naming each file."""
+    out = tmp_path / "eval"
+    for name in ("run.json", "emoset/metrics.json", "emoset/predictions.jsonl", "emotion6/predictions.jsonl",
+                 "notes.txt", "emoset/my-plot.png", "analysis/by-class.csv", "emotion6/extra/x.json"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("{}")
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    argv = ["--model", str(tmp_path / "no-model"), "--data", str(tmp_path / "x.jsonl"), "--out", str(out),
+            "--overwrite", "--allow-cpu"]
+    with pytest.raises(SystemExit) as refused:
+        evaluate.main(argv)
+    message = str(refused.value.code)
+    assert "evaluate.py did not write" in message and "nothing was deleted" in message, message
+    named = {str(out / name) for name in ("notes.txt", "emoset/my-plot.png", "analysis/by-class.csv",
+                                          "emotion6/extra/x.json")}
+    assert set(message.split("did not write: ")[1].split(". Move")[0].split(", ")) == named, message
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
 
 
 MERGE_WAIT = """

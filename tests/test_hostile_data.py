@@ -426,7 +426,7 @@ def test_check_command_reports_bad_rows(tmp_path, monkeypatch, capsys, tiny_mode
     path, cases = broken_image_rows(tmp_path)
     code, _ = run_check(monkeypatch, capsys, tiny_model_dir, path)
     assert isinstance(code, str) and code.startswith(f"error: {path}:2: cannot use image truncated.png"), code
-    assert "--skip-bad-rows" in code
+    assert "--skip-bad-rows" in code and "skip_bad" not in code, code  # the flag, not the Python keyword
     code, out = run_check(monkeypatch, capsys, tiny_model_dir, path, "--skip-bad-rows")
     assert code == 0
     summary = json.loads(out[:out.index("\n}\n") + 3])
@@ -437,6 +437,21 @@ def test_check_command_reports_bad_rows(tmp_path, monkeypatch, capsys, tiny_mode
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     assert run_check(monkeypatch, capsys, tiny_model_dir, empty) == (f"error: {empty}: no rows", "")
+
+
+@pytest.mark.parametrize("flags", [[], ["--skip-bad-rows"]])
+def test_check_command_names_the_columns_of_another_layout(tmp_path, monkeypatch, capsys, tiny_model_dir, flags):
+    """A parquet file with other column names (image, question, label) was refused row by row ("empty or
+    missing 'problem'" at every row, or every row skipped with --skip-bad-rows) without ever naming the
+    columns it has: `data.py check` must say once which columns the file has and which it needs."""
+    noise((40, 30)).save(tmp_path / "a.png")
+    path = write_parquet(tmp_path / "other.parquet", [{"image": "a.png", "question": QUESTION, "label": "fear"}] * 3)
+    before = sorted(tmp_path.rglob("*"))
+    code, out = run_check(monkeypatch, capsys, tiny_model_dir, path, *flags)
+    assert code == (f"error: {path}: no 'problem' or 'answer' or 'images' (or 'videos') column. Its columns are "
+                    f"'image', 'question', 'label'; data.py reads 'problem' (the question), 'answer' (the label) "
+                    f"and 'images' (or 'videos'): rename the file's columns to these (the layout: docs/data.md)"), code
+    assert out == "" and sorted(tmp_path.rglob("*")) == before  # nothing printed as a result, nothing written
 
 
 def test_check_command_without_model_says_how_to_get_one(tmp_path, monkeypatch, capsys):
