@@ -223,7 +223,11 @@ def start_or_resume(out, resume, config=None, may_change=()):
     renamed step_N.bad, so that --save-limit does not keep it over the new ones. Only then does rank 0 drop
     what the metrics and samples logs hold beyond that step (it is redone) and the half-written step_N.tmp
     a kill during a save left behind. Without `resume`, a folder that already holds a run (metrics or
-    checkpoints: also one that crashed before its first save) is refused, so two runs never mix."""
+    checkpoints: also one that crashed before its first save) is refused, so two runs never mix.
+
+    With `resume` and no checkpoint yet the run starts at step 0 and rank 0 says why: a requeue script
+    passes --resume to its first launch too. A config whose max_steps is below the checkpoint's step is
+    refused: the loop would not run, and the run would end naming a checkpoint that does not exist."""
     if not resume and ((out / "metrics.jsonl").exists() or (out / "checkpoints").exists()):
         raise SystemExit(f"{out} already holds a run: pass --resume to continue it, or another --output-dir")
     found, skipped = newest_loadable(out) if resume else (None, [])
@@ -237,6 +241,18 @@ def start_or_resume(out, resume, config=None, may_change=()):
     if found and config is not None:
         check_resume_config(found, config, may_change)
     step = json.loads((found / "trainer_state.json").read_text())["step"] if found else 0
+    max_steps = (config or {}).get("max_steps") or 0  # 0: --epochs decide
+    if found and 0 < max_steps < step:  # before any file is touched
+        raise SystemExit(f"--resume: --max-steps {max_steps} is below the step this run has reached: its newest "
+                         f"checkpoint is {found} (step {step}). A resumed run does not go back: pass --max-steps "
+                         f"{step} or more to continue it, or use a checkpoint under {out / 'checkpoints'} as it is.")
+    if dist.get_rank() == 0 and resume:
+        if found is None:  # a requeue script's first launch passes --resume too: not an error
+            why = ("the run in it stopped before its first checkpoint: its log lines are dropped and redone"
+                   if (out / "metrics.jsonl").exists() else "a first launch: a requeue script passes --resume to each")
+            print(f"--resume: no checkpoint in {out / 'checkpoints'} yet, so the run starts at step 0 ({why})")
+        elif step == max_steps:
+            print(f"--resume: {found} is step {step}, --max-steps {max_steps}: nothing is left to train")
     if dist.get_rank() == 0 and out.exists():
         for path, _ in skipped:  # out of checkpoint_dirs, kept for a look
             shutil.rmtree(path.with_name(path.name + ".bad"), ignore_errors=True)

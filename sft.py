@@ -257,6 +257,9 @@ def main(argv=None):
     if steps_per_epoch == 0 or cfg.batch_size % world_size:
         raise SystemExit(f"{len(examples)} examples, --batch-size {cfg.batch_size}, world size {world_size}: the batch "
                          f"must fit the data and split evenly over the ranks")
+    if start_step > total:  # --max-steps 0: --epochs set the length, known only once the data is loaded
+        raise SystemExit(f"--resume: {resume_from} is step {start_step}, past the {total} steps that "
+                         f"--epochs {cfg.epochs} give; raise --epochs or --max-steps to continue it")
 
     policy = load_model(cfg.model, device, trainable=True, gradient_checkpointing=cfg.gradient_checkpointing,
                         freeze_vision=cfg.freeze_vision, trust_remote_code=cfg.trust_remote_code)

@@ -485,6 +485,9 @@ def main(argv=None):
     if steps_per_epoch == 0:
         raise SystemExit(f"{cfg.train_files}: {len(train_set)} usable prompts, fewer than --rollout-batch-size {cfg.rollout_batch_size}")
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    if start_step > total_steps:  # --max-steps 0: --epochs set the length, known only once the data is loaded
+        raise SystemExit(f"--resume: {resume_from} is step {start_step}, past the {total_steps} steps that "
+                         f"--epochs {cfg.epochs} give; raise --epochs or --max-steps to continue it")
 
     # --- models, optimizer, engine
     model_kwargs = dict(precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing,

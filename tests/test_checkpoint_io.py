@@ -259,6 +259,37 @@ def test_resume_stops_when_no_checkpoint_loads(world, tmp_path):
         checkpoint.load_checkpoint(model, optimizer, tmp_path / "checkpoints" / "step_2", 0)
 
 
+def test_resume_without_a_checkpoint_starts_at_step_0_and_says_why(world, tmp_path, capsys):
+    """Broken: --resume into a folder without a checkpoint (a requeue script's first launch, or a run that
+    stopped before its first save) stops, or starts over in silence, keeping the old run's log lines."""
+    new = tmp_path / "new"
+    assert checkpoint.start_or_resume(new, True, {"max_steps": 5}) == (None, 0)
+    assert capsys.readouterr().out == (f"--resume: no checkpoint in {new / 'checkpoints'} yet, so the run starts at "
+                                       f"step 0 (a first launch: a requeue script passes --resume to each)\n")
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    (crashed / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    assert checkpoint.start_or_resume(crashed, True, {"max_steps": 5}) == (None, 0)
+    printed = capsys.readouterr().out
+    assert f"--resume: no checkpoint in {crashed / 'checkpoints'} yet, so the run starts at step 0" in printed
+    assert "stopped before its first checkpoint" in printed
+    assert (crashed / "metrics.jsonl").read_text() == ""  # its lines are redone
+
+
+def test_resume_refuses_a_max_steps_below_the_checkpoint(world, tmp_path, capsys):
+    """Broken: a resume with --max-steps below the checkpoint's step runs no step and ends naming a checkpoint
+    that does not exist (exit 0), or deletes the log lines past --max-steps."""
+    save(tmp_path, 3)
+    (tmp_path / "metrics.jsonl").write_text("".join(f'{{"step": {s}}}\n' for s in (1, 2, 3)))
+    with pytest.raises(SystemExit, match=f"--max-steps 2 is below the step this run has reached: its newest "
+                                         f"checkpoint is {tmp_path / 'checkpoints' / 'step_3'} \\(step 3\\)"):
+        checkpoint.start_or_resume(tmp_path, True, {"max_steps": 2, "lr": 1e-2, "model": "tied"})
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3  # refused before touching anything
+    assert checkpoint.start_or_resume(tmp_path, True, {"max_steps": 0, "lr": 1e-2})[1] == 3  # 0: --epochs decide
+    assert checkpoint.start_or_resume(tmp_path, True, {"max_steps": 3})[1] == 3
+    assert "step 3, --max-steps 3: nothing is left to train" in capsys.readouterr().out
+
+
 def legacy_checkpoint(folder, model, optimizer, scheduler):
     """A checkpoint as the older save_checkpoint wrote it: DCP's default (pickle) format, RNG states as .pt."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
