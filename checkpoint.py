@@ -291,6 +291,14 @@ def check_resume_config(checkpoint, config, may_change):
                          + ", ".join(sorted(may_change)))
 
 
+def check_run_length(resume_from, start_step, total_steps, epochs):
+    """With --max-steps 0 a run's length comes from --epochs, known only once the data is loaded (so
+    start_or_resume cannot check it): a resumed step past it is refused, as a --max-steps below it is."""
+    if start_step > total_steps:
+        raise SystemExit(f"--resume: {resume_from} is step {start_step}, past the {total_steps} steps that "
+                         f"--epochs {epochs} give; raise --epochs or --max-steps to continue it")
+
+
 def truncate_log(path, step):
     """Keep the lines of a jsonl log up to `step`: a resumed run redoes the later ones. A line cut
     short by a kill is dropped too. The file is replaced atomically."""

@@ -326,12 +326,17 @@ def consistency_prompt(response):
     return "".join(parts) if parts else None
 
 
+def reflection_question(kind, response, labels):
+    """The re-ask's question about `response` as reflection_parts' three parts; without extractable
+    steps, the reference's "Answer 'None'" question of that kind, with nothing to shorten."""
+    return reflection_parts(kind, response, labels) or (NO_STEPS_ASKS[kind], "", "")
+
+
 def reflection_prompt(kind, response, labels):
     """The re-ask's question about `response`: kind "text" (coherence, text only) or "image"
     (consistency, beginning with "<image>\n" where the image goes); without extractable steps, the
     reference's "Answer 'None'" question of that kind."""
-    ask = coherence_prompt(response, labels) if kind == "text" else consistency_prompt(response)
-    return ask if ask is not None else NO_STEPS_ASKS[kind]
+    return "".join(reflection_question(kind, response, labels))
 
 
 def reasoning_names_answer(response, labels):

@@ -79,8 +79,8 @@ def plain_turn_requests(processor, questions, visual, max_prompt_length):
         room = max_prompt_length - extra - len(before_ids) - len(after_ids)  # tokens the question may have
         if len(ids) > room:
             text, ids = shorten_question(tokenizer, question, room, max_prompt_length)
-        requests.append(Request(before + text + after, before_ids + ids + after_ids, [images[0]] if kind == "image" else [],
-                                [videos[0]] if kind == "video" else []))
+        requests.append(Request(before + text + after, before_ids + ids + after_ids,
+                                [images[0]] if kind == "image" else [], [videos[0]] if kind == "video" else []))
     return requests
 
 

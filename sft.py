@@ -39,7 +39,7 @@ import data
 import rewards
 import tiny
 import video
-from checkpoint import load_checkpoint, save_checkpoint, start_or_resume
+from checkpoint import check_run_length, load_checkpoint, save_checkpoint, start_or_resume
 from common import (Tracker, check_shared_folder, demo_paths, exit_process, get_batch_on_every_rank, lock_run_folder,
                     parse_flags, print0, require_cuda, run_folder, setup_distributed)
 from model import adamw, load_model
@@ -257,9 +257,7 @@ def main(argv=None):
     if steps_per_epoch == 0 or cfg.batch_size % world_size:
         raise SystemExit(f"{len(examples)} examples, --batch-size {cfg.batch_size}, world size {world_size}: the batch "
                          f"must fit the data and split evenly over the ranks")
-    if start_step > total:  # --max-steps 0: --epochs set the length, known only once the data is loaded
-        raise SystemExit(f"--resume: {resume_from} is step {start_step}, past the {total} steps that "
-                         f"--epochs {cfg.epochs} give; raise --epochs or --max-steps to continue it")
+    check_run_length(resume_from, start_step, total, cfg.epochs)
 
     policy = load_model(cfg.model, device, trainable=True, gradient_checkpointing=cfg.gradient_checkpointing,
                         freeze_vision=cfg.freeze_vision, trust_remote_code=cfg.trust_remote_code)

@@ -51,7 +51,8 @@ import data
 import rewards
 import tiny
 import video
-from checkpoint import find_checkpoint, load_checkpoint, load_weights, save_checkpoint, start_or_resume
+from checkpoint import (check_run_length, find_checkpoint, load_checkpoint, load_weights, save_checkpoint,
+                        start_or_resume)
 from common import (Tracker, check_shared_folder, demo_paths, exit_process, get_batch_on_every_rank, lock_run_folder,
                     mean, parse_flags, print0, require_cuda, run_folder, setup_distributed, skipped_on_any_rank,
                     sum_over_ranks, timed)
@@ -96,7 +97,7 @@ class Config:
     logp_gap_patience: int = 3  # steps in a row above --logp-gap-limit before stopping (each one warns)
     tensor_parallel_size: int = 1  # vLLM TP; 1 = one engine per rank (EMO-R3 script)
     gpu_memory_utilization: float = 0.6  # vLLM's share of GPU memory (EMO-R3); on CPU see cpu_kv_cache_gb
-    sleep_level: int = 1  # vLLM sleep mode while the trainer updates (GPU): 1 keeps a pinned host copy of the engine's weights, 2 discards them (less host RAM; open reports of corrupted VLM rollouts)
+    sleep_level: int = 1  # vLLM sleep level (GPU): 1 keeps weights in pinned host RAM, 2 drops them (README, "Memory")
     cpu_kv_cache_gb: float = 1.0  # vLLM KV cache size on CPU (GiB per rank)
     # reflection (the Reflective Emotional Reward)
     reflect_text: bool = True  # ask the coherence question (EMO-R3 is_rethink=true)
@@ -117,7 +118,7 @@ class Config:
     beta1: float = 0.9
     beta2: float = 0.999
     lr_warmup_ratio: float = 0.0  # linear warm-up share of all steps (EMO-R3: 0)
-    lr_schedule: str = "constant"  # after the warm-up: constant (EMO-R3) or linear decay to 0 at the last step (HF Trainer's default, R1-Omni)
+    lr_schedule: str = "constant"  # after warm-up: constant (EMO-R3) or linear decay to 0 (HF Trainer's, R1-Omni)
     grad_clip: float = 1.0  # max grad norm (EMO-R3)
     clip_low: float = 0.2  # PPO clip: ratio >= 1 - clip_low (EasyR1 default)
     clip_high: float = 0.3  # ratio <= 1 + clip_high (EasyR1 default; DAPO uses 0.28)
@@ -151,7 +152,7 @@ class Config:
     samples_per_step: int = 4  # rollouts written to samples.jsonl per step (rank 0)
     logger: str = ""  # extra trackers, comma separated: wandb, tensorboard (when installed)
     demo: bool = False  # tiny model + demo data + small sizes: the CPU demo
-    recipe: str = ""  # NAME: the flag values of recipes/NAME.flags (emo-r3, r1-omni; or a file); flags given on the command line win
+    recipe: str = ""  # flag values of recipes/NAME.flags (emo-r3, r1-omni) or a file; command-line flags win
     allow_cpu: bool = False  # run a real model (not --demo) on the CPU when CUDA is unusable, instead of stopping
 
 
@@ -226,8 +227,8 @@ def lr_factor(step, total_steps, cfg):
     """The lr multiplier of training step `step` (0-based; stepped once per training step, as EasyR1 does):
     a linear warm-up over --lr-warmup-ratio of the steps that reaches the full lr at its first step (the
     released schedule's 0 at step 1 is an upstream bug, METHOD.md), then constant, or with --lr-schedule
-    linear a decay to 0 at the end (HF Trainer's get_linear_schedule_with_warmup: 1 at the warm-up's end,
-    (total - s) / (total - warm-up) after it)."""
+    linear a decay to 0 at the end: 1 at the warm-up's last step, then (total - s) / (total - warm-up + 1),
+    which without warm-up is HF Trainer's get_linear_schedule_with_warmup, (total - s) / total."""
     warmup = max(1, int(cfg.lr_warmup_ratio * total_steps))
     if step + 1 < warmup or cfg.lr_schedule == "constant":
         return min(1.0, (step + 1) / warmup)
@@ -310,7 +311,7 @@ def reflection_requests(processor, kind, texts, images, labels, limit):
     reference's "Answer 'None'" question. The response's words stay words ("<image>" in them is no image
     slot). A prompt over `limit` tokens (reask_prompt_limit) keeps its question, its image and the
     assistant's opening, and loses the end of the quoted step text."""
-    asks = [rewards.reflection_parts(kind, t, labels) or (rewards.NO_STEPS_ASKS[kind], "", "") for t in texts]
+    asks = [rewards.reflection_question(kind, t, labels) for t in texts]
     if kind == "text":
         return plain_turn_requests(processor, asks, [[]] * len(asks), limit)
     asks = [(before.removeprefix("<image>"), steps, after) for before, steps, after in asks]  # the slot is the image
@@ -485,9 +486,7 @@ def main(argv=None):
     if steps_per_epoch == 0:
         raise SystemExit(f"{cfg.train_files}: {len(train_set)} usable prompts, fewer than --rollout-batch-size {cfg.rollout_batch_size}")
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
-    if start_step > total_steps:  # --max-steps 0: --epochs set the length, known only once the data is loaded
-        raise SystemExit(f"--resume: {resume_from} is step {start_step}, past the {total_steps} steps that "
-                         f"--epochs {cfg.epochs} give; raise --epochs or --max-steps to continue it")
+    check_run_length(resume_from, start_step, total_steps, cfg.epochs)
 
     # --- models, optimizer, engine
     model_kwargs = dict(precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing,
