@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from common import rng_states, set_rng_states
+from common import check_shared_folder, lock_run_folder, rng_states, run_folder, set_rng_states
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -216,6 +216,16 @@ def newest_loadable(out):
     return None, skipped
 
 
+def open_run(output_dir, default, resume, config, may_change):
+    """A stage's run folder (`output_dir`, else the time-stamped `default`), locked for this run before
+    anything is written and, on several nodes, one that every node sees; then where the run starts
+    (start_or_resume, which refuses a folder holding another run): (out, resume_from, start_step)."""
+    out = run_folder(output_dir, default)
+    lock_run_folder(out)
+    check_shared_folder(out)
+    return (out, *start_or_resume(out, resume, config, may_change))
+
+
 def start_or_resume(out, resume, config=None, may_change=()):
     """The step a run starts from: 0, or with `resume` the newest checkpoint that is complete and intact (the
     caller then loads it), after check_resume_config against `config` (a dict of the run's flags) when given.
@@ -351,7 +361,8 @@ def load_trained_model(checkpoint, base_model=None, dtype=None):
     if model.config.tie_word_embeddings:
         model.tie_weights()
     config_dtype = getattr(model.config, "dtype", None) or torch.float32
-    target = DTYPES[dtype] if dtype else (config_dtype if isinstance(config_dtype, torch.dtype) else DTYPES[str(config_dtype)])
+    target = DTYPES[dtype] if dtype else (config_dtype if isinstance(config_dtype, torch.dtype)
+                                          else DTYPES[str(config_dtype)])
     return model.to(target), base, checkpoint
 
 
@@ -373,7 +384,8 @@ def export_hf_folder(checkpoint, out, base_model=None, dtype=None, overwrite=Fal
         pass
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     (tmp / "emo_r3_training.json").write_text(json.dumps(
-        {"checkpoint": str(checkpoint), "step": state["step"], "base_model": base, "config": state["config"]}, indent=1))
+        {"checkpoint": str(checkpoint), "step": state["step"], "base_model": base, "config": state["config"]},
+        indent=1))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

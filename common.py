@@ -5,8 +5,8 @@ sft.py and evaluate.py.
 - torchrun and the process group (`setup_distributed`: gloo on CPU, `cpu:gloo,cuda:nccl` on GPU),
   `require_cuda`, `print0`, RNG states, the run folder (its lock, and on several nodes the check that
   every node sees it), the demo's model and data;
-- the metrics `Tracker`, `timed`, `sum_over_ranks` (scalar totals of every rank), and
-  `get_batch_on_every_rank` (a bad row stops every rank together).
+- the metrics `Tracker`, `timed`, `sum_over_ranks` (scalar totals of every rank), `seed_for`.
+Imports no module of ours.
 
 Not here: anything about GRPO (train_grpo.py), loading and sharding a model (model.py), the rollout
 engines (rollout.py), how a micro-batch is packed and scored (packing.py), checkpoints (checkpoint.py).
@@ -26,17 +26,23 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-import data
-
 
 # --- flags ------------------------------------------------------------------------------------------
 
 def config_parser(config_class, description):
     """An argparse parser with one flag per dataclass field (--rollout-batch-size, --no-reflect-image,
-    ...); each flag's help is the field's comment. Shared by the stage scripts."""
+    ...); each flag's help is the field's comment, continued on the comment lines indented under it.
+    Shared by the stage scripts."""
     import inspect
     import re
-    comments = dict(re.findall(r"^\s+(\w+): \w+ = .*?#\s*(.*)$", inspect.getsource(config_class), re.M))
+    comments, field = {}, None  # a field's comment, with the more-indented comment lines under it
+    for line in inspect.getsource(config_class).splitlines():
+        if match := re.match(r"^ {4}(\w+): \w+ = .*?#\s*(.*)$", line):
+            field, comments[match[1]] = match[1], match[2]
+        elif field and (match := re.match(r"^ {5,}#\s*(.*)$", line)):
+            comments[field] += " " + match[1]
+        else:
+            field = None
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(config_class):
         flag = "--" + f.name.replace("_", "-")
@@ -172,6 +178,22 @@ def set_rng_states(states):
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def seed_for(seed, step=None, rank=0, attempt=0, question=0, data_order=False):
+    """Every seed a run derives from --seed, in one place (each part moves it by its own prime, so two
+    streams that differ in any part do not share a seed):
+    - a step's rollout on a rank, DAPO draw `attempt` (0, 1, ...): seed_for(seed, step, rank, attempt);
+      validation after step s: seed_for(seed, s, rank)
+    - re-ask question k (1, 2, ...: its place in rewards.REASKS) on top of a sampling seed s already
+      derived (the rollout's, or evaluate.py's per batch): seed_for(s, question=k)
+    - the prompt order of DAPO draw `attempt`: seed_for(seed, attempt=attempt, data_order=True); draw 0 is
+      --seed's own order, the one a run without the filter takes
+    The values are those of earlier versions, so their runs reproduce."""
+    if data_order:
+        return seed + 7777 * attempt
+    base = seed if step is None else seed * 7919 + step * 100003 + rank * 1009
+    return base + 50021 * attempt + 500009 * question
+
+
 def print0(*args, **kwargs):
     if dist.get_rank() == 0:
         print(*args, **kwargs, flush=True)
@@ -255,29 +277,16 @@ def check_shared_folder(out, poll_seconds=10.0):
         raise SystemExit(errors[0])
 
 
-def demo_paths(model=None, files=()):
-    """Build the tiny model and the demo data once, by rank 0 (every rank waits): only what the run
-    uses, so --demo with your own --model or --train-files leaves the repository's .cache alone.
-    Without arguments both are built. Returns (model_dir, data_dir)."""
-    import tiny
-    if dist.get_rank() == 0:
-        if model is None or Path(model).resolve() == tiny.DEFAULT_DIR.resolve():
-            tiny.build_tiny_model(tiny.DEFAULT_DIR)
-        if model is None or any(f and Path(f).resolve().parent == tiny.DEMO_DIR.resolve() for f in files):
-            tiny.make_demo_dataset(tiny.DEMO_DIR)
-        if any(f and Path(f).resolve().parent == tiny.VIDEO_DEMO_DIR.resolve() for f in files):
-            tiny.make_video_demo_dataset(tiny.VIDEO_DEMO_DIR)  # asked for by name (demo.sh --video)
-    dist.barrier()
-    return tiny.DEFAULT_DIR, tiny.DEMO_DIR
-
-
 # --- outputs ----------------------------------------------------------------------------------------
 
 class Tracker:
-    """metrics.jsonl always; wandb / tensorboard when asked for and installed. Rank 0 only."""
+    """A run's record, rank 0 only: config.json, metrics.jsonl, with `samples` samples.jsonl (lines of
+    sample rollouts), and wandb / tensorboard when asked for and installed."""
 
-    def __init__(self, config, out, loggers=""):
+    def __init__(self, config, out, loggers="", samples=False):
+        (out / "config.json").write_text(json.dumps(config, indent=1))
         self.file = open(out / "metrics.jsonl", "a")
+        self.samples = open(out / "samples.jsonl", "a") if samples else None
         self.backends, self.closers = [], []
         for name in filter(None, loggers.split(",")):
             try:
@@ -294,10 +303,15 @@ class Tracker:
             except ImportError:
                 print(f"logger {name!r} is not installed; metrics go to metrics.jsonl only")
 
-    def log(self, metrics, step):
+    def log(self, metrics, step, samples=()):
+        """One step's metrics line, and its samples.jsonl lines, on disk before the step's checkpoint is (a
+        machine crash keeps both or the lines)."""
         self.file.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.file.flush()
-        os.fsync(self.file.fileno())  # on disk before the step's checkpoint is: a machine crash keeps both or the line
+        for f, lines in ((self.file, ()), (self.samples, samples)):
+            if f is not None:
+                f.writelines(lines)
+                f.flush()
+                os.fsync(f.fileno())
         for backend in self.backends:
             backend(metrics, step)
 
@@ -305,6 +319,8 @@ class Tracker:
         """The end of a run: wandb's run finished, tensorboard's events written (exit_process skips the
         atexit handlers that would do it)."""
         self.file.close()
+        if self.samples is not None:
+            self.samples.close()
         for close in self.closers:
             close()
 
@@ -315,32 +331,6 @@ def sum_over_ranks(values):
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, {k: float(v) for k, v in values.items()})
     return {k: sum(g.get(k, 0.0) for g in gathered) for k in sorted({k for g in gathered for k in g})}
-
-
-def skipped_on_any_rank(dataset):
-    """How many distinct rows `dataset` has left out (--skip-bad-rows) on any rank. Rows refused at load
-    are listed by every rank, a row whose image fails is seen only by the rank that fetched it: a sum
-    over ranks counts the first kind world-size times, one rank's list misses the second."""
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, [where for where, _ in dataset.skipped])
-    return len({where for part in gathered for where in part})
-
-
-def get_batch_on_every_rank(dataset, indices, empty_error=None):
-    """dataset.get_batch, called by all ranks at the same point: if a row is bad (without
-    --skip-bad-rows) on any rank, or, given `empty_error`, a rank's share came back empty, every rank
-    stops with that message instead of one crashing and the others waiting in a collective."""
-    try:
-        prompts = dataset.get_batch(indices)
-        error = empty_error if empty_error and not prompts else None
-    except data.DataError as e:
-        prompts, error = [], str(e)
-    errors = [None] * dist.get_world_size()
-    dist.all_gather_object(errors, error)
-    failed = [e for e in errors if e]
-    if failed:
-        raise SystemExit(failed[0])
-    return prompts
 
 
 @contextmanager

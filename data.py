@@ -51,16 +51,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch.distributed as dist
+
 import rewards
+from rows import IMAGE_SUFFIXES, DataError, check_one_modality, read_rows, resolve_labels
 from video import (FRAME_FACTOR, QWEN_VIDEO_PIXELS, VIDEO_FPS, VIDEO_MAX_FRAMES, VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS,
                    load_video, open_image, to_rgb, video_shape, video_token_count)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DEFAULT_QUESTION = "<image>What emotion does this image evoke? Choose one of: {labels}."
 SKIP_HINT = "(pass --skip-bad-rows to skip such rows)"  # every script that reads data has the flag
 QWEN_PIXELS = (56 * 56, 28 * 28 * 16384)  # the Qwen2/2.5-VL processors' own pixel range (preprocessor_config.json)
-R1_OMNI_INSTRUCTION = ("Output the thinking process in <think> </think> and final emotion in <answer> </answer> "
-                       "tags.")  # how R1-Omni's questions end; prompts/r1-omni.txt adds the same sentence
 
 
 def default_question(labels):
@@ -68,20 +68,14 @@ def default_question(labels):
     return DEFAULT_QUESTION.replace("{labels}", ", ".join(labels))
 
 
-class DataError(ValueError):
-    """A problem with the user's data; the message names the file and row."""
-
-
-@dataclass
-class Row:
-    """One dataset row as read from disk (images not opened yet)."""
-    problem: str
-    answer: str
-    images: list  # image sources: paths, bytes, {"bytes", "path"} dicts or PIL images
-    where: str  # "file:row" for error messages
-    base_dir: Path  # relative image paths are resolved against this
-    response: str = None  # optional target response (the `response` column), for sft.py
-    videos: list = field(default_factory=list)  # video sources: file paths, or lists of frame image sources
+def write_jsonl(path, rows):
+    """Write dicts as a .jsonl file, through a .tmp file renamed at the end: a half-written file never
+    looks like a dataset. Used by the writers of datasets (tiny.py's demo, convert_images.py, convert_video.py)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    tmp.rename(path)
+    return path
 
 
 @dataclass
@@ -98,147 +92,6 @@ class Prompt:
     response: str = None  # the row's target response, if it has one (sft.py)
     videos: list = field(default_factory=list)  # sampled `Video`s, in order of appearance
 
-
-# --- reading and writing rows -------------------------------------------------------------------
-
-def read_table(path):
-    """Rows of one .jsonl / .json / .parquet file, as dicts with their 1-based row numbers."""
-    if path.suffix.lower() == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-            rows = pq.read_table(path).to_pylist()
-        except Exception as e:
-            raise DataError(f"{path}: cannot read parquet file: {e}") from e
-        return list(enumerate(rows, 1))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        if path.read_bytes()[:4] == b"PAR1":  # parquet's magic number
-            raise DataError(f"{path}: is a parquet file; rename it to {path.stem}.parquet") from e
-        line = path.read_bytes()[:e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start}); re-save the file as UTF-8") from e
-    if path.suffix == ".json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON ({e}); use .jsonl for one row per line") from e
-        if not isinstance(rows, list):
-            raise DataError(f"{path}: expected a JSON list of rows")
-        return list(enumerate(rows, 1))
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append((n, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON: {e}") from e
-    return rows
-
-
-def _class_folder_rows(root):
-    """FI-style layout: root/<label>/<image>. The problem is the default question."""
-    rows = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for image in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            rows.append(Row(None, class_dir.name, [str(image)], str(image), root))
-    return rows
-
-
-def _r1_omni_row(raw):
-    """(problem, answer) of a row in R1-Omni's layout: the human turn, without R1-Omni's closing instruction
-    (`--template r1-omni` adds it), and the gpt turn, out of its `<answer>` tags if it has them."""
-    turns = raw["conversations"] if isinstance(raw["conversations"], list) else []
-    def turn(*speakers):
-        return next((t.get("value") for t in turns if isinstance(t, dict) and t.get("from") in speakers), None)
-    problem, answer = turn("human", "user"), turn("gpt", "assistant")
-    if isinstance(problem, str) and problem.rstrip().endswith(R1_OMNI_INSTRUCTION):
-        problem = problem.rstrip()[:-len(R1_OMNI_INSTRUCTION)].rstrip()
-    if isinstance(answer, str):
-        tagged = re.search(r"<answer>(.*?)</answer>", answer, re.DOTALL)
-        answer = (tagged.group(1) if tagged else answer).strip()
-    return problem, answer
-
-
-def read_rows(path, image_dir=None, prompt_key="problem", answer_key="answer", image_key="images",
-              video_key="videos", response_key="response"):
-    """All rows of a data file or folder (see the module docstring for the layouts). `response_key`: the
-    column holding a row's target response (sft.py), "" for none."""
-    path, _, split = str(path).partition("@")
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in {".jsonl", ".json", ".parquet"}
-                       and split in p.name and p.name != "labels.json")
-        if not files:
-            rows = _class_folder_rows(path)
-            if not rows:
-                raise DataError(f"{path}: no .jsonl/.json/.parquet files{' matching @' + split if split else ''} "
-                                f"and no class sub-folders with images")
-            return rows
-    else:
-        files = [path]
-    rows = []
-    for file in files:
-        base_dir = Path(image_dir) if image_dir else file.parent
-        table = read_table(file)
-        check_columns(file, table, prompt_key, answer_key, image_key, video_key)
-        for n, raw in table:
-            where = f"{file}:{n}"
-            if not isinstance(raw, dict):
-                raise DataError(f"{where}: expected an object with {prompt_key!r}, {answer_key!r}, {image_key!r}")
-            images = raw.get(image_key) or []
-            images = images if isinstance(images, list) else [images]
-            videos = raw.get(video_key) or []
-            videos = videos if isinstance(videos, list) else [videos]  # one entry per video (a list is one video)
-            problem, answer = raw.get(prompt_key), raw.get(answer_key)
-            if "conversations" in raw and "video" in raw:  # R1-Omni's layout
-                (problem, answer), videos = _r1_omni_row(raw), [raw["video"]]
-            rows.append(Row(problem, "" if answer is None else str(answer), images, where, base_dir,
-                            raw.get(response_key) if response_key else None, videos))
-    if not rows:  # said here, or an empty file would surface later as "no labels" or "no usable rows"
-        raise DataError(f"{path}: no rows" + ("" if files == [path] else f" in its {len(files)} data file(s)"))
-    return rows
-
-
-def check_columns(file, table, prompt_key, answer_key, image_key, video_key):
-    """Refuse, once, a file of another layout (a column no row has: `question` for `problem`, `label` for
-    `answer`, `image` for `images`), naming its columns, instead of refusing (or skipping) every row."""
-    columns = list(dict.fromkeys(key for _, raw in table if isinstance(raw, dict) for key in raw))
-    if not columns or {"conversations", "video"} <= set(columns):  # no rows (said later), R1-Omni's layout
-        return
-    missing = [repr(key) for key in (prompt_key, answer_key) if key not in columns]
-    if image_key not in columns and video_key not in columns:
-        missing.append(f"{image_key!r} (or {video_key!r})")
-    if missing:
-        raise DataError(f"{file}: no {' or '.join(missing)} column. Its columns are {', '.join(map(repr, columns))}; "
-                        f"data.py reads {prompt_key!r} (the question), {answer_key!r} (the label) and {image_key!r} "
-                        f"(or {video_key!r}): rename the file's columns to these (the layout: docs/data.md)")
-
-
-def resolve_labels(rows, labels=None, data_path=None):
-    """The label set: given by name/file, else labels.txt beside the data, else the distinct answers."""
-    if labels:
-        return rewards.load_labels(labels)
-    if data_path is not None:
-        root = Path(str(data_path).partition("@")[0])
-        beside = (root if root.is_dir() else root.parent) / "labels.txt"
-        if beside.exists():
-            return rewards.load_labels(str(beside))
-    found = sorted({row.answer for row in rows if row.answer})
-    if not found:
-        raise DataError(f"{data_path}: no labels: every row's answer is empty")
-    return found
-
-
-def write_jsonl(path, rows):
-    """Write dicts as a .jsonl file, through a .tmp file renamed at the end: a half-written file never
-    looks like a dataset. Used by the writers of datasets (tiny.py's demo, prepare_data.py)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
-    tmp.rename(path)
-    return path
 
 # --- images -------------------------------------------------------------------------------------
 
@@ -348,7 +201,7 @@ class PromptDataset:
         self.skipped = []  # (where, reason) of every row left out, once per row, for the run's log
         self._failed = set()  # rows whose images failed: skipped without a retry on later epochs
         rows = read_rows(path, image_dir, prompt_key, answer_key, image_key, video_key, response_key)
-        self._one_modality(rows, image_key, video_key)
+        check_one_modality(rows, image_key, video_key)
         self.has_videos = is_video = any(row.videos for row in rows)  # (a dataset is all images or all videos)
         self.video_processor_pixels = QWEN_VIDEO_PIXELS
         if is_video:
@@ -388,20 +241,6 @@ class PromptDataset:
         if not self.rows:
             raise DataError(f"{path}: no usable rows ({len(self.skipped)} skipped, {len(self.dropped_long)} over "
                             f"max_prompt_length={max_prompt_length})")
-
-    @staticmethod
-    def _one_modality(rows, image_key, video_key):
-        """Refuse image rows beside video rows: Qwen2.5-VL runs its vision tower once per modality in a forward,
-        and under FSDP every rank must run it the same number of times, so a batch may not mix them."""
-        why = ("Qwen2.5-VL runs its vision tower once per modality in a forward, and under FSDP every rank must "
-               "run it the same number of times, so a dataset is all images or all videos: split it in two")
-        both = next((row for row in rows if row.images and row.videos), None)
-        if both is not None:
-            raise DataError(f"{both.where}: the row has both {image_key!r} and {video_key!r}; {why}")
-        image_row = next((row for row in rows if row.images), None)
-        video_row = next((row for row in rows if row.videos), None)
-        if image_row is not None and video_row is not None:
-            raise DataError(f"image rows ({image_row.where}) and video rows ({video_row.where}) in one dataset; {why}")
 
     def _tagged(self, row):  # the problem with its tags: one per image (video) in front when it has none
         problem = row.problem if "<image>" in row.problem else "<image>" * len(row.images) + row.problem
@@ -518,6 +357,32 @@ def rank_slice(items, rank, world_size):
 
 
 # --- command line -------------------------------------------------------------------------------
+
+def skipped_on_any_rank(dataset):
+    """How many distinct rows `dataset` has left out (--skip-bad-rows) on any rank. Rows refused at load
+    are listed by every rank, a row whose image fails is seen only by the rank that fetched it: a sum
+    over ranks counts the first kind world-size times, one rank's list misses the second."""
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, [where for where, _ in dataset.skipped])
+    return len({where for part in gathered for where in part})
+
+
+def get_batch_on_every_rank(dataset, indices, empty_error=None):
+    """dataset.get_batch, called by all ranks at the same point: if a row is bad (without
+    --skip-bad-rows) on any rank, or, given `empty_error`, a rank's share came back empty, every rank
+    stops with that message instead of one crashing and the others waiting in a collective."""
+    try:
+        prompts = dataset.get_batch(indices)
+        error = empty_error if empty_error and not prompts else None
+    except DataError as e:
+        prompts, error = [], str(e)
+    errors = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    failed = [e for e in errors if e]
+    if failed:
+        raise SystemExit(failed[0])
+    return prompts
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -33,24 +33,20 @@ Table 1:             python evaluate.py --table eval/emor3-emoset,eval/emor3-emo
   (EmoSet, Emotion6, WebEmo order), then the in-domain mean, out-of-domain mean and overall mean.
 """
 
-import csv
 import dataclasses
 import json
-import re
 import shutil
 import socket
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import data
+import report
 import rewards
 import video
-from plots import draw_confusion
 
-DOMAIN_ORDER = ["emoset", "emotion6", "webemo"]  # Table 1's column order within a block
 # What evaluate.py writes, and so all that --overwrite may delete: in --out, and in each benchmark's folder
 OUT_FILES = ("run.json", "table1.md", "table1.csv")
 MERGED_DIR = ".merged-model"  # a training checkpoint merged for the evaluation (deleted at its end)
@@ -62,9 +58,11 @@ BENCHMARK_FILES = ("predictions.jsonl", "labels.txt", "metrics.json", "report.md
 class Config:
     model: str = ""  # merged folder, base model path / hub name, or a training checkpoint (merged on the fly)
     data: str = ""  # benchmark files (data.py layout), comma separated
-    names: str = ""  # a name per benchmark, comma separated (default: the file names); emoset/emotion6/webemo for --table
+    names: str = ""  # a name per benchmark, comma separated (default: the file names); emoset/emotion6/webemo
+        # for --table
     labels: str = ""  # label set for every benchmark (default: each benchmark's own labels.txt / answers)
-    out: str = "eval"  # output folder: one sub-folder per benchmark (on shared storage for a checkpoint on several nodes)
+    out: str = "eval"  # output folder: one sub-folder per benchmark (on shared storage for a checkpoint on
+        # several nodes)
     overwrite: bool = False  # replace an --out's earlier evaluation, all of it (never a file evaluate.py did not write)
     method: str = ""  # method name for --table (default: the model's folder name, with the template unless set)
     train_domain: str = ""  # the dataset the model was trained on (emoset, emotion6), for --table
@@ -101,29 +99,7 @@ class Config:
     merge_timeout_minutes: float = 240.0  # minutes the other ranks wait for rank 0 to merge a checkpoint (3B: a few)
 
 
-# --- parsing and metrics (pure Python: re-scoring needs no torch) ---------------------------------
-
-def parse_answer(response, labels, mode="boxed", template="set"):
-    """The predicted label (as spelled in `labels`) or None, and the parsed text. `boxed` is exactly the
-    reward's rule: the last \\boxed{}, any case; with --template r1-omni, R1-Omni's rule (the <answer>
-    content, or the whole response without one, equal to a label exactly). `lenient` falls back to a
-    bare label or the one label the response mentions when that rule finds no answer."""
-    by_lower = {label.lower(): label for label in labels}
-    if template == "r1-omni":
-        found = "<answer>" in (response or "") and "</answer>" in (response or "")
-        answer = rewards.r1_omni_answer(response or "")
-        if found or mode == "boxed":
-            return (answer if answer in labels else None), answer
-    else:
-        boxed = rewards.extract_boxed(rewards.normalize_whitespace(response or ""))
-        if boxed != "None" or mode == "boxed":
-            return by_lower.get(boxed.lower()), boxed
-    bare = re.sub(r"[^\w\s-]", "", response or "").strip().lower()  # "Sadness." -> "sadness"
-    if bare in by_lower:
-        return by_lower[bare], bare
-    mentioned = [label for label in labels if re.search(rf"\b{re.escape(label.lower())}\b", (response or "").lower())]
-    return (mentioned[0], mentioned[0]) if len(mentioned) == 1 else (None, "None")
-
+# --- evaluation with a model ----------------------------------------------------------------------
 
 def default_method(cfg):
     """--table's name for a run without --method: the model's folder, and the arm when it is not SET
@@ -131,218 +107,6 @@ def default_method(cfg):
     name = Path(cfg.model.rstrip("/")).name
     return name if cfg.template == "set" else f"{name} [{cfg.template}]"
 
-
-def reasoning_coherent(response, labels):
-    """Model-free coherence of one SET response: its step 1-2 text names exactly one label, and that
-    label is the boxed answer (rewards.reasoning_names_answer; what the coherence re-ask asks the model)."""
-    return rewards.reasoning_names_answer(response or "", labels) == 1.0
-
-
-def compute_metrics(rows, labels):
-    """Accuracy, macro-F1, per-class metrics and the confusion matrix from prediction rows.
-
-    rows: dicts with "label", "prediction" (a label or None), "format_ok", optional "reflect_*" and
-    "reasoning_coherent" (SET responses only; its rate is over the rows that carry it).
-    Classes that never occur or are never predicted still count in macro-F1 (with F1 = 0).
-    """
-    n = len(rows)
-    columns = labels + ["(unparseable)"]
-    confusion = {t: {p: 0 for p in columns} for t in labels}
-    for r in rows:
-        confusion[r["label"]][r["prediction"] if r["prediction"] is not None else "(unparseable)"] += 1
-    per_class = {}
-    for c in labels:
-        tp = confusion[c][c]
-        predicted = sum(confusion[t][c] for t in labels)
-        support = sum(confusion[c].values())
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[c] = {"precision": precision, "recall": recall, "f1": f1, "accuracy": recall, "support": support,
-                        "predicted": predicted}
-    correct = sum(r["prediction"] == r["label"] for r in rows)
-    metrics = {
-        "count": n, "labels": labels,
-        "accuracy": correct / n if n else 0.0,
-        "macro_f1": sum(p["f1"] for p in per_class.values()) / len(labels),
-        "format_rate": sum(bool(r.get("format_ok")) for r in rows) / n if n else 0.0,
-        "unparseable_rate": sum(r["prediction"] is None for r in rows) / n if n else 0.0,
-        "per_class": per_class,
-        "confusion_matrix": {"rows_true": labels, "columns_predicted": columns,
-                             "counts": [[confusion[t][p] for p in columns] for t in labels]},
-    }
-    judged = [r for r in rows if r.get("reasoning_coherent") is not None]
-    if judged:  # model-free: steps 1-2 name exactly one label, the boxed answer (rewards.reasoning_names_answer)
-        metrics["reasoning_coherent_rate"] = sum(bool(r["reasoning_coherent"]) for r in judged) / len(judged)
-    asked = [r for r in rows if r.get("reflect_text") is not None]
-    if asked:  # the model judging its own reasoning
-        metrics["reflect_text_matches_label"] = sum(r["reflect_text"].strip().lower() == r["label"].lower() for r in asked) / len(asked)
-        metrics["reflect_text_matches_answer"] = sum(r["prediction"] is not None and r["reflect_text"].strip().lower() == r["prediction"].lower() for r in asked) / len(asked)
-        metrics["reflect_image_yes"] = sum("yes" in r["reflect_image"].lower() for r in asked) / len(asked)
-    return metrics
-
-
-def read_predictions(path):
-    """The rows of a predictions.jsonl, each an object with the two fields re-scoring reads ("label",
-    "response"); anything else stops with a message naming the file and line, before anything is written."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"{path}: cannot read it as a predictions file: {e}") from None
-    lines = text.split("\n")  # (not splitlines: a line number must be the one an editor shows)
-    rows = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            cut = (": the file is cut short (its last line is incomplete), as when the run writing it was killed "
-                   "or the disk was full" if n == len(lines) else "")
-            raise SystemExit(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno}){cut}") from None
-        if not isinstance(row, dict):
-            raise SystemExit(f"{path}:{n}: a prediction is a JSON object with \"label\" and \"response\", "
-                             f"not a {type(row).__name__}")
-        for key in ("label", "response"):  # the true label; the model's text, parsed again
-            if not isinstance(row.get(key), str):
-                got = "has none" if key not in row else f"has {json.dumps(row[key])}"
-                raise SystemExit(f"{path}:{n}: the row {got} for \"{key}\"; every row needs \"label\" (the true "
-                                 f"label) and \"response\" (the model's text) as strings")
-        rows.append(row)
-    if not rows:  # no metric of nothing (an accuracy of 0/0)
-        raise SystemExit(f"{path}: holds no predictions (the file is {'empty' if not text else 'blank'})")
-    return rows
-
-
-def rescore(path, labels=None, parse="boxed", template="set"):
-    """Recompute every metric from a predictions.jsonl (responses are parsed again)."""
-    path = Path(path)
-    rows = read_predictions(path)
-    if labels:
-        labels = rewards.load_labels(labels)
-    elif (path.parent / "labels.txt").exists():
-        labels = rewards.load_labels(str(path.parent / "labels.txt"))
-    else:
-        labels = sorted({r["label"] for r in rows})
-    unknown = sorted({r["label"] for r in rows} - set(labels))
-    if unknown:
-        raise SystemExit(f"{path}: labels {unknown} are not in the label set {labels}")
-    variant = rewards.variant_for_template(template)
-    for r in rows:
-        r["prediction"], r["parsed"] = parse_answer(r["response"], labels, parse, template)
-        r["format_ok"] = rewards.emor3_reward(r["response"], r["label"], variant=variant)["format"] == 1.0
-        r.pop("reasoning_coherent", None)  # recomputed from the response, and only for SET responses
-        if template == "set":
-            r["reasoning_coherent"] = reasoning_coherent(r["response"], labels)
-    return rows, compute_metrics(rows, labels)
-
-
-# --- outputs: report, picture, table --------------------------------------------------------------
-
-def write_report(out, name, metrics, model):
-    lines = [f"# {name}: {model}", "", f"{metrics['count']} prompts", "",
-             "| metric | value |", "|---|---|"]
-    for key in ("accuracy", "macro_f1", "format_rate", "unparseable_rate", "reflect_text_matches_label",
-                "reflect_text_matches_answer", "reasoning_coherent_rate", "reflect_image_yes"):
-        if key in metrics:
-            lines.append(f"| {key} | {metrics[key]:.4f} |")
-    if "reasoning_coherent_rate" in metrics:
-        lines += ["", "reasoning_coherent_rate (model-free): the share of responses whose `<step1>`..`</step2>` text "
-                      "names exactly one label (as a whole word, any case) and that label is the `\\boxed{}` answer"
-                  + ("; reflect_text_matches_* are the model's own judgement of the same text."
-                     if "reflect_text_matches_label" in metrics else ".")]
-    lines += ["", "| class | precision | recall (accuracy) | F1 | support |", "|---|---|---|---|---|"]
-    for c, p in metrics["per_class"].items():
-        lines.append(f"| {c} | {p['precision']:.4f} | {p['recall']:.4f} | {p['f1']:.4f} | {p['support']} |")
-    cm = metrics["confusion_matrix"]
-    lines += ["", "Confusion matrix (rows: true label, columns: prediction)", "",
-              "| | " + " | ".join(cm["columns_predicted"]) + " |", "|---" * (len(cm["columns_predicted"]) + 1) + "|"]
-    lines += [f"| {t} | " + " | ".join(map(str, row)) + " |" for t, row in zip(cm["rows_true"], cm["counts"])]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-
-
-def build_table(folders, out):
-    """Table 1 from evaluate.py outputs: per method, per training domain, in/out-of-domain and overall means."""
-    entries = {}  # method -> train domain -> dataset -> accuracy (%)
-    for folder in folders:
-        folder = Path(folder)
-        if not (folder / "run.json").exists():
-            raise SystemExit(f"{folder}: no run.json; --table takes folders written by evaluate.py")
-        run = json.loads((folder / "run.json").read_text())
-        if run["train_domain"] not in DOMAIN_ORDER:
-            raise SystemExit(f"{folder}/run.json: train_domain {run['train_domain']!r} must be one of {DOMAIN_ORDER} "
-                             f"(evaluate.py --train-domain)")
-        by_dataset = entries.setdefault(run["method"], {}).setdefault(run["train_domain"], {})
-        benchmarks = {path.parent.name: json.loads(path.read_text())
-                      for path in sorted(folder.glob("*/metrics.json"))}
-        check_one_run(folder, run, benchmarks)
-        for name, metrics in benchmarks.items():
-            metrics_file = folder / name / "metrics.json"
-            if name not in DOMAIN_ORDER:
-                raise SystemExit(f"{metrics_file}: benchmark {name!r} is not one of {DOMAIN_ORDER} "
-                                 f"(name benchmarks with evaluate.py --names emoset,emotion6,webemo)")
-            if name in by_dataset:
-                raise SystemExit(f"{metrics_file}: a second {name} result for method {run['method']!r} trained on "
-                                 f"{run['train_domain']}; give each run its own --method")
-            by_dataset[name] = 100 * metrics["accuracy"]
-    domains = [d for d in DOMAIN_ORDER if any(d in m for m in entries.values())]
-    header, table = ["Method"], []
-    for train in domains:
-        header += [f"{d} ({'in' if d == train else 'out'}, trained on {train})" for d in [train] + [x for x in DOMAIN_ORDER if x != train]]
-    header += ["In-domain mean", "Out-of-domain mean", "Overall"]
-    for method, by_train in entries.items():
-        row, inside, outside = [method], [], []
-        for train in domains:
-            for d in [train] + [x for x in DOMAIN_ORDER if x != train]:
-                value = by_train.get(train, {}).get(d)
-                row.append(value)
-                if value is not None:
-                    (inside if d == train else outside).append(value)
-        means = [sum(v) / len(v) if v else None for v in (inside, outside, inside + outside)]
-        table.append(row + means)
-    def fmt(v):  # half-up on the decimal value, so 50.775 prints 50.78 whatever its float error
-        return "-" if v is None else str(Decimal(f"{v:.9f}").quantize(Decimal("0.01"), ROUND_HALF_UP))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join([row[0]] + [fmt(v) for v in row[1:]]) + " |" for row in table]
-    (out / "table1.md").write_text("\n".join(md) + "\n")
-    with open(out / "table1.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows([[row[0]] + ["" if v is None else round(v, 4) for v in row[1:]] for row in table])
-    return header, table
-
-
-def check_one_run(folder, run, benchmarks):
-    """Refuse an evaluation folder whose benchmarks (name -> metrics.json) were not all written by the run
-    its run.json describes: a benchmark left by an earlier run would be credited to this run's method."""
-    def source(record):
-        return (f"run {record['run_id']} (method {record.get('method')!r}, model {record.get('model')})"
-                if record.get("run_id") else "no run id (an evaluate.py older than run ids)")
-    others = [name for name, metrics in benchmarks.items() if not run.get("run_id")
-              or metrics.get("run_id") != run["run_id"]]
-    if others:
-        raise SystemExit(f"{folder}: its benchmarks do not all come from the run in its run.json, so its numbers "
-                         f"would be credited to the wrong method. run.json: {source(run)}; "
-                         + "; ".join(f"{name}/metrics.json: {source(benchmarks[name])}" for name in others)
-                         + ". Evaluate again into an empty --out (or with --overwrite, which replaces every "
-                           "benchmark of the folder)")
-
-
-def write_outputs(out, name, rows, metrics, run):
-    """A benchmark's folder; `run`: the run's id, model, method and training domain, recorded in its metrics.json."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "predictions.jsonl", "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    (out / "labels.txt").write_text("\n".join(metrics["labels"]) + "\n")
-    (out / "metrics.json").write_text(json.dumps({"dataset": name, **run, **metrics}, indent=1))
-    write_report(out, name, metrics, run["model"])
-    draw_confusion(out / "confusion.png", metrics, f"{name}: accuracy {metrics['accuracy']:.3f}")
-
-
-# --- evaluation with a model ----------------------------------------------------------------------
 
 def previous_evaluation(out):
     """The files in `out` that an earlier evaluate.py run left (none: a new or unrelated folder)."""
@@ -445,10 +209,10 @@ def evaluate(cfg):
     from tqdm import tqdm
     from transformers import AutoProcessor
 
-    from common import require_cuda, setup_distributed, skipped_on_any_rank
+    from common import require_cuda, setup_distributed
+    from data import skipped_on_any_rank
     from model import compute_dtype
-    from rollout import HFEngine, Request, VLLMEngine, visuals
-    from train_grpo import ask_reflection  # the trainer's re-ask, exactly
+    from rollout import Request, ask_reflections, start_engine, visuals
 
     require_cuda(cfg.allow_cpu)
     rank, world_size, device = setup_distributed(cfg.dist_timeout_minutes)
@@ -467,9 +231,9 @@ def evaluate(cfg):
                                                        dtype="float32" if device.type == "cpu" else None)
         processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
         tokenizer = processor.tokenizer
-        image_pad_id, video_pad_id = tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"])
         files = [f for f in cfg.data.split(",") if f]
-        names = [n for n in cfg.names.split(",") if n] or [Path(f.partition("@")[0]).stem + (f"-{f.partition('@')[2]}" if "@" in f else "") for f in files]
+        names = [n for n in cfg.names.split(",") if n] or [
+            Path(f.partition("@")[0]).stem + (f"-{f.partition('@')[2]}" if "@" in f else "") for f in files]
         if len(names) != len(files):
             raise SystemExit(f"--names has {len(names)} entries for {len(files)} --data files")
         # every benchmark read once, here, before the engine: a bad file stops the run before vLLM's
@@ -478,17 +242,14 @@ def evaluate(cfg):
                                        min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
                                        max_prompt_length=cfg.max_prompt_length, skip_bad=cfg.skip_bad_rows,
                                        **video.video_kwargs(cfg)) for file in files]
-        if cfg.engine == "vllm":
-            engine = VLLMEngine(model_path, image_pad_id, dtype=compute_dtype("auto", device), seed=cfg.seed,
-                                max_model_len=cfg.max_prompt_length + max(cfg.max_response_length, cfg.reflect_max_tokens),
-                                tensor_parallel_size=cfg.tensor_parallel_size,
-                                gpu_memory_utilization=cfg.gpu_memory_utilization, cpu_kv_cache_gb=cfg.cpu_kv_cache_gb,
-                                trust_remote_code=cfg.trust_remote_code, video_pad_id=video_pad_id,
-                                # vLLM budgets memory for a clip only where a benchmark has clips
-                                videos=any(dataset.has_videos for dataset in datasets))
-        else:
-            engine = HFEngine(model_path, processor, device, image_pad_id, trust_remote_code=cfg.trust_remote_code,
-                              video_pad_id=video_pad_id)
+        # the engine's context, as the trainer's; vLLM budgets memory for a clip only where a benchmark has one
+        context = cfg.max_prompt_length + max(cfg.max_response_length, cfg.reflect_max_tokens)
+        engine = start_engine(cfg.engine, model_path, processor, device, dtype=compute_dtype("auto", device),
+                              seed=cfg.seed, max_model_len=context,
+                              tensor_parallel_size=cfg.tensor_parallel_size,
+                              gpu_memory_utilization=cfg.gpu_memory_utilization, cpu_kv_cache_gb=cfg.cpu_kv_cache_gb,
+                              trust_remote_code=cfg.trust_remote_code,
+                              videos=any(dataset.has_videos for dataset in datasets))
         # engines start asleep (on GPU a sleeping vLLM engine would wait forever): the weights are the
         # folder's own, so there is nothing to push, no cache to reset
         engine.wake_up(["weights", "kv_cache"])
@@ -506,21 +267,25 @@ def evaluate(cfg):
             for start in range(0, num_batches * cfg.batch_size, cfg.batch_size):
                 prompts = dataset.get_batch(mine[start:start + cfg.batch_size])
                 requests = [Request(p.text, p.prompt_ids, p.images, p.videos) for p in prompts]
-                outputs = engine.generate(requests, 1, temperature, cfg.top_p, cfg.max_response_length, cfg.seed + start,
-                                          logprobs_for=0)
+                outputs = engine.generate(requests, 1, temperature, cfg.top_p, cfg.max_response_length,
+                                          cfg.seed + start, logprobs_for=0)
                 texts = [tokenizer.decode(o[0][0], skip_special_tokens=True) for o in outputs]
-                reflect_text = reflect_image = [None] * len(texts)
-                if cfg.reflect:
-                    images = [visuals(p) for p in prompts]  # what each response saw: its image or clip
-                    reflect_text, reflect_image = (ask_reflection(engine, processor, kind, texts, images, dataset.labels,
-                                                                     cfg, cfg.seed + start) for kind in ("text", "image"))
+                # the trainer's re-ask, exactly: each question shown what its response saw (image or clip)
+                answers = ask_reflections(engine, processor, rewards.REASKS if cfg.reflect else (), texts,
+                                          [visuals(p) for p in prompts], dataset.labels,
+                                          temperature=cfg.reflect_temperature, top_p=cfg.reflect_top_p,
+                                          max_tokens=cfg.reflect_max_tokens, limit=context - cfg.reflect_max_tokens,
+                                          seed=cfg.seed + start)
+                reflect_text, reflect_image = (answers.get(q, [None] * len(texts)) for q in ("text", "image"))
                 for p, text, rt, ri in zip(prompts, texts, reflect_text, reflect_image):
-                    prediction, parsed = parse_answer(text, dataset.labels, cfg.parse, cfg.template)
+                    prediction, parsed = report.parse_answer(text, dataset.labels, cfg.parse, cfg.template)
                     rows.append({"id": p.index, "where": p.where, "label": p.answer, "response": text, "parsed": parsed,
                                  "prediction": prediction,
-                                 "format_ok": rewards.emor3_reward(text, p.answer, variant=rewards.variant_for_template(cfg.template))["format"] == 1.0,
+                                 "format_ok": rewards.emor3_reward(
+                                     text, p.answer, variant=rewards.variant_for_template(cfg.template)
+                                 )["format"] == 1.0,
                                  "reflect_text": rt, "reflect_image": ri,
-                                 **({"reasoning_coherent": reasoning_coherent(text, dataset.labels)}
+                                 **({"reasoning_coherent": report.reasoning_coherent(text, dataset.labels)}
                                     if cfg.template == "set" else {})})
                 bar.update(len(prompts))
             bar.close()
@@ -532,12 +297,12 @@ def evaluate(cfg):
                 labels_by_case = {label.lower(): label for label in dataset.labels}
                 for r in rows:  # answers are matched case-insensitively; count them under the label's spelling
                     r["label"] = labels_by_case[r["label"].lower()]
-                metrics = compute_metrics(rows, dataset.labels)
+                metrics = report.compute_metrics(rows, dataset.labels)
                 if skipped:
                     metrics["skipped_rows"] = skipped
                 if dataset.dropped_long:  # over --max-prompt-length, dropped at load as in the reference
                     metrics["dropped_long_rows"] = len(dataset.dropped_long)
-                write_outputs(out_root / name, name, rows, metrics, run)
+                report.write_outputs(out_root / name, name, rows, metrics, run)
                 summary[name] = metrics["accuracy"]
                 coherent = (f"  reasoning coherent {metrics['reasoning_coherent_rate']:.3f}"
                             if "reasoning_coherent_rate" in metrics else "")
@@ -564,13 +329,13 @@ def main(argv=None):
     if cfg.parse not in ("boxed", "lenient") or cfg.template not in rewards.PROMPT_TEMPLATES:
         raise SystemExit(f"--parse must be boxed or lenient; --template one of {', '.join(rewards.PROMPT_TEMPLATES)}")
     if cfg.predictions:
-        rows, metrics = rescore(cfg.predictions, cfg.labels or None, cfg.parse, cfg.template)
+        rows, metrics = report.rescore(cfg.predictions, cfg.labels or None, cfg.parse, cfg.template)
         print(json.dumps({k: v for k, v in metrics.items() if k != "confusion_matrix"}, indent=1))
         out = Path(cfg.predictions).parent
         (out / "metrics.rescored.json").write_text(json.dumps(metrics, indent=1))
         return metrics
     if cfg.table:
-        header, table = build_table([f for f in cfg.table.split(",") if f], cfg.out)
+        header, table = report.build_table([f for f in cfg.table.split(",") if f], cfg.out)
         print((Path(cfg.out) / "table1.md").read_text())
         return table
     if not (cfg.model and cfg.data):

@@ -10,7 +10,7 @@ Which reward terms a run has comes from rewards.REWARD_KEYS and the metrics file
 shows up without an edit here. Per-step series with many steps are drawn as a thin raw line under a
 centred moving average (the legend says so); validation values (val/*) are drawn as points.
 
-Not here: computing metrics (train_grpo.py writes them, evaluate.py computes a benchmark's), time/* and
+Not here: computing metrics (train_grpo.py writes them, report.py computes a benchmark's), time/* and
 other diagnostics by default (pass keys=[...] to draw them), and any interactive display.
 """
 

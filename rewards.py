@@ -40,10 +40,12 @@ lower-casing and the strip inside \\boxed{} (so \\boxed{\\text{fear}} and \\boxe
 Pure standard library; nothing is read at import time (templates are read lazily and cached).
 """
 
+import dataclasses
 import functools
 import math
 import pathlib
 import re
+from typing import Callable
 
 VARIANTS = ("code", "paper", "set", "coherence", "multiplicative", "think", "r1-omni")
 # Every score a reward returns, in this order. The trainer logs reward/KEY for each (and for any extra
@@ -201,9 +203,9 @@ def emor3_reward(response, answer, reflect_text=None, reflect_image=None, varian
     if variant == "paper":  # binary reflection scores; None still means reflection off
         coherence = 1.0 if reflect_text is None or _as_str(reflect_text).lower() == answer.lower() else 0.0
         consistency = 1.0 if reflect_image is None or "yes" in _as_str(reflect_image).lower() else 0.0
-    else:
-        coherence = _coherence_score(reflect_text, answer)
-        consistency = _consistency_score(reflect_image)
+    else:  # the graded scores the questions declare
+        coherence = REASKS["text"].score(reflect_text, answer)
+        consistency = REASKS["image"].score(reflect_image, answer)
 
     # Weights as in the reference: its (1 - format_weight - 0.1) with format_weight = 0.1 is exactly
     # 0.8 in floating point, and (1 - format_weight) is exactly 0.9, so sums match bit for bit.
@@ -332,6 +334,41 @@ def reflection_question(kind, response, labels):
     return reflection_parts(kind, response, labels) or (NO_STEPS_ASKS[kind], "", "")
 
 
+# --- the re-ask questions ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Reask:
+    """One question the policy is asked about its own response (the Reflective Emotional Reward).
+
+    flag          the trainer's on/off Config field (--reflect-text, --reflect-image)
+    shows_visual  the question is shown with the rollout's image, or for a video prompt its clip
+    question      (response, labels) -> (before, step text, after); the step text is the part a prompt
+                  too long for the engine loses the end of (rollout.plain_turn_requests)
+    score         (answer, label) -> float; answer None means "not asked" (reflection off)
+    """
+    flag: str
+    shows_visual: bool
+    question: Callable
+    score: Callable
+
+
+def _image_question(response, labels):
+    before, steps, after = reflection_question("image", response, labels)
+    return before.removeprefix("<image>"), steps, after  # the request's visual slot is the image
+
+
+# name -> question, in the order they are asked (a question's place, from 1, also picks its sampling seed:
+# common.seed_for). A rollout's answers are reflections[name]; load_reward's default passes each one to
+# emor3_reward as reflect_NAME. Adding a question: an entry here, its template in prompts/, its term in
+# emor3_reward (and REWARD_KEYS), and the on/off field `flag` in the trainer's Config (README, "Your data").
+REASKS = {
+    "text": Reask("reflect_text", False, lambda response, labels: reflection_question("text", response, labels),
+                  lambda answer, label: _coherence_score(answer, label)),
+    "image": Reask("reflect_image", True, _image_question, lambda answer, label: _consistency_score(answer)),
+}
+
+
 def reflection_prompt(kind, response, labels):
     """The re-ask's question about `response`: kind "text" (coherence, text only) or "image"
     (consistency, beginning with "<image>\n" where the image goes); without extractable steps, the
@@ -374,7 +411,9 @@ def reasoning_names_answer(response, labels):
 
 
 def load_reward(variant="code", reward_fn=""):
-    """The reward: emor3_reward(variant=variant), or a user function from `reward_fn` = "path.py:function".
+    """The reward as score(response, answer, reflections, index=None), where reflections maps a re-ask
+    question's name (REASKS) to the policy's answer: emor3_reward(variant=variant), or a user function
+    from `reward_fn` = "path.py:function".
 
     A user function is called as fn(response, answer, reflect_text, reflect_image) and returns a float
     or a dict with at least "overall": REWARD_KEYS it lacks are logged as 0, and keys of its
@@ -382,8 +421,9 @@ def load_reward(variant="code", reward_fn=""):
     exception stops the run, naming the function, the response index and the answer. Loading it
     executes the file, like any Python import: only point it at code you trust.
     """
-    if not reward_fn:
-        return lambda response, answer, rt, ri, index=None: emor3_reward(response, answer, rt, ri, variant=variant)
+    if not reward_fn:  # reflections: {question name: answer}, a missing question not asked
+        return lambda response, answer, reflections, index=None: emor3_reward(
+            response, answer, **{f"reflect_{name}": a for name, a in reflections.items()}, variant=variant)
     import importlib.util
     path, _, name = reward_fn.rpartition(":")
     if not path or not pathlib.Path(path).is_file():
@@ -395,11 +435,11 @@ def load_reward(variant="code", reward_fn=""):
         raise SystemExit(f"--reward-fn {reward_fn!r}: {path} has no function {name!r}")
     user_fn = getattr(module, name)
 
-    def score(response, answer, rt, ri, index=None):
+    def score(response, answer, reflections, index=None):
         # a reward that fails quietly (no "overall" scored 0) trains nothing and tells nobody: fail loudly
         where = f"--reward-fn {reward_fn}, response {index} (answer {answer!r})"
         try:
-            result = user_fn(response, answer, rt, ri)
+            result = user_fn(response, answer, reflections.get("text"), reflections.get("image"))
         except Exception as e:
             raise SystemExit(f"{where}: the function raised {type(e).__name__}: {e}") from e
         result = result if isinstance(result, dict) else {"overall": result}

@@ -8,8 +8,11 @@
   choreography (wake weights -> load weights -> reset caches -> wake KV cache -> generate -> sleep).
 - `SyncGuard`: stops a run whose engine keeps sampling from weights other than the trainer's.
 
+- `ask_reflections`: the re-ask: the questions rewards.REASKS declares, sent about each response through
+  the same engine (for the trainer, evaluate.py and bench/ alike).
+
 Everything comes in as explicit arguments; nothing here reads a trainer config. Not here: when to
-sync or sleep (train_grpo.py's loop says it), what to ask (train_grpo.py's re-ask), scoring (rewards.py).
+sync or sleep (train_grpo.py's loop says it), what the questions say and how answers score (rewards.py).
 """
 
 import os
@@ -20,8 +23,9 @@ import torch.distributed as dist
 
 import data
 import packing
+import rewards
 import video
-from common import print0, rng_states, set_rng_states
+from common import print0, rng_states, seed_for, set_rng_states
 
 
 @dataclass
@@ -62,8 +66,9 @@ def plain_turn_requests(processor, questions, visual, max_prompt_length):
     parts = {}  # the chat template around a sentinel, split: its tokens are tokenized normally
     for kind in ("image", "video", None):
         slot = [{"type": kind}] if kind else []
-        rendered = processor.apply_chat_template([{"role": "user", "content": slot + [{"type": "text", "text": sentinel}]}],
-                                                 add_generation_prompt=True, tokenize=False)
+        rendered = processor.apply_chat_template(
+            [{"role": "user", "content": slot + [{"type": "text", "text": sentinel}]}],
+            add_generation_prompt=True, tokenize=False)
         before, after = rendered.split(sentinel)
         parts[kind] = (before, after, *(tokenizer(p, add_special_tokens=False)["input_ids"] for p in (before, after)))
     texts = [q if isinstance(q, str) else "".join(q) for q in questions]
@@ -100,6 +105,32 @@ def shorten_question(tokenizer, question, room, max_prompt_length):
         raise ValueError(f"a re-ask prompt does not fit in {max_prompt_length} tokens even without its response "
                          f"text ({len(ids)} question tokens for {room}); raise --max-prompt-length")
     return text, ids
+
+
+def reask_requests(processor, question, texts, visuals, labels, limit):
+    """One engine request per response for one re-ask question (a rewards.Reask): its words about the
+    response, shown with the response's image or clip when the question shows one (`visuals` holds
+    visuals(prompt) per response). The response's words stay words ("<image>" in them opens no slot). A
+    prompt over `limit` tokens keeps its question, its visual and the assistant's opening, and loses the
+    end of the quoted step text (plain_turn_requests)."""
+    asks = [question.question(t, labels) for t in texts]
+    return plain_turn_requests(processor, asks, visuals if question.shows_visual else [[]] * len(asks), limit)
+
+
+def ask_reflections(engine, processor, names, texts, visuals, labels, *, temperature, top_p, max_tokens, limit,
+                    seed):
+    """The policy's short answers about each response to each re-ask question named (rewards.REASKS, asked
+    in its order): {name: [answer per response]}. Question k of REASKS (from 1) samples with
+    seed_for(seed, question=k), `seed` being the sampling seed of the responses' own generate call.
+    `limit`: the most tokens a re-ask prompt may have (the engine's context less max_tokens)."""
+    answers = {}
+    for k, (name, question) in enumerate(rewards.REASKS.items(), start=1):
+        if name in names:
+            requests = reask_requests(processor, question, texts, visuals, labels, limit)
+            outputs = engine.generate(requests, 1, temperature, top_p, max_tokens, seed_for(seed, question=k),
+                                      logprobs_for=0)
+            answers[name] = [processor.tokenizer.decode(out[0][0], skip_special_tokens=True) for out in outputs]
+    return answers
 
 
 def full_weights(model):
@@ -337,8 +368,10 @@ class HFEngine(EngineState):
         config = self.model.config
         self.model.model.get_rope_index = lambda input_ids, mm_token_type_ids=None, image_grid_thw=None, \
             video_grid_thw=None, second_per_grid_ts=None, attention_mask=None, **_: packing.mrope_positions(
-                config, input_ids, mm_token_type_ids, image_grid_thw, video_grid_thw, second_per_grid_ts, attention_mask)
-        self.processor, self.device, self.image_pad_id, self.video_pad_id = processor, device, image_pad_id, video_pad_id
+                config, input_ids, mm_token_type_ids, image_grid_thw, video_grid_thw, second_per_grid_ts,
+                attention_mask)
+        self.processor, self.device = processor, device
+        self.image_pad_id, self.video_pad_id = image_pad_id, video_pad_id
         self.eos = set(self.model.generation_config.eos_token_id or [])
         self._init_state()
 
@@ -406,6 +439,20 @@ class HFEngine(EngineState):
         return results
 
 
+def start_engine(kind, model_path, processor, device, *, dtype, seed, max_model_len, tensor_parallel_size=1,
+                 sleep_level=1, gpu_memory_utilization=0.6, cpu_kv_cache_gb=1.0, trust_remote_code=False, videos=False):
+    """The rollout engine of `model_path`, asleep: vLLM in this process (kind "vllm"), or transformers
+    generate ("hf"). `videos`: the data has clips (vLLM then budgets memory for one)."""
+    image_pad_id, video_pad_id = processor.tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"])
+    if kind == "hf":
+        return HFEngine(model_path, processor, device, image_pad_id, trust_remote_code=trust_remote_code,
+                        video_pad_id=video_pad_id)
+    return VLLMEngine(model_path, image_pad_id, dtype=dtype, seed=seed, max_model_len=max_model_len,
+                      tensor_parallel_size=tensor_parallel_size, sleep_level=sleep_level,
+                      gpu_memory_utilization=gpu_memory_utilization, cpu_kv_cache_gb=cpu_kv_cache_gb,
+                      trust_remote_code=trust_remote_code, videos=videos, video_pad_id=video_pad_id)
+
+
 class SyncGuard:
     """Warn when the engine's log-probs of its sampled tokens differ from the trainer's by more than
     `limit` on average (rollout/logp_gap_mean), and stop after `patience` such steps in a row: the
@@ -434,13 +481,15 @@ class SyncGuard:
         self.high_steps = self.high_steps + 1 if high.item() else 0
         if not self.high_steps:
             return
-        print0(f"step {step}: WARNING the rollout engine's log-probs differ from the trainer's by {gap_mean or 0:.3g} on "
+        print0(f"step {step}: WARNING the rollout engine's log-probs differ from the trainer's by "
+               f"{gap_mean or 0:.3g} on "
                f"average (--logp-gap-limit {self.limit:g}; {self.high_steps} step(s) in a row): the engine may be "
                f"sampling from stale or corrupted weights")
         if self.high_steps >= self.patience:
             raise SystemExit(
                 f"step {step}: the engine-vs-trainer log-prob gap stayed above {self.limit:g} for {self.high_steps} "
-                f"steps (rollout/logp_gap_mean {gap_mean or 0:.3g} on rank 0). The rollouts are not sampled from the policy being "
+                f"steps (rollout/logp_gap_mean {gap_mean or 0:.3g} on rank 0). The rollouts are not sampled from "
+                f"the policy being "
                 f"trained. Likely causes: the weight push failed or hit the wrong names (a model with unusual "
                 f"parameter names, a tied lm_head), vLLM sleep level 2 corrupting weights (NeMo-RL #2631), or a "
                 f"vLLM / transformers version whose model code differs from the trainer's. Raise --logp-gap-limit "

@@ -26,7 +26,6 @@ those of the step's examples (all of EmoSet at once would not fit in host memory
 """
 
 import dataclasses
-import json
 import math
 import random
 from dataclasses import dataclass
@@ -39,9 +38,9 @@ import data
 import rewards
 import tiny
 import video
-from checkpoint import check_run_length, load_checkpoint, save_checkpoint, start_or_resume
-from common import (Tracker, check_shared_folder, demo_paths, exit_process, get_batch_on_every_rank, lock_run_folder,
-                    parse_flags, print0, require_cuda, run_folder, setup_distributed)
+from checkpoint import check_run_length, load_checkpoint, open_run, save_checkpoint
+from common import Tracker, exit_process, parse_flags, print0, require_cuda, setup_distributed
+from data import get_batch_on_every_rank
 from model import adamw, load_model
 from packing import Sample, collate, encode_prompts, has_visual, response_logprobs
 
@@ -53,13 +52,22 @@ class Config:
     labels: str = ""  # label set: emoset, emotion6 or a file (default: labels.txt beside the data)
     template: str = "set"  # prompt template: set, think, r1-omni, none (--target should then follow its format)
     trust_remote_code: bool = False  # let transformers run Python code shipped with the model folder
-    target: str = "<step1>The scene carries cues of {label}.</step1>\n<step2>A viewer would feel {label}.</step2>\n<step3>The emotion is {label}.</step3>\n\\boxed{{label}}"  # label-only target (our choice: no public recipe)
-    response_key: str = "response"  # the column holding a row's target response; rows without one (every row with "") use --target
+    target: str = (  # label-only target (our choice: no public recipe)
+        "<step1>The scene carries cues of {label}.</step1>\n"
+        "<step2>A viewer would feel {label}.</step2>\n"
+        "<step3>The emotion is {label}.</step3>\n"
+        "\\boxed{{label}}")
+    response_key: str = "response"  # the column holding a row's target response; rows without one
+        # (every row with "") use --target
     reflection_examples: bool = False  # also train the coherence / consistency answers on the targets
-    shuffle_targets: bool = False  # format-only warm-up: targets go to random rows, teaching the answer structure but not the task
-    shuffle_steps: bool = False  # format-only and incoherent: step 1, step 2 and the rest of each target come from three random rows
-    judge_swap: float = 0.0  # this share of the coherence examples shows its target with step 2 from a random row, answered with that row's label (its step 2's emotion)
-    shuffle_boxes: float = 0.0  # this share of the targets takes its box from a random row: the reasoning stays one chain, the answer is a guess
+    shuffle_targets: bool = False  # format-only warm-up: targets go to random rows, teaching the answer structure
+        # but not the task
+    shuffle_steps: bool = False  # format-only and incoherent: step 1, step 2 and the rest of each target come from
+        # three random rows
+    judge_swap: float = 0.0  # this share of the coherence examples shows its target with step 2 from a random row,
+        # answered with that row's label (its step 2's emotion)
+    shuffle_boxes: float = 0.0  # this share of the targets takes its box from a random row: the reasoning stays one
+        # chain, the answer is a guess
     min_pixels: int = 512 * 512  # as train_grpo.py (EMO-R3)
     max_pixels: int = 2048 * 2048
     video_fps: float = video.VIDEO_FPS  # video rows: frames per second sampled (as train_grpo.py)
@@ -78,13 +86,16 @@ class Config:
     seed: int = 1
     gradient_checkpointing: bool = True
     freeze_vision: bool = False
-    skip_bad_rows: bool = False  # leave out bad rows (counted: at load in the log, mid-run in metrics.jsonl) instead of stopping
+    skip_bad_rows: bool = False  # leave out bad rows (counted: at load in the log, mid-run in metrics.jsonl)
+        # instead of stopping
     save_freq: int = 50  # checkpoint every k steps (ours); 0 = only at the end
     save_limit: int = 0  # keep the newest k checkpoints, deleting older ones once the new one is complete (0 = all)
-    max_bad_updates: int = 3  # stop after this many consecutive steps with a non-finite loss or grad norm (as train_grpo.py)
+    max_bad_updates: int = 3  # stop after this many consecutive steps with a non-finite loss or grad norm
+        # (as train_grpo.py)
     output_dir: str = ""  # metrics.jsonl, config.json, checkpoints/ (default: runs/sft-DATE-TIME)
     resume: bool = False  # continue from the newest complete checkpoint in output_dir
-    dist_timeout_minutes: float = 30.0  # the process-group timeout: a rank that dies on another node ends the run after this instead of hanging
+    dist_timeout_minutes: float = 30.0  # the process-group timeout: a rank that dies on another node ends the run
+        # after this instead of hanging
     demo: bool = False  # tiny model + demo data + CPU sizes
     allow_cpu: bool = False  # train a real model (not --demo) on the CPU when CUDA is unusable, instead of stopping
 
@@ -93,7 +104,7 @@ DEMO_DEFAULTS = dict(min_pixels=56 * 56, max_pixels=112 * 112, video_min_pixels=
                      video_max_frames=16, max_prompt_length=512, batch_size=16,
                      micro_batch_size=8, lr=3e-3, max_steps=400, save_freq=200, gradient_checkpointing=False,
                      reflection_examples=True, shuffle_targets=True, model=str(tiny.DEFAULT_DIR),
-                     train_files=str(tiny.DEMO_DIR / "train.jsonl"))  # built at start-up (common.demo_paths)
+                     train_files=str(tiny.DEMO_DIR / "train.jsonl"))  # built at start-up (tiny.demo_paths)
 
 
 def parse_config(argv=None):
@@ -141,7 +152,7 @@ def replace_box(target, label):
 
 
 def build_examples(rows, labels, cfg, rng):
-    """The answers to imitate: targets for the rows (data.Row: answer, response), plus (optionally) the
+    """The answers to imitate: targets for the rows (rows.Row: answer, response), plus (optionally) the
     reflection questions. No image is opened here."""
     targets = [r.response or cfg.target.replace("{label}", r.answer) for r in rows]
     answers = [r.answer for r in rows]
@@ -162,7 +173,8 @@ def build_examples(rows, labels, cfg, rng):
         answers = [answers[b] if all(parts[k] for k in (a, b, c)) else answers[i]
                    for i, (a, b, c) in enumerate(picks)]
     if cfg.shuffle_boxes:  # the answer a guess, the reasoning intact; `answers` stays the emotion the text names,
-        # which the coherence examples answer. The first `keep` targets (a random set with --shuffle-targets) keep theirs
+        # which the coherence examples answer. The first `keep` targets (a random set with --shuffle-targets)
+        # keep theirs
         boxes = [answers[rng.randrange(len(rows))] for _ in rows]
         keep = round(len(rows) * (1 - cfg.shuffle_boxes))
         targets = [t if i < keep else replace_box(t, box) for i, (t, box) in enumerate(zip(targets, boxes))]
@@ -223,15 +235,13 @@ def main(argv=None):
     rank, world_size, device = setup_distributed(timeout_minutes=cfg.dist_timeout_minutes)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    out = run_folder(cfg.output_dir, "runs/sft-%Y%m%d-%H%M%S")
-    lock_run_folder(out)  # one run per folder, before anything is written
-    check_shared_folder(out)  # on several nodes: one folder that every node sees
     # without --resume a folder holding a run (also one that crashed before its first save) is refused; with
     # it, the newest complete checkpoint, refused (before any file is touched) if the flags now would train
     # something else; metrics.jsonl lines after it are dropped, those steps are redone
-    resume_from, start_step = start_or_resume(out, cfg.resume, dataclasses.asdict(cfg), RESUME_MAY_CHANGE)
+    out, resume_from, start_step = open_run(cfg.output_dir, "runs/sft-%Y%m%d-%H%M%S", cfg.resume,
+                                            dataclasses.asdict(cfg), RESUME_MAY_CHANGE)
     if cfg.demo:  # the tiny model and the demo data (the --demo defaults of --model and --train-files)
-        demo_paths(cfg.model, [cfg.train_files])
+        tiny.demo_paths(cfg.model, [cfg.train_files])
 
     from PIL import Image
     from tqdm import tqdm
@@ -268,7 +278,6 @@ def main(argv=None):
         print0(f"resumed from {resume_from} (step {start_step})")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
         tracker = Tracker(dataclasses.asdict(cfg), out)
         print(f"sft: {len(dataset)} rows -> {len(examples)} examples, {total} steps of {cfg.batch_size} "
               f"({len(dataset.dropped_long)} rows over --max-prompt-length dropped at load, "

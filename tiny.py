@@ -143,7 +143,8 @@ def build_tiny_model(out_dir=DEFAULT_DIR, seed=0, init_std=0.2, overwrite=False)
     # the recipe (architecture, seed, tokenizer corpus) is recorded; a folder built from another
     # recipe (an older version of this file) is rebuilt rather than silently reused
     import hashlib
-    recipe = hashlib.sha256(json.dumps([TEXT, VISION, seed, init_std, _tokenizer_corpus(), VIDEO_PIXELS]).encode()).hexdigest()[:16]
+    recipe = hashlib.sha256(
+        json.dumps([TEXT, VISION, seed, init_std, _tokenizer_corpus(), VIDEO_PIXELS]).encode()).hexdigest()[:16]
     done = out_dir / "tiny.json"
     if done.exists() and json.loads(done.read_text()).get("recipe") == recipe and not overwrite:
         return out_dir
@@ -177,7 +178,8 @@ def build_tiny_model(out_dir=DEFAULT_DIR, seed=0, init_std=0.2, overwrite=False)
         pad_token_id=ids["<|endoftext|>"], do_sample=False)
     model.save_pretrained(tmp_dir)
     processor.save_pretrained(tmp_dir)
-    (tmp_dir / "tiny.json").write_text(json.dumps({"seed": seed, "init_std": init_std, "recipe": recipe, "built_by": "tiny.py",
+    (tmp_dir / "tiny.json").write_text(json.dumps({"seed": seed, "init_std": init_std, "recipe": recipe,
+                                                   "built_by": "tiny.py",
                                                    "parameters": sum(p.numel() for p in model.parameters())}))
     if out_dir.exists():  # overwrite: swap the finished folder in
         import shutil
@@ -324,7 +326,8 @@ def make_video_demo_dataset(out_dir=VIDEO_DEMO_DIR, num_train=256, num_test=64, 
 
     A row: {"videos": [["frames/train_00000/0.png", ..., "frames/train_00000/7.png"]], "problem":
     "<video>What emotion ...? Choose one of: amusement, anger, contentment, sadness.", "answer": label,
-    "response": video_demo_response(label), "response_r1_omni": video_demo_response(label, "r1-omni")}; frame paths are relative to the data file. At the defaults a
+    "response": video_demo_response(label), "response_r1_omni": video_demo_response(label, "r1-omni")}; frame
+    paths are relative to the data file. At the defaults a
     clip is 16 video tokens ((8 / 2) temporal patches x (56 / 28)^2) if the video processor is told to keep
     56x56 frames (min_pixels 56 * 56: its own default, 128 * 28 * 28 per frame, upscales them to 336x336,
     576 tokens), and the colour changes between two temporal patches, never inside one. Classes are
@@ -335,8 +338,9 @@ def make_video_demo_dataset(out_dir=VIDEO_DEMO_DIR, num_train=256, num_test=64, 
         raise ValueError(f"a video demo clip needs at least 2 frames of at least 28x28 pixels, not {frames} of {size}")
     out_dir = Path(out_dir)
     labels = list(VIDEO_DEMO_CLASSES)
-    recipe = json.loads(json.dumps({"classes": VIDEO_DEMO_CLASSES, "colours": VIDEO_DEMO_COLOURS, "num_train": num_train,
-                                    "num_test": num_test, "seed": seed, "frames": frames, "size": size, "version": 2}))
+    recipe = json.loads(json.dumps({"classes": VIDEO_DEMO_CLASSES, "colours": VIDEO_DEMO_COLOURS,
+                                    "num_train": num_train, "num_test": num_test, "seed": seed, "frames": frames,
+                                    "size": size, "version": 2}))
     done = out_dir / "video-demo.json"
     if done.exists():
         if json.loads(done.read_text()) == recipe:
@@ -358,7 +362,8 @@ def make_video_demo_dataset(out_dir=VIDEO_DEMO_DIR, num_train=256, num_test=64, 
             for k, image in enumerate(make_video_demo_clip(label, rng, frames, size)):
                 paths.append(f"{clip}/{k}.png")
                 image.save(out_dir / paths[-1])
-            rows.append({"videos": [paths], "problem": question, "answer": label, "response": video_demo_response(label),
+            rows.append({"videos": [paths], "problem": question, "answer": label,
+                         "response": video_demo_response(label),
                          "response_r1_omni": video_demo_response(label, "r1-omni")})
         (out_dir / "labels.txt").write_text("\n".join(labels) + "\n")
         data.write_jsonl(out_dir / f"{split}.jsonl", rows)
@@ -367,6 +372,22 @@ def make_video_demo_dataset(out_dir=VIDEO_DEMO_DIR, num_train=256, num_test=64, 
 
 
 # --- command line -------------------------------------------------------------------------------
+
+def demo_paths(model=None, files=()):
+    """What --demo trains on, built once by rank 0 of the process group (every rank waits): only what the
+    run uses, so --demo with your own --model or --train-files leaves the repository's .cache alone.
+    Without arguments both are built. Returns (model_dir, data_dir)."""
+    import torch.distributed as dist
+    if dist.get_rank() == 0:
+        if model is None or Path(model).resolve() == DEFAULT_DIR.resolve():
+            build_tiny_model(DEFAULT_DIR)
+        if model is None or any(f and Path(f).resolve().parent == DEMO_DIR.resolve() for f in files):
+            make_demo_dataset(DEMO_DIR)
+        if any(f and Path(f).resolve().parent == VIDEO_DEMO_DIR.resolve() for f in files):
+            make_video_demo_dataset(VIDEO_DEMO_DIR)  # asked for by name (demo.sh --video)
+    dist.barrier()
+    return DEFAULT_DIR, DEMO_DIR
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

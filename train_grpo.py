@@ -5,44 +5,38 @@ One SPMD script: every rank runs the same loop, top to bottom. No Ray, no RPC, n
 What one step does (METHOD.md has the prompts, the reward and the maths):
   1. prompts    each rank takes its own slice of the step's prompts (a GRPO group never spans ranks)
   2. rollout    the colocated vLLM engine gets the current weights and samples n responses per prompt
-  3. reflect    same engine, same weights: the policy answers two questions about each response,
-                "which emotion does your step1-2 text express?" (text only) and "does your step1 text
-                describe the image?" (image + text); the answers become reward terms
-  4. reward     rewards.py scores format, accuracy and the two reflection answers
+  3. reflect    same engine, same weights: the policy answers rewards.py's re-ask questions about each
+                response ("which emotion does your step1-2 text express?", text only; "does your step1
+                text describe the image?", image + text); the answers are reward terms
+  4. reward     rewards.py scores format, accuracy and the reflection answers
   5. advantage  GRPO: (R - group mean) / (group std + 1e-6), one scalar per response
   6. log-probs  old (when a rollout feeds more than one optimizer step) and reference (when KL is on)
                 log-probs from the FSDP2 models, with the rollout's images, mrope positions, temperature
   7. update     mini-batches of micro-batches; clipped + dual-clipped policy loss + low-variance KL;
                 token-mean over the whole mini-batch across micro-batches and ranks; grad clip; AdamW
   8. log        metrics.jsonl, samples.jsonl, progress bar; validation; sharded checkpoint
+Steps 1-4 are collect_rollouts, which returns one Rollout record per response; main() is the loop.
 
 What it deliberately is not: no critic, no Ulysses, no pipeline parallelism. This file holds what a
-reader needs to see (the config, the GRPO maths, the re-ask, the update, the loop with the engine's
-wake / sync / sleep order); the mechanics live in modules: rollout.py (the engines), packing.py (how
-a micro-batch is packed and scored), common.py (process group, flags, model loading, metrics),
-checkpoint.py (saving and resuming). Every default is EMO-R3's released recipe (examples/config.yaml
-+ qwen2_5_vl_3b_emor3.sh); `--demo` switches to the tiny model and the demo data on CPU.
+reader needs to see (the config, the GRPO maths, the rollout, the update, the loop with the engine's
+wake / sync / sleep order); the mechanics live in modules: rollout.py (the engines, sending the re-ask),
+packing.py (how a micro-batch is packed and scored), model.py (loading and sharding), common.py
+(process group, flags, metrics), checkpoint.py (saving and resuming). Every default is EMO-R3's
+released recipe (examples/config.yaml + qwen2_5_vl_3b_emor3.sh); `--demo` switches to the tiny model
+and the demo data on CPU.
 
-Launch:
+Launch (README, "Training on GPUs", has the one-GPU and two-node commands; bench/memory.py sizes them):
   torchrun --nproc_per_node 2 train_grpo.py --demo                     # CPU demo, a few minutes
-  torchrun --nproc_per_node 1 train_grpo.py --model Qwen/Qwen2.5-VL-3B-Instruct \\
-      --train-files EmoSet2k@train --val-files EmoSet2k@test \\
-      --rollout-batch-size 64 --mini-batch-size 32 --gpu-memory-utilization 0.3   # one GPU
   torchrun --nproc_per_node 8 train_grpo.py --model Qwen/Qwen2.5-VL-3B-Instruct \\
       --train-files DATA@train --val-files DATA@test                    # the paper's setup, 8 GPUs
-  torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train_grpo.py \\
-      ... --output-dir /shared/runs/NAME                                 # 2 nodes: a folder every node sees
-Memory: `python bench/memory.py --model 3B --gpus 8 --gpu-gb 80 [these flags]` estimates the peak per GPU
-and the host RAM of a command (README, "Memory"): the one-GPU command above peaks at about 74 GiB of 80.
 """
 
 import dataclasses
 import json
 import math
-import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -51,67 +45,72 @@ import data
 import rewards
 import tiny
 import video
-from checkpoint import (check_run_length, find_checkpoint, load_checkpoint, load_weights, save_checkpoint,
-                        start_or_resume)
-from common import (Tracker, check_shared_folder, demo_paths, exit_process, get_batch_on_every_rank, lock_run_folder,
-                    mean, parse_flags, print0, require_cuda, run_folder, setup_distributed, skipped_on_any_rank,
+from checkpoint import check_run_length, find_checkpoint, load_checkpoint, load_weights, open_run, save_checkpoint
+from common import (Tracker, exit_process, mean, parse_flags, print0, require_cuda, seed_for, setup_distributed,
                     sum_over_ranks, timed)
+from data import get_batch_on_every_rank, skipped_on_any_rank
 from model import adamw, compute_dtype, load_model
 from packing import Sample, batched_logprobs, collate, encode_prompts, micro_batches, pad_stack, response_logprobs
 from plots import draw_curves
-from rollout import (HFEngine, Request, SyncGuard, VLLMEngine, check_tensor_parallel, full_weights, plain_turn_requests,
+from rollout import (Request, SyncGuard, ask_reflections, check_tensor_parallel, full_weights, start_engine,
                      visuals)
 
 
 # --- config -------------------------------------------------------------------------------------
+# A field's comment is its --help (continued on the comment lines indented under it).
 
 @dataclass
 class Config:
-    # model and data
+    # recipe: the model, the prompt, the reward
     model: str = ""  # HF folder or hub name; empty with --demo = the tiny model (tiny.py)
-    init_from: str = ""  # start from this checkpoint's weights (e.g. sft.py's cold start); --model gives the architecture
+    init_from: str = ""  # start from this checkpoint's weights (sft.py's cold start); --model: the architecture
+    trust_remote_code: bool = False  # let transformers/vLLM run Python code shipped with the model folder
+    template: str = "set"  # prompt template: set (EMO-R3), think (plain GRPO baseline), r1-omni (R1-Omni), none
+    reward: str = "code"  # code (released EMO-R3), paper, set, coherence, multiplicative, think, r1-omni (rewards.py)
+    reward_fn: str = ""  # path.py:function replacing rewards.emor3_reward (this RUNS that file's code)
+    reflect_text: bool = True  # ask the coherence question (EMO-R3 is_rethink=true)
+    reflect_image: bool = True  # ask the consistency question
+    recipe: str = ""  # flag values of recipes/NAME.flags (emo-r3, r1-omni) or a file; command-line flags win
+    # data
     train_files: str = ""  # data.py layout; DIR@split selects files of one split
     val_files: str = ""  # validation set (empty: no validation)
     labels: str = ""  # label set: emoset, emotion6 or a file; empty: labels.txt beside the data, else the answers
-    trust_remote_code: bool = False  # let transformers/vLLM run Python code shipped with the model folder
     image_dir: str = ""  # base folder for relative image paths (default: the data file's folder)
     skip_bad_rows: bool = False  # skip and count broken rows instead of stopping (data.py)
-    template: str = "set"  # prompt template: set (EMO-R3), think (plain GRPO baseline), r1-omni (R1-Omni), none
     min_pixels: int = 512 * 512  # EMO-R3 data.min_pixels (262144)
     max_pixels: int = 2048 * 2048  # EMO-R3 data.max_pixels (4194304)
     max_prompt_length: int = 2048  # EMO-R3 data.max_prompt_length (tokens, image and video tokens included)
-    video_fps: float = video.VIDEO_FPS  # frames sampled per second of a video file (EasyR1 data.video_fps); a frame list is taken as sampled at this rate
-    video_max_frames: int = video.VIDEO_MAX_FRAMES  # at most this many frames per video (qwen-vl-utils FPS_MAX_FRAMES)
-    video_min_pixels: int = video.VIDEO_MIN_PIXELS  # per-frame pixel range of videos (EasyR1 gives its data.min_pixels to qwen-vl-utils)
-    video_max_pixels: int = video.VIDEO_MAX_PIXELS  # (qwen-vl-utils VIDEO_MAX_PIXELS; the total over a clip is capped too)
-    max_response_length: int = 2048  # EMO-R3 data.max_response_length
-    # rollout
+    video_fps: float = video.VIDEO_FPS  # frames sampled per second of a video file (EasyR1 data.video_fps);
+        # a frame list is taken as sampled at this rate
+    video_max_frames: int = video.VIDEO_MAX_FRAMES  # most frames per video (qwen-vl-utils FPS_MAX_FRAMES)
+    video_min_pixels: int = video.VIDEO_MIN_PIXELS  # per-frame pixel range (EasyR1: its data.min_pixels)
+    video_max_pixels: int = video.VIDEO_MAX_PIXELS  # (qwen-vl-utils VIDEO_MAX_PIXELS; a clip's total is capped too)
+    # rollout and the re-ask
     rollout_batch_size: int = 512  # prompts per step, all ranks together (EMO-R3)
     group_size: int = 8  # responses per prompt, GRPO's n (EMO-R3 script: ROLLOUT_NUMBER=8)
+    max_response_length: int = 2048  # EMO-R3 data.max_response_length
     temperature: float = 1.0  # rollout sampling temperature (EMO-R3); logits are divided by it in training too
     top_p: float = 1.0  # rollout top_p (EMO-R3)
     top_k: int = -1  # rollout top-k; -1: none (EMO-R3's vLLM); R1-Omni sampled with HF generate's default 50
-    engine: str = "vllm"  # vllm, or hf (transformers generate; slow, for machines without vLLM)
-    logp_check_prompts: int = 1  # prompts per rank whose rollouts also return the engine's log-probs, for rollout/logp_gap (0: none, -1: all; each costs rollout time)
-    logp_gap_limit: float = -1.0  # stop when rollout/logp_gap_mean stays above this (stale or corrupted engine weights); -1: by precision (fp32 1e-3, bf16 0.1); 0: never
-    logp_gap_patience: int = 3  # steps in a row above --logp-gap-limit before stopping (each one warns)
-    tensor_parallel_size: int = 1  # vLLM TP; 1 = one engine per rank (EMO-R3 script)
-    gpu_memory_utilization: float = 0.6  # vLLM's share of GPU memory (EMO-R3); on CPU see cpu_kv_cache_gb
-    sleep_level: int = 1  # vLLM sleep level (GPU): 1 keeps weights in pinned host RAM, 2 drops them (README, "Memory")
-    cpu_kv_cache_gb: float = 1.0  # vLLM KV cache size on CPU (GiB per rank)
-    # reflection (the Reflective Emotional Reward)
-    reflect_text: bool = True  # ask the coherence question (EMO-R3 is_rethink=true)
-    reflect_image: bool = True  # ask the consistency question
     reflect_temperature: float = 0.6  # EMO-R3 uses the validation sampling for the re-ask
     reflect_top_p: float = 0.95
-    reflect_max_tokens: int = 16  # the answer is one word; the reference lets it run to max_response_length (2048)
-    reward: str = "code"  # rewards.py variant: code (released EMO-R3), paper, set, coherence, multiplicative, think, r1-omni
-    reward_fn: str = ""  # path.py:function replacing rewards.emor3_reward (this RUNS that file's code); see load_reward_fn
+    reflect_max_tokens: int = 16  # the answer is one word; the reference lets it run to max_response_length
+    online_filter: bool = False  # DAPO's online filter: keep only groups whose mean --filter-key is inside
+        # the bounds, drawing more prompts until the step is full
+    filter_key: str = "overall"  # the score the filter averages per group (EMO-R3's DAPO config)
+    filter_low: float = 0.01  # keep a group when filter_low < its mean < filter_high (EMO-R3's DAPO config)
+    filter_high: float = 0.99
+    max_try_make_batch: int = 20  # draws of prompts per step before the filter stops the run; -1: no limit (EasyR1)
+    engine: str = "vllm"  # vllm, or hf (transformers generate; slow, for machines without vLLM)
+    tensor_parallel_size: int = 1  # vLLM TP; 1 = one engine per rank (EMO-R3 script)
+    gpu_memory_utilization: float = 0.6  # vLLM's share of GPU memory (EMO-R3); on CPU see cpu_kv_cache_gb
+    sleep_level: int = 1  # vLLM sleep (GPU): 1 keeps weights in pinned host RAM, 2 drops them (README, "Memory")
+    cpu_kv_cache_gb: float = 1.0  # vLLM KV cache size on CPU (GiB per rank)
     # update
     mini_batch_size: int = 256  # prompts per optimizer step, all ranks (EMO-R3 actor.global_batch_size)
-    micro_batch_size: int = 4  # at most this many sequences per forward/backward per rank (EMO-R3 update micro-batch)
+    micro_batch_size: int = 4  # at most this many sequences per forward/backward per rank (EMO-R3)
     logprob_micro_batch_size: int = 16  # at most this many sequences per forward for old/ref log-probs (EMO-R3)
-    micro_batch_tokens: int = 16384  # token budget per micro-batch per rank (packed rows x longest row); 0 = counts only
+    micro_batch_tokens: int = 16384  # tokens per micro-batch per rank (packed rows x longest row); 0: counts only
     ppo_epochs: int = 1  # passes over each rollout batch (EMO-R3)
     lr: float = 2e-6  # AdamW (EMO-R3)
     weight_decay: float = 1e-2  # (EMO-R3)
@@ -123,20 +122,27 @@ class Config:
     clip_low: float = 0.2  # PPO clip: ratio >= 1 - clip_low (EasyR1 default)
     clip_high: float = 0.3  # ratio <= 1 + clip_high (EasyR1 default; DAPO uses 0.28)
     clip_dual: float = 3.0  # dual-clip constant for negative advantages (EasyR1 default)
-    loss_agg: str = "token"  # token (global token mean, EasyR1 since PR #417), micro (the released fork: token mean per micro-batch of --micro-batch-size, averaged), seq (mean of sequence means), drgrpo (token sum / (seqs * max_response_length))
+    loss_agg: str = "token"  # token (global token mean, EasyR1 since PR #417), micro (the released fork: token
+        # mean per micro-batch of --micro-batch-size, averaged), seq (mean of sequence means), drgrpo (token
+        # sum / (seqs * max_response_length))
     adv_std: bool = True  # divide advantages by the group std (False = Dr.GRPO)
     adv_eps: float = 1e-6  # (R - mean) / (std + adv_eps) (EasyR1 1e-6; TRL 0.14, R1-Omni's trainer: 1e-4)
     kl_coef: float = 1e-2  # KL loss coefficient (EMO-R3); 0 removes the reference model
     kl_kind: str = "low_var_kl"  # kl (k1), abs, mse (k2), low_var_kl (k3) (EMO-R3)
-    online_filter: bool = False  # DAPO's online filter: keep only groups whose mean --filter-key is inside the bounds, drawing more prompts until the step is full
-    filter_key: str = "overall"  # the score the filter averages per group (EMO-R3's DAPO config)
-    filter_low: float = 0.01  # keep a group when filter_low < its mean < filter_high (EMO-R3's DAPO config)
-    filter_high: float = 0.99
-    max_try_make_batch: int = 20  # draws of prompts per step before the filter gives up with an error; -1: no limit (EasyR1 default 20)
     freeze_vision: bool = False  # EMO-R3 trains the vision tower
     gradient_checkpointing: bool = True  # (EMO-R3)
-    precision: str = "auto"  # bf16: bf16 compute, fp32 master weights and gradient reduction (EMO-R3 on GPU); fp32; auto: bf16 on GPU, fp32 on CPU
-    # schedule and outputs
+    precision: str = "auto"  # bf16: bf16 compute, fp32 master weights and gradient reduction (EMO-R3 on GPU);
+        # fp32; auto: bf16 on GPU, fp32 on CPU
+    # safety knobs
+    logp_check_prompts: int = 1  # prompts per rank whose rollouts also return the engine's log-probs, for
+        # rollout/logp_gap (0: none, -1: all; each costs rollout time)
+    logp_gap_limit: float = -1.0  # stop when rollout/logp_gap_mean stays above this (stale or corrupted engine
+        # weights); -1: by precision (fp32 1e-3, bf16 0.1); 0: never
+    logp_gap_patience: int = 3  # steps in a row above --logp-gap-limit before stopping (each one warns)
+    max_bad_updates: int = 3  # stop after this many consecutive updates with a non-finite loss or grad norm
+    dist_timeout_minutes: float = 30.0  # longest wait in a collective: a dead or hung rank elsewhere ends the run
+    allow_cpu: bool = False  # run a real model (not --demo) on the CPU when CUDA is unusable, instead of stopping
+    # run: how long, what is written, where
     epochs: int = 20  # passes over the training prompts (EMO-R3 script)
     max_steps: int = 0  # stop after this many steps (0: epochs decide)
     seed: int = 1  # data order, sampling seeds (EMO-R3 data.seed)
@@ -144,16 +150,13 @@ class Config:
     val_temperature: float = 0.6  # (EMO-R3 val_override_config)
     val_top_p: float = 0.95
     save_freq: int = 5  # checkpoint every k steps (EMO-R3); 0 = only at the end
-    save_limit: int = 0  # keep the newest k checkpoints, deleting older ones once the new one is complete (0 = all)
-    max_bad_updates: int = 3  # stop after this many consecutive updates with a non-finite loss or grad norm
-    dist_timeout_minutes: float = 30.0  # longest wait in a collective: a dead or hung rank elsewhere ends the run
+    save_limit: int = 0  # keep the newest k checkpoints, deleting older ones once the new one is whole (0: all)
     output_dir: str = ""  # config.json, metrics.jsonl, samples.jsonl, checkpoints/ (default: runs/emo-r3-DATE-TIME)
     resume: bool = False  # continue from the newest complete checkpoint in output_dir
     samples_per_step: int = 4  # rollouts written to samples.jsonl per step (rank 0)
     logger: str = ""  # extra trackers, comma separated: wandb, tensorboard (when installed)
     demo: bool = False  # tiny model + demo data + small sizes: the CPU demo
-    recipe: str = ""  # flag values of recipes/NAME.flags (emo-r3, r1-omni) or a file; command-line flags win
-    allow_cpu: bool = False  # run a real model (not --demo) on the CPU when CUDA is unusable, instead of stopping
+
 
 
 # --demo changes defaults only: anything given on the command line still wins.
@@ -167,7 +170,7 @@ DEMO_DEFAULTS = dict(
     video_min_pixels=56 * 56, video_max_pixels=112 * 112, video_max_frames=16,
     reflect_max_tokens=8, lr=1e-3, kl_coef=0.05, max_steps=100, val_freq=25, save_freq=50, epochs=1,
     gradient_checkpointing=False, model=str(tiny.DEFAULT_DIR), train_files=str(tiny.DEMO_DIR / "train.jsonl"),
-    val_files=str(tiny.DEMO_DIR / "test.jsonl"),  # built at start-up (common.demo_paths)
+    val_files=str(tiny.DEMO_DIR / "test.jsonl"),  # built at start-up (tiny.demo_paths)
 )
 
 
@@ -177,36 +180,28 @@ def parse_config(argv=None):
     return parse_flags(Config, __doc__, argv, DEMO_DEFAULTS, check=check_config)
 
 
+# the values a flag may take (--reward and --template: those rewards.py knows)
+CHOICES = {"reward": rewards.VARIANTS, "template": rewards.PROMPT_TEMPLATES,
+           "loss_agg": ("token", "micro", "seq", "drgrpo"), "kl_kind": ("kl", "abs", "mse", "low_var_kl"),
+           "engine": ("vllm", "hf"), "precision": ("auto", "bf16", "fp32"), "sleep_level": (1, 2),
+           "lr_schedule": ("constant", "linear")}
+
+
 def check_config(cfg, printing=False):
     """Fail at start-up, with the flag's name, rather than an hour into a run (printing: --print-config,
     which needs no model or data)."""
-    problems = []
+    problems = [f"--{name.replace('_', '-')} must be one of {', '.join(map(str, allowed))}"
+                for name, allowed in CHOICES.items() if getattr(cfg, name) not in allowed]
     if not cfg.demo and not (cfg.model and cfg.train_files) and not printing:
         problems.append("--model and --train-files are required (or --demo)")
     if cfg.group_size < 2:
         problems.append("--group-size must be > 1: GRPO normalises rewards within a group of responses")
     if cfg.rollout_batch_size % cfg.mini_batch_size:
         problems.append("--rollout-batch-size must be a multiple of --mini-batch-size")
-    if cfg.reward not in rewards.VARIANTS:
-        problems.append(f"--reward must be one of {rewards.VARIANTS}")
-    if cfg.template not in rewards.PROMPT_TEMPLATES:
-        problems.append(f"--template must be one of {', '.join(rewards.PROMPT_TEMPLATES)}")
-    if cfg.loss_agg not in ("token", "micro", "seq", "drgrpo"):
-        problems.append("--loss-agg must be token, micro, seq or drgrpo")
-    if cfg.kl_kind not in ("kl", "abs", "mse", "low_var_kl"):
-        problems.append("--kl-kind must be kl, abs, mse or low_var_kl")
-    if cfg.engine not in ("vllm", "hf"):
-        problems.append("--engine must be vllm or hf")
     if cfg.filter_key not in rewards.REWARD_KEYS and not cfg.reward_fn:
-        problems.append(f"--filter-key must be one of {rewards.REWARD_KEYS}")
+        problems.append(f"--filter-key must be one of {', '.join(rewards.REWARD_KEYS)}")
     if cfg.resume and not cfg.output_dir:
         problems.append("--resume needs --output-dir: the run folder to continue")
-    if cfg.precision not in ("auto", "bf16", "fp32"):
-        problems.append("--precision must be auto, bf16 or fp32")
-    if cfg.sleep_level not in (1, 2):
-        problems.append("--sleep-level must be 1 or 2")
-    if cfg.lr_schedule not in ("constant", "linear"):
-        problems.append("--lr-schedule must be constant or linear")
     if cfg.top_k == 0 or cfg.top_k < -1:
         problems.append("--top-k must be -1 (none) or at least 1")
     if problems:
@@ -219,6 +214,7 @@ RESUME_MAY_CHANGE = {"max_steps", "epochs", "val_freq", "save_freq", "save_limit
                      "resume", "allow_cpu", "max_bad_updates", "logp_gap_limit", "logp_gap_patience",
                      "logp_check_prompts", "gpu_memory_utilization", "cpu_kv_cache_gb", "sleep_level", "skip_bad_rows",
                      "dist_timeout_minutes", "output_dir"}
+
 
 
 # --- GRPO math (EasyR1's; METHOD.md, "GRPO") --------------------------------------------------
@@ -301,21 +297,16 @@ def kl_penalty(logp, ref_logp, kind="low_var_kl"):
     raise ValueError(f"unknown KL kind {kind!r}")
 
 
-# --- the reflective re-ask ------------------------------------------------------------------------
+# --- steps 1-4: the rollout -----------------------------------------------------------------------
 
-def reflection_requests(processor, kind, texts, images, labels, limit):
-    """One engine request per response for EMO-R3's re-ask: the coherence question (kind "text": which
-    emotion does your step1-step2 text express? text only) or the consistency question (kind "image":
-    can your step1 text describe this image? its one image, or for a video prompt its clip, the same
-    sampled frames: `images` holds rollout.visuals(prompt) per response). A response without steps gets the
-    reference's "Answer 'None'" question. The response's words stay words ("<image>" in them is no image
-    slot). A prompt over `limit` tokens (reask_prompt_limit) keeps its question, its image and the
-    assistant's opening, and loses the end of the quoted step text."""
-    asks = [rewards.reflection_question(kind, t, labels) for t in texts]
-    if kind == "text":
-        return plain_turn_requests(processor, asks, [[]] * len(asks), limit)
-    asks = [(before.removeprefix("<image>"), steps, after) for before, steps, after in asks]  # the slot is the image
-    return plain_turn_requests(processor, asks, images, limit)
+@dataclass
+class Rollout(Sample):
+    """One response to one prompt, and everything the step learns about it. Sample's fields are what the
+    update reads: `prompt` (its index in the step's prompt list), the response's token ids, the engine's
+    log-probs of them (for the sync guard), the advantage."""
+    text: str = ""  # the response, decoded
+    reflections: dict = field(default_factory=dict)  # re-ask question name (rewards.REASKS) -> the answer
+    scores: dict = field(default_factory=dict)  # reward key -> score
 
 
 def reask_prompt_limit(cfg):
@@ -326,31 +317,96 @@ def reask_prompt_limit(cfg):
     return cfg.max_prompt_length + max(cfg.max_response_length, cfg.reflect_max_tokens) - cfg.reflect_max_tokens
 
 
-def ask_reflection(engine, processor, kind, texts, images, labels, cfg, seed):
-    """The policy's short answers to one kind of re-ask ("text" or "image") about each response."""
-    requests = reflection_requests(processor, kind, texts, images, labels, reask_prompt_limit(cfg))
-    outputs = engine.generate(requests, 1, cfg.reflect_temperature, cfg.reflect_top_p, cfg.reflect_max_tokens,
-                              seed + 500009 * (1 if kind == "text" else 2), logprobs_for=0)
-    return [processor.tokenizer.decode(out[0][0], skip_special_tokens=True) for out in outputs]
+def reask_names(cfg):
+    """The re-ask questions this run asks: those of rewards.REASKS whose on/off field is set."""
+    return [name for name, question in rewards.REASKS.items() if getattr(cfg, question.flag)]
+
+
+def collect_rollouts(engine, processor, train_set, step, cfg, score, timings):
+    """Steps 1-4 on this rank, on an awake engine: prompts, n responses each, the re-ask, the reward.
+    With the DAPO filter, again on further draws of prompts until every rank holds its share of groups
+    whose mean --filter-key score is strictly inside (--filter-low, --filter-high); the reference cuts
+    the filled batch to the step's size, and so does this. Returns (prompts, rollouts, metrics): this
+    rank's share of prompts, group_size rollouts each (a group is a contiguous block), the filter's figures."""
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    per_rank, n = cfg.rollout_batch_size // world_size, cfg.group_size
+    prompts, rollouts, attempt, generated = [], [], 0, 0
+    while True:
+        # 1. prompts: this rank's contiguous share of the step's prompts
+        order = data.step_indices(len(train_set), cfg.rollout_batch_size, step,
+                                  seed_for(cfg.seed, attempt=attempt, data_order=True))
+        batch = get_batch_on_every_rank(train_set, data.rank_slice(order, rank, world_size),
+                                        f"step {step + 1}: every prompt of rank {rank}'s share was unusable")
+        batch = (batch * per_rank)[:per_rank]  # skipped rows: repeat good ones, ranks stay in step
+        # 2. rollout: n responses per prompt, the first --logp-check-prompts with the engine's log-probs
+        seed = seed_for(cfg.seed, step, rank, attempt)
+        with timed(timings, "rollout"):
+            outputs = engine.generate([Request(p.text, p.prompt_ids, p.images, p.videos) for p in batch], n,
+                                      cfg.temperature, cfg.top_p, cfg.max_response_length, seed,
+                                      logprobs_for=None if cfg.logp_check_prompts < 0 else cfg.logp_check_prompts,
+                                      top_k=cfg.top_k)
+        new = [Rollout(i, ids, logp, text=processor.tokenizer.decode(ids, skip_special_tokens=True))
+               for i, group in enumerate(outputs) for ids, logp in group]
+        # 3. reflect: the same engine and weights judge each response (shown the image or clip it saw)
+        with timed(timings, "reflect"):
+            answers = ask_reflections(engine, processor, reask_names(cfg), [r.text for r in new],
+                                      [visuals(batch[r.prompt]) for r in new], train_set.labels,
+                                      temperature=cfg.reflect_temperature, top_p=cfg.reflect_top_p,
+                                      max_tokens=cfg.reflect_max_tokens, limit=reask_prompt_limit(cfg), seed=seed)
+        # 4. reward
+        with timed(timings, "reward"):
+            for k, r in enumerate(new):
+                r.reflections = {name: answers[name][k] if name in answers else None for name in rewards.REASKS}
+                r.scores = score(r.text, batch[r.prompt].answer, r.reflections, index=k)
+        means = torch.tensor([r.scores[cfg.filter_key] for r in new]).view(-1, n).mean(1).tolist()
+        for i, group_mean in enumerate(means):
+            if not cfg.online_filter or cfg.filter_low < group_mean < cfg.filter_high:
+                prompts.append(batch[i])
+                for r in new[i * n:(i + 1) * n]:
+                    r.prompt = len(prompts) - 1
+                    rollouts.append(r)
+        attempt, generated = attempt + 1, generated + len(batch)
+        short = torch.tensor([float(len(prompts) < per_rank)])
+        dist.all_reduce(short, op=dist.ReduceOp.MAX)  # every rank decides alike
+        if not short.item():
+            break
+        if cfg.max_try_make_batch > 0 and attempt >= cfg.max_try_make_batch:
+            raise SystemExit(f"step {step + 1}: the DAPO filter kept too few groups: after {attempt} draws of prompts "
+                             f"(--max-try-make-batch) a rank holds {len(prompts)} of the {per_rank} it needs. "
+                             f"Groups are kept when their mean {cfg.filter_key} is strictly inside "
+                             f"({cfg.filter_low}, {cfg.filter_high}); the paper's DAPO rows ran dry this way too.")
+    metrics = {}
+    if cfg.online_filter:  # draws of prompts, and the share of generated groups that passed the filter
+        kept = sum_over_ranks({"kept": len(prompts), "generated": generated})
+        metrics = {"dapo/tries": attempt, "dapo/kept_fraction": kept["kept"] / kept["generated"]}
+    return prompts[:per_rank], rollouts[:per_rank * n], metrics
 
 
 # --- validation ---------------------------------------------------------------------------------
 
-def validate(engine, val_set, cfg, tokenizer, step, score):
-    """Reward, accuracy and format on the validation set, one sample per prompt (EMO-R3: every step).
-    Every row counts: each rank takes a contiguous share of ceil(rows / ranks), and a short last share
-    is padded with repeats of row 0 that are generated (the ranks stay in step) but not counted."""
+def validate(engine, policy, val_set, cfg, tokenizer, step, score):
+    """Reward, accuracy and format of the policy after step `step` on the validation set, one sample per
+    prompt (EMO-R3: every step), with the rollout's choreography: the push it makes is also the next
+    step's (engine.holds). Every row counts: each rank takes a contiguous share of ceil(rows / ranks),
+    and a short last share is padded with repeats of row 0 that are generated (the ranks stay in step)
+    but not counted."""
     rank, world_size = dist.get_rank(), dist.get_world_size()
+    engine.wake_up(["weights"])
+    engine.load_weights(full_weights(policy), version=step + 1)
+    engine.reset_caches()
+    engine.wake_up(["kv_cache"])
     share = -(-len(val_set) // world_size)
     prompts = get_batch_on_every_rank(val_set, range(rank * share, min(len(val_set), (rank + 1) * share)))
     counted = len(prompts)
     prompts += get_batch_on_every_rank(val_set, [0]) * (share - counted)
-    outputs = engine.generate([Request(p.text, p.prompt_ids, p.images, p.videos) for p in prompts], 1, cfg.val_temperature,
-                              cfg.val_top_p, cfg.max_response_length, seed=cfg.seed * 7919 + step * 100003 + rank * 1009,
-                              logprobs_for=0)
-    scores = [score(tokenizer.decode(o[0][0], skip_special_tokens=True), p.answer, None, None)
+    outputs = engine.generate([Request(p.text, p.prompt_ids, p.images, p.videos) for p in prompts], 1,
+                              cfg.val_temperature, cfg.val_top_p, cfg.max_response_length,
+                              seed=seed_for(cfg.seed, step, rank), logprobs_for=0)
+    scores = [score(tokenizer.decode(o[0][0], skip_special_tokens=True), p.answer, {})
               for p, o in zip(prompts[:counted], outputs)]
-    totals = sum_over_ranks({"count": counted, **{k: sum(s[k] for s in scores) for k in ("overall", "accuracy", "format")}})
+    totals = sum_over_ranks({"count": counted, **{k: sum(s[k] for s in scores) for k in ("overall", "accuracy",
+                                                                                          "format")}})
+    engine.sleep()
     count = max(totals["count"], 1)
     skipped = {"val/skipped_rows": skipped_on_any_rank(val_set)} if cfg.skip_bad_rows else {}
     return {"val/reward": totals["overall"] / count, "val/accuracy": totals["accuracy"] / count,
@@ -387,8 +443,8 @@ def update_policy(policy, optimizer, samples, encoded, old_logp, ref_logp, cfg, 
         if count["tokens"] == 0:  # no response token anywhere: no signal, and AdamW must not drift
             continue
         # "micro": each micro-batch's own token mean (denom None), micro-batches of --micro-batch-size in order
-        agg, denom = ("token", None) if cfg.loss_agg == "micro" else (cfg.loss_agg, {
-            "token": count["tokens"], "seq": count["seqs"], "drgrpo": count["seqs"] * cfg.max_response_length}[cfg.loss_agg])
+        denoms = {"token": count["tokens"], "seq": count["seqs"], "drgrpo": count["seqs"] * cfg.max_response_length}
+        agg, denom = ("token", None) if cfg.loss_agg == "micro" else (cfg.loss_agg, denoms[cfg.loss_agg])
         micros = ([mini[i:i + cfg.micro_batch_size] for i in range(0, len(mini), cfg.micro_batch_size)]
                   if cfg.loss_agg == "micro" else
                   micro_batches(samples, encoded, mini, cfg.micro_batch_size, cfg.micro_batch_tokens))
@@ -445,97 +501,123 @@ def update_policy(policy, optimizer, samples, encoded, old_logp, ref_logp, cfg, 
 
 # --- the training loop --------------------------------------------------------------------------
 
-def main(argv=None):
-    cfg = parse_config(argv)
-    require_cuda(cfg.allow_cpu, cfg.demo)
-    rank, world_size, device = setup_distributed(cfg.dist_timeout_minutes)
-    torch.manual_seed(cfg.seed + rank)
-    random.seed(cfg.seed + rank)
-    out = run_folder(cfg.output_dir, "runs/emo-r3-%Y%m%d-%H%M%S")
-    lock_run_folder(out)  # one run per folder, before anything is written
-    check_shared_folder(out)  # on several nodes: one folder that every node sees
-    # without --resume a folder holding a run is refused; with it, the newest complete checkpoint (a half-written
-    # step_N.tmp never counts) of the same run, or stop before touching its files: a changed lr, batch size
-    # or seed would silently change what it trains
-    resume_from, start_step = start_or_resume(out, cfg.resume, dataclasses.asdict(cfg), RESUME_MAY_CHANGE)
-    if cfg.demo:  # the tiny model and the demo data, where --model, --train-files, --val-files point at them
-        demo_paths(cfg.model, [cfg.train_files, cfg.val_files])
-    if cfg.rollout_batch_size % world_size or cfg.mini_batch_size % world_size:
-        raise SystemExit(f"--rollout-batch-size and --mini-batch-size must be multiples of the world size ({world_size})")
-    if cfg.engine == "vllm":
-        check_tensor_parallel(cfg.tensor_parallel_size)  # before the models load, not after
-
-    # --- data and processor
-    from transformers import AutoProcessor
-    processor = AutoProcessor.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    tokenizer = processor.tokenizer
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    image_pad_id, video_pad_id = tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"])
-    data_kwargs = dict(template=cfg.template, labels=cfg.labels or None, min_pixels=cfg.min_pixels,
-                       max_pixels=cfg.max_pixels, max_prompt_length=cfg.max_prompt_length,
-                       image_dir=cfg.image_dir or None, skip_bad=cfg.skip_bad_rows, **video.video_kwargs(cfg))
-    train_set = data.PromptDataset(cfg.train_files, processor, **data_kwargs)
-    val_set = data.PromptDataset(cfg.val_files, processor, **data_kwargs) if cfg.val_files and cfg.val_freq else None
-    # as the reference's filter_overlong_prompts: rows over --max-prompt-length (image tokens included) are
-    # dropped at load, and steps count the rows that remain
+def load_datasets(cfg, processor):
+    """The training and validation sets (validation: None without --val-files or with --val-freq 0), and
+    how many rows of each were over --max-prompt-length. As the reference's filter_overlong_prompts, such
+    rows (image tokens included) are dropped at load, and steps count the rows that remain."""
+    kwargs = dict(template=cfg.template, labels=cfg.labels or None, min_pixels=cfg.min_pixels,
+                  max_pixels=cfg.max_pixels, max_prompt_length=cfg.max_prompt_length,
+                  image_dir=cfg.image_dir or None, skip_bad=cfg.skip_bad_rows, **video.video_kwargs(cfg))
+    train_set = data.PromptDataset(cfg.train_files, processor, **kwargs)
+    val_set = data.PromptDataset(cfg.val_files, processor, **kwargs) if cfg.val_files and cfg.val_freq else None
     dropped = {name: len(ds.dropped_long) for name, ds in (("train", train_set), ("val", val_set)) if ds is not None}
     print0(f"rows over --max-prompt-length {cfg.max_prompt_length}, dropped at load: {dropped}")
-    labels = train_set.labels
-    score = rewards.load_reward(cfg.reward, cfg.reward_fn)  # --reward-fn RUNS that file's code
-    steps_per_epoch = len(train_set) // cfg.rollout_batch_size
-    if steps_per_epoch == 0:
-        raise SystemExit(f"{cfg.train_files}: {len(train_set)} usable prompts, fewer than --rollout-batch-size {cfg.rollout_batch_size}")
-    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
-    check_run_length(resume_from, start_step, total_steps, cfg.epochs)
+    return train_set, val_set, dropped
 
-    # --- models, optimizer, engine
-    model_kwargs = dict(precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing,
-                        freeze_vision=cfg.freeze_vision, trust_remote_code=cfg.trust_remote_code)
-    policy = load_model(cfg.model, device, trainable=True, **model_kwargs)
-    reference = load_model(cfg.model, device, trainable=False, **model_kwargs) if cfg.kl_coef > 0 else None
-    if cfg.init_from:  # the reference is the starting policy, so it gets the same weights
+
+def load_models(cfg, device, total_steps):
+    """The policy, the reference (None without KL), AdamW and the lr schedule. With --init-from both
+    models start from that checkpoint: the reference is the starting policy."""
+    kwargs = dict(precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing,
+                  freeze_vision=cfg.freeze_vision, trust_remote_code=cfg.trust_remote_code)
+    policy = load_model(cfg.model, device, trainable=True, **kwargs)
+    reference = load_model(cfg.model, device, trainable=False, **kwargs) if cfg.kl_coef > 0 else None
+    if cfg.init_from:
         start = find_checkpoint(cfg.init_from)
         for model in filter(None, (policy, reference)):
             load_weights(model, start)
         print0(f"initialised from {start}")
     optimizer = adamw(policy, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))
-    if cfg.engine == "vllm":  # starts asleep
-        engine = VLLMEngine(
-            cfg.model, image_pad_id, dtype=compute_dtype(cfg.precision, device), seed=cfg.seed,
-            max_model_len=cfg.max_prompt_length + max(cfg.max_response_length, cfg.reflect_max_tokens),
-            tensor_parallel_size=cfg.tensor_parallel_size, sleep_level=cfg.sleep_level,
-            gpu_memory_utilization=cfg.gpu_memory_utilization, cpu_kv_cache_gb=cfg.cpu_kv_cache_gb,
-            trust_remote_code=cfg.trust_remote_code, videos=train_set.has_videos, video_pad_id=video_pad_id)
-    else:
-        engine = HFEngine(cfg.model, processor, device, image_pad_id, trust_remote_code=cfg.trust_remote_code,
-                          video_pad_id=video_pad_id)
+    return policy, reference, optimizer, scheduler
 
+
+def rollout_metrics(rollouts, advantages, labels, cfg):
+    """The step's reward terms, response length and model-free coherence, means over every rank."""
+    totals = sum_over_ranks({
+        "count": len(rollouts), "response_length": sum(len(r.response_ids) for r in rollouts),
+        # model-free: step 1-2 names exactly one label, the boxed one (what the judge is asked)
+        **({"coherence/model_free": sum(rewards.reasoning_names_answer(r.text, labels) for r in rollouts)}
+           if cfg.template == "set" else {}),
+        **{f"reward/{k}": sum(r.scores.get(k, 0.0) for r in rollouts) for k in rollouts[0].scores}})
+    metrics = {k: v / totals["count"] for k, v in totals.items()
+               if k.startswith(("reward/", "coherence/")) or k == "response_length"}
+    return {**metrics, "advantage/abs_mean": advantages.abs().mean().item()}
+
+
+def sample_lines(step, prompts, rollouts, count):
+    """samples.jsonl lines of the step's first `count` rollouts."""
+    return [json.dumps({"step": step, "prompt_index": prompts[r.prompt].index, "answer": prompts[r.prompt].answer,
+                        "response": r.text, **{f"reflect_{q}_answer": a for q, a in r.reflections.items()},
+                        **r.scores, "advantage": r.advantage}) + "\n" for r in rollouts[:count]]
+
+
+def start_run(cfg):
+    """The process group, this rank's seeds, the run folder (locked; on several nodes one that every node
+    sees) and where the run starts: (rank, world_size, device, out, resume_from, start_step). Without
+    --resume a folder holding a run is refused; with it, the newest complete checkpoint (a half-written
+    step_N.tmp never counts) of the same run, or stop before touching its files: a changed lr, batch size
+    or seed would silently change what it trains."""
+    require_cuda(cfg.allow_cpu, cfg.demo)
+    rank, world_size, device = setup_distributed(cfg.dist_timeout_minutes)
+    torch.manual_seed(cfg.seed + rank)
+    random.seed(cfg.seed + rank)
+    out, resume_from, start_step = open_run(cfg.output_dir, "runs/emo-r3-%Y%m%d-%H%M%S", cfg.resume,
+                                            dataclasses.asdict(cfg), RESUME_MAY_CHANGE)
+    if cfg.demo:  # the tiny model and the demo data, where --model, --train-files, --val-files point at them
+        tiny.demo_paths(cfg.model, [cfg.train_files, cfg.val_files])
+    if cfg.rollout_batch_size % world_size or cfg.mini_batch_size % world_size:
+        raise SystemExit(f"--rollout-batch-size and --mini-batch-size must be multiples of the world size "
+                         f"({world_size})")
+    if cfg.engine == "vllm":
+        check_tensor_parallel(cfg.tensor_parallel_size)  # before the models load, not after
+    return rank, world_size, device, out, resume_from, start_step
+
+
+def main(argv=None):
+    cfg = parse_config(argv)
+    rank, world_size, device, out, resume_from, start_step = start_run(cfg)
+
+    # --- data, models, engine
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = processor.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train_set, val_set, dropped = load_datasets(cfg, processor)
+    score = rewards.load_reward(cfg.reward, cfg.reward_fn)  # --reward-fn RUNS that file's code
+    steps_per_epoch = len(train_set) // cfg.rollout_batch_size
+    if steps_per_epoch == 0:
+        raise SystemExit(f"{cfg.train_files}: {len(train_set)} usable prompts, fewer than --rollout-batch-size "
+                         f"{cfg.rollout_batch_size}")
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    check_run_length(resume_from, start_step, total_steps, cfg.epochs)
+    policy, reference, optimizer, scheduler = load_models(cfg, device, total_steps)
+    engine = start_engine(cfg.engine, cfg.model, processor, device, dtype=compute_dtype(cfg.precision, device),
+                          seed=cfg.seed, max_model_len=cfg.max_prompt_length + max(cfg.max_response_length,
+                                                                                   cfg.reflect_max_tokens),
+                          tensor_parallel_size=cfg.tensor_parallel_size, sleep_level=cfg.sleep_level,
+                          gpu_memory_utilization=cfg.gpu_memory_utilization, cpu_kv_cache_gb=cfg.cpu_kv_cache_gb,
+                          trust_remote_code=cfg.trust_remote_code, videos=train_set.has_videos)
     if resume_from:
         load_checkpoint(policy, optimizer, resume_from, rank, scheduler)
         print0(f"resumed from {resume_from} (step {start_step})")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
         print(json.dumps(dataclasses.asdict(cfg), indent=1))
-        tracker = Tracker(dataclasses.asdict(cfg), out, cfg.logger)
-        samples_file = open(out / "samples.jsonl", "a")
+        tracker = Tracker(dataclasses.asdict(cfg), out, cfg.logger, samples=True)
     from tqdm import tqdm
     progress = tqdm(total=total_steps, initial=start_step, desc="steps", disable=rank != 0, dynamic_ncols=True)
-
-    prompts_per_rank = cfg.rollout_batch_size // world_size
     bad_updates = 0  # consecutive updates skipped for a non-finite loss or grad norm
     # stops the run when the engine keeps sampling from weights other than the trainer's (a failed sync)
     sync_guard = SyncGuard(cfg.logp_gap_limit if cfg.logp_gap_limit >= 0 else
                            SyncGuard.DEFAULT_LIMITS[compute_dtype(cfg.precision, device)], cfg.logp_gap_patience)
     for step in range(start_step, total_steps):
-        timings, metrics = {}, {}
+        timings = {}
         step_start = time.perf_counter()
-        seed = cfg.seed * 7919 + step * 100003 + rank * 1009  # per-step, per-rank sampling seed
 
-        # 2. sync: wake the engine's weights, push the policy's (FSDP2 shards -> full tensors, one unit at
-        # a time), forget caches computed with the old weights, then wake the KV cache. The policy has taken
-        # `step` steps: when validation already pushed these weights and the sleep kept them, no push
+        # sync: wake the engine's weights, push the policy's (FSDP2 shards -> full tensors, one unit at a time),
+        # forget caches computed with the old weights, then wake the KV cache. The policy has taken `step`
+        # steps: when validation already pushed these weights and the sleep kept them, no push
         with timed(timings, "sync"):
             engine.wake_up(["weights"])
             if not engine.holds(step):
@@ -544,127 +626,56 @@ def main(argv=None):
                 engine.reset_caches()
             engine.wake_up(["kv_cache"])
 
-        # 1-4 once; with the DAPO filter again, on a further draw of prompts, until every rank holds its share
-        # of groups whose mean --filter-key score is strictly inside (--filter-low, --filter-high)
-        prompts, samples, texts, scores, reflections = [], [], [], [], {"text": [], "image": []}
-        attempt, generated, n = 0, 0, cfg.group_size
-        while True:
-            # 1. prompts: this rank's contiguous share of the step's prompts
-            indices = data.rank_slice(data.step_indices(len(train_set), cfg.rollout_batch_size, step,
-                                                        cfg.seed + 7777 * attempt), rank, world_size)
-            batch = get_batch_on_every_rank(train_set, indices,
-                                            f"step {step + 1}: every prompt of rank {rank}'s share was unusable")
-            batch = (batch * prompts_per_rank)[:prompts_per_rank]  # skipped rows: repeat good ones, ranks stay in step
-            # 2. rollout: n responses per prompt (groups are contiguous blocks of n from here on)
-            with timed(timings, "rollout"):
-                outputs = engine.generate([Request(p.text, p.prompt_ids, p.images, p.videos) for p in batch], n, cfg.temperature,
-                                          cfg.top_p, cfg.max_response_length, seed + 50021 * attempt,
-                                          logprobs_for=None if cfg.logp_check_prompts < 0 else cfg.logp_check_prompts,
-                                          top_k=cfg.top_k)
-            new = [Sample(i, ids, lps) for i, group in enumerate(outputs) for ids, lps in group]
-            new_texts = [tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in new]
-            # 3. reflect: the same engine and weights judge each response (shown the image or clip it saw)
-            with timed(timings, "reflect"):
-                new_reflections = {kind: ask_reflection(engine, processor, kind, new_texts, [visuals(batch[s.prompt]) for s in new],
-                                                        labels, cfg, seed + 50021 * attempt)
-                                   if enabled else [None] * len(new)
-                                   for kind, enabled in (("text", cfg.reflect_text), ("image", cfg.reflect_image))}
-            # 4. reward
-            with timed(timings, "reward"):
-                new_scores = [score(t, batch[s.prompt].answer, rt, ri, index=k) for k, (t, s, rt, ri)
-                              in enumerate(zip(new_texts, new, new_reflections["text"], new_reflections["image"]))]
-            means = torch.tensor([sc[cfg.filter_key] for sc in new_scores]).view(-1, n).mean(1).tolist()
-            for i in [i for i, m in enumerate(means) if not cfg.online_filter or cfg.filter_low < m < cfg.filter_high]:
-                prompts.append(batch[i])
-                samples += [dataclasses.replace(s, prompt=len(prompts) - 1) for s in new[i * n:(i + 1) * n]]
-                texts += new_texts[i * n:(i + 1) * n]
-                scores += new_scores[i * n:(i + 1) * n]
-                reflections = {k: v + new_reflections[k][i * n:(i + 1) * n] for k, v in reflections.items()}
-            attempt, generated = attempt + 1, generated + len(batch)
-            short = torch.tensor([float(len(prompts) < prompts_per_rank)])
-            dist.all_reduce(short, op=dist.ReduceOp.MAX)  # every rank decides alike
-            if not short.item():
-                break
-            if cfg.max_try_make_batch > 0 and attempt >= cfg.max_try_make_batch:
-                raise SystemExit(f"step {step + 1}: the DAPO filter kept too few groups: after {attempt} draws of prompts "
-                                 f"(--max-try-make-batch) a rank holds {len(prompts)} of the {prompts_per_rank} it "
-                                 f"needs. Groups are kept when their mean {cfg.filter_key} is strictly inside "
-                                 f"({cfg.filter_low}, {cfg.filter_high}); the paper's DAPO rows ran dry this way too.")
+        # 1-4. prompts, rollout, reflect, reward (with the DAPO filter: until every rank's share is full)
+        prompts, rollouts, metrics = collect_rollouts(engine, processor, train_set, step, cfg, score, timings)
         engine.sleep()  # on GPU: frees the engine's weights and KV cache for the update
-        if cfg.online_filter:  # draws of prompts, and the share of generated groups that passed the filter
-            kept = sum_over_ranks({"kept": len(prompts), "generated": generated})
-            metrics.update({"dapo/tries": attempt, "dapo/kept_fraction": kept["kept"] / kept["generated"]})
-        # exactly the step's prompts (the reference cuts the filled batch the same way)
-        prompts, samples = prompts[:prompts_per_rank], samples[:prompts_per_rank * n]
-        texts, scores = texts[:len(samples)], scores[:len(samples)]
-        reflections = {k: v[:len(samples)] for k, v in reflections.items()}
         encoded = encode_prompts(processor, prompts)
 
-        # 5. advantage: (R - group mean) / (group std + 1e-6), one scalar per response
-        advantages = grpo_advantages(torch.tensor([sc["overall"] for sc in scores]), n, eps=cfg.adv_eps,
-                                     scale_by_std=cfg.adv_std)
-        for s, a in zip(samples, advantages.tolist()):
-            s.advantage = a
+        # 5. advantage: (R - group mean) / (group std + eps), one scalar per response
+        advantages = grpo_advantages(torch.tensor([r.scores["overall"] for r in rollouts]), cfg.group_size,
+                                     eps=cfg.adv_eps, scale_by_std=cfg.adv_std)
+        for r, a in zip(rollouts, advantages.tolist()):
+            r.advantage = a
 
-        # 6. log-probs: reference always (KL); old only when the policy moves within this step
+        # 6. log-probs: reference when KL is on; old only when the policy moves within this step
         num_updates = (cfg.rollout_batch_size // cfg.mini_batch_size) * cfg.ppo_epochs
         with timed(timings, "logprobs"):
             policy.eval()
-            sizes = (cfg.logprob_micro_batch_size, cfg.micro_batch_tokens, pad_id, device, cfg.temperature)
-            old_logp = batched_logprobs(policy, samples, encoded, *sizes) if num_updates > 1 else None
-            ref_logp = batched_logprobs(reference, samples, encoded, *sizes) if reference is not None else None
+            scoring = dict(micro_batch_size=cfg.logprob_micro_batch_size, micro_batch_tokens=cfg.micro_batch_tokens,
+                           pad_id=pad_id, device=device, temperature=cfg.temperature)
+            old_logp = batched_logprobs(policy, rollouts, encoded, **scoring) if num_updates > 1 else None
+            ref_logp = batched_logprobs(reference, rollouts, encoded, **scoring) if reference is not None else None
             policy.train()
-        gaps = [(lp - torch.tensor(s.rollout_logp, device=device)).abs()  # with one update: measured in it
-                for lp, s in zip(old_logp, samples) if s.rollout_logp] if old_logp is not None else []
+        gaps = [(lp - torch.tensor(r.rollout_logp, device=device)).abs()  # with one update: measured in it
+                for lp, r in zip(old_logp, rollouts) if r.rollout_logp] if old_logp is not None else []
 
         # 7. update: mini-batches of micro-batches, clipped loss + KL, global token mean, grad clip, AdamW
         with timed(timings, "update"):
-            update_stats, update_gaps, bad_updates = update_policy(policy, optimizer, samples, encoded, old_logp,
+            update_stats, update_gaps, bad_updates = update_policy(policy, optimizer, rollouts, encoded, old_logp,
                                                                    ref_logp, cfg, pad_id, device, step + 1, bad_updates)
         metrics.update(update_stats)
         metrics["lr"] = scheduler.get_last_lr()[0]  # the LR this step's updates used
         scheduler.step()  # once per training step, as EasyR1 does (warm-up counts steps, not updates)
 
-        # 8. the sync guard, metrics, validation, checkpoint, log
+        # 8. the sync guard, metrics, validation, log, checkpoint
         if gaps + update_gaps:  # |engine log-prob - trainer log-prob| of sampled tokens: ~1e-6 in fp32
             gap = torch.cat(gaps + update_gaps)
             metrics["rollout/logp_gap_mean"], metrics["rollout/logp_gap_max"] = gap.mean().item(), gap.max().item()
         sync_guard.check(metrics.get("rollout/logp_gap_mean"), step + 1)  # every rank, gap or not (a collective)
-        totals = sum_over_ranks({"count": len(samples), "response_length": sum(len(s.response_ids) for s in samples),
-                                 # model-free: step 1-2 names exactly one label, the boxed one (what the judge is asked)
-                                 **({"coherence/model_free": sum(rewards.reasoning_names_answer(t, labels) for t in texts)}
-                                    if cfg.template == "set" else {}),
-                                 **{f"reward/{k}": sum(sc.get(k, 0.0) for sc in scores) for k in scores[0]}})
-        metrics.update({k: v / totals["count"] for k, v in totals.items()
-                        if k.startswith(("reward/", "coherence/")) or k == "response_length"})
-        metrics["advantage/abs_mean"] = advantages.abs().mean().item()
+        metrics.update(rollout_metrics(rollouts, advantages, train_set.labels, cfg))
         if cfg.skip_bad_rows and (skipped := skipped_on_any_rank(train_set)):  # distinct rows left out so far
             metrics["data/skipped_rows"] = skipped
         metrics.update({f"data/dropped_long_{name}": count for name, count in dropped.items() if count})
         if val_set is not None and ((step + 1) % cfg.val_freq == 0 or step + 1 == total_steps):
-            with timed(timings, "validate"):  # the updated policy, with the rollout's choreography
-                engine.wake_up(["weights"])
-                engine.load_weights(full_weights(policy), version=step + 1)  # the next step's weights too
-                engine.reset_caches()
-                engine.wake_up(["kv_cache"])
-                metrics.update(validate(engine, val_set, cfg, tokenizer, step, score))
-                engine.sleep()
+            with timed(timings, "validate"):
+                metrics.update(validate(engine, policy, val_set, cfg, tokenizer, step, score))
         metrics.update(timings)
         metrics["time/step"] = time.perf_counter() - step_start  # the whole step, validation included
         if device.type == "cuda":
             metrics["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30  # vLLM's pool not included
             torch.cuda.reset_peak_memory_stats()
         if rank == 0:
-            tracker.log(metrics, step + 1)
-            for k in range(min(cfg.samples_per_step, len(samples))):
-                s = samples[k]
-                samples_file.write(json.dumps({"step": step + 1, "prompt_index": prompts[s.prompt].index,
-                                               "answer": prompts[s.prompt].answer, "response": texts[k],
-                                               "reflect_text_answer": reflections["text"][k],
-                                               "reflect_image_answer": reflections["image"][k],
-                                               **scores[k], "advantage": s.advantage}) + "\n")
-            samples_file.flush()
-            os.fsync(samples_file.fileno())
+            tracker.log(metrics, step + 1, sample_lines(step + 1, prompts, rollouts, cfg.samples_per_step))
             progress.set_postfix(reward=f"{metrics['reward/overall']:.3f}", acc=f"{metrics['reward/accuracy']:.2f}")
         # the checkpoint after the step's log lines: a kill between the two leaves lines that --resume drops
         # and redoes; the other order would lose this step's line for good
@@ -675,7 +686,6 @@ def main(argv=None):
     progress.close()
     if rank == 0:  # the curves of the whole run (a resumed run included), next to metrics.jsonl
         tracker.close()
-        samples_file.close()
         draw_curves(out / "metrics.jsonl", out / "curves.png", title=f"{out.parent.name}/{out.name}")
     print0(f"done: {total_steps} steps; outputs in {out} (curves.png, samples.jsonl, metrics.jsonl)")
     engine.close()

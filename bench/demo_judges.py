@@ -6,7 +6,7 @@ without reading what it is asked about: the coherence judge can name the emotion
 instead of the one step 2 names, the consistency judge can say "yes" whatever the image. Two measures:
 
 - probe (a model, --model): the re-asks on crafted texts, through the trainer's own request builder
-  (train_grpo.reflection_requests) and the HF engine, sampling as the trainer does (0.6, top-p 0.95,
+  (rollout.reask_requests) and the HF engine, sampling as the trainer does (0.6, top-p 0.95,
   8 tokens). Coherence: every ordered pair of two different emotions X, Y as "mostly <colour of X>" +
   "would feel Y" (twice): `coherence_reads_step2` is the share answered Y, `coherence_reads_colour` the
   share answered X. Consistency: --images held-out images, each with the step 1 of its own colour and of
@@ -79,8 +79,8 @@ def probe(model, data_file=None, images=32, seed=0):
     from transformers import AutoProcessor
 
     import data
-    from rollout import HFEngine
-    from train_grpo import reflection_requests
+    import rewards
+    from rollout import HFEngine, reask_requests
 
     processor = AutoProcessor.from_pretrained(model)
     tokenizer = processor.tokenizer
@@ -90,7 +90,8 @@ def probe(model, data_file=None, images=32, seed=0):
     labels = list(tiny.DEMO_LABELS)
 
     def ask(kind, texts, visuals):
-        outs = engine.generate(reflection_requests(processor, kind, texts, visuals, labels, 512), 1, 0.6, 0.95, 8, seed)
+        requests = reask_requests(processor, rewards.REASKS[kind], texts, visuals, labels, 512)
+        outs = engine.generate(requests, 1, 0.6, 0.95, 8, seed)
         return [tokenizer.decode(o[0][0], skip_special_tokens=True).strip().lower() for o in outs]
 
     pairs = [(x, y) for x in labels for y in labels if x != y] * 2

@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 import torch.distributed as dist  # noqa: E402
 
 import common  # noqa: E402
+import rollout  # noqa: E402
 import train_grpo  # noqa: E402
 from dist_corrupt_sync import corrupted_weights  # noqa: E402
 
@@ -103,7 +104,7 @@ def main():
         importlib.import_module(module)      # they first see
     real_full_weights = train_grpo.full_weights
     leave, common.exit_process = common.exit_process, lambda code=0: None  # sft.py's __main__ ends with it
-    train_grpo.VLLMEngine, train_grpo.HFEngine = tracked(train_grpo.VLLMEngine), tracked(train_grpo.HFEngine)
+    rollout.VLLMEngine, rollout.HFEngine = tracked(rollout.VLLMEngine), tracked(rollout.HFEngine)  # start_engine's
     world = {key: os.environ[key] for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
     for k, step in enumerate(spec["steps"]):
         if step.get("world", 2) == 1 and rank != 0:

@@ -114,8 +114,10 @@ def check(model_dir, train_file, out_dir, rank, device):
              "no steps here \\boxed{anger}",
              "<step1>An <image> and an <image>.</step1><step2>Calm.</step2><step3>positive</step3>\\boxed{awe}",
              "<step1>A <|image_pad|> wall.</step1><step2>Tense.</step2><step3>negative</step3>\\boxed{anger}"]
-    reflections = {kind: tg.ask_reflection(engine, processor, kind, texts, [prompt.images] * 4, dataset.labels, cfg, 5)
-                   for kind in ("text", "image")}
+    reflections = rollout.ask_reflections(engine, processor, ("text", "image"), texts, [prompt.images] * 4,
+                                          dataset.labels, temperature=cfg.reflect_temperature,
+                                          top_p=cfg.reflect_top_p, max_tokens=cfg.reflect_max_tokens,
+                                          limit=tg.reask_prompt_limit(cfg), seed=5)
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(
         {"before": before, "after": after_ids, "after_logp": after_logp, "fsdp_greedy": fsdp_ids,
          "fsdp_logp": fsdp_logp, "reflections": reflections, "rng_kept": rng_kept, "misuse": misuse}))

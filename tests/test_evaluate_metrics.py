@@ -1,4 +1,4 @@
-"""Tests for evaluate.py without a model: re-scoring a hand-written predictions file, and Table 1 rebuilt
+"""Tests for report.py and evaluate.py without a model: re-scoring a hand-written predictions file, and Table 1 rebuilt
 from the paper's own numbers (METHOD.md, "Paper results"). Every expected
 value is worked out by hand in the comment beside it."""
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import evaluate
+import report
 
 LABELS = ["anger", "fear", "joy", "sadness"]
 
@@ -89,7 +90,7 @@ def check_hand_metrics(metrics):
 def test_rescore_hand_written_predictions(tmp_path):
     """Re-scored metrics would disagree with a hand count (accuracy, macro-F1 over unseen classes,
     per-class numbers, confusion matrix, format and unparseable rates) if this failed."""
-    rows, metrics = evaluate.rescore(write_predictions(tmp_path / "emotion6"))
+    rows, metrics = report.rescore(write_predictions(tmp_path / "emotion6"))
     check_hand_metrics(metrics)
     assert [r["prediction"] for r in rows] == [
         "anger", "fear", "anger", "fear", "fear", None, "anger", "joy", None, "joy"]
@@ -111,7 +112,7 @@ def test_labels_argument_overrides_labels_txt(tmp_path):
     path = write_predictions(tmp_path / "emotion6")
     five = tmp_path / "five.txt"
     five.write_text("anger\nfear\njoy\nsadness\nsurprise\n")
-    for metrics in (evaluate.rescore(path, labels=str(five))[1],
+    for metrics in (report.rescore(path, labels=str(five))[1],
                     evaluate.main(["--predictions", str(path), "--labels", str(five)])):
         assert metrics["labels"] == LABELS + ["surprise"]
         # row 9's \boxed{surprise} is now a (wrong) prediction: only row 6 is unparseable, 1/10
@@ -126,7 +127,7 @@ def test_labels_argument_overrides_labels_txt(tmp_path):
 
 def test_without_labels_txt_the_true_labels_are_the_label_set(tmp_path):
     """Re-scoring a predictions file with no labels.txt beside it would use a wrong label set if this failed."""
-    _, metrics = evaluate.rescore(write_predictions(tmp_path / "x", labels=None))
+    _, metrics = report.rescore(write_predictions(tmp_path / "x", labels=None))
     assert metrics["labels"] == ["anger", "fear", "sadness"]  # sorted distinct true labels; joy is absent
     # joy is out of set now, so rows 8 and 10 are unparseable too: rows 6, 8, 9, 10 -> 4/10
     assert metrics["unparseable_rate"] == pytest.approx(0.4, abs=1e-12)
@@ -140,7 +141,7 @@ def test_true_label_outside_label_set_stops_with_its_name(tmp_path):
     """A row with a label outside the label set would be miscounted silently instead of stopping if this failed."""
     path = write_predictions(tmp_path / "x", rows=ROWS + [(11, "disgust", set_response("\\boxed{disgust}"))])
     with pytest.raises(SystemExit, match="disgust"):
-        evaluate.rescore(path)
+        report.rescore(path)
 
 
 def snapshot(folder):
@@ -183,7 +184,7 @@ def test_rescoring_a_broken_predictions_file_names_file_and_line(tmp_path, case)
 
 def test_lenient_parse_reads_a_bare_label():
     """Zero-shot baselines that answer without \\boxed{} would be scored wrongly if this failed."""
-    parse = evaluate.parse_answer
+    parse = report.parse_answer
     assert parse("Sadness.", LABELS, "lenient")[0] == "sadness"  # the whole answer, punctuation dropped
     assert parse("Sadness.", LABELS, "boxed")[0] is None  # the reward's rule needs \boxed{}
     assert parse("I think it is fear", LABELS, "lenient")[0] == "fear"  # exactly one label mentioned
@@ -207,7 +208,7 @@ R1_ROWS = [
 
 def test_rescore_r1_omni(tmp_path):
     """The R1-Omni arm's accuracy and format rate would not be R1-Omni's rules if this failed."""
-    rows, metrics = evaluate.rescore(write_predictions(tmp_path / "r1", R1_ROWS), template="r1-omni")
+    rows, metrics = report.rescore(write_predictions(tmp_path / "r1", R1_ROWS), template="r1-omni")
     assert [r["prediction"] for r in rows] == ["anger", "fear", None, "fear", None, "sadness"]
     assert metrics["accuracy"] == pytest.approx(3 / 6, abs=1e-12)  # rows 1, 4, 6
     assert metrics["format_rate"] == pytest.approx(4 / 6, abs=1e-12)  # rows 1, 2, 3, 5
@@ -215,8 +216,8 @@ def test_rescore_r1_omni(tmp_path):
     assert "reasoning_coherent_rate" not in metrics  # a SET-only measure
     # lenient: only where no <answer>..</answer> exists does it fall back, so row 5 (a tagged answer over
     # lines) stays unparseable and a tagged "Fear" stays wrong
-    assert evaluate.parse_answer("It is fear.", LABELS, "lenient", "r1-omni")[0] == "fear"
-    assert evaluate.parse_answer(R1_ROWS[2][2], LABELS, "lenient", "r1-omni")[0] is None
+    assert report.parse_answer("It is fear.", LABELS, "lenient", "r1-omni")[0] == "fear"
+    assert report.parse_answer(R1_ROWS[2][2], LABELS, "lenient", "r1-omni")[0] is None
 
 
 def test_table_names_the_arm():
@@ -314,7 +315,7 @@ def test_table_reproduces_paper_means(tmp_path):
     """Table 1 would put numbers in the wrong columns or average the wrong ones if the paper's own
     per-dataset accuracies did not give back its Overall column and the hand in/out-of-domain means."""
     folders = write_fake_runs(tmp_path / "eval")
-    header, table = evaluate.build_table(folders, tmp_path / "table")
+    header, table = report.build_table(folders, tmp_path / "table")
     assert header == HEADER
     for row in table:
         assert row[7:] == pytest.approx(list(HAND_MEANS[row[0]]), abs=1e-9), row[0]
@@ -378,7 +379,7 @@ def test_reasoning_coherent_rate_is_the_hand_count(tmp_path):
     path = folder / "predictions.jsonl"
     path.write_text("".join(json.dumps({"id": i, "label": y, "response": r, "reasoning_coherent": stale}) + "\n"
                             for i, y, r, stale in COHERENCE_ROWS))
-    rows, metrics = evaluate.rescore(path)
+    rows, metrics = report.rescore(path)
     assert [r["reasoning_coherent"] for r in rows] == [True, False, False, False, False, True, False, True]
     assert metrics["reasoning_coherent_rate"] == pytest.approx(3 / 8, abs=1e-12)
     saved = evaluate.main(["--predictions", str(path)])
@@ -386,7 +387,7 @@ def test_reasoning_coherent_rate_is_the_hand_count(tmp_path):
     on_disk = json.loads((folder / "metrics.rescored.json").read_text())
     assert on_disk["reasoning_coherent_rate"] == pytest.approx(3 / 8, abs=1e-12)
     # not SET responses: no per-row value and no rate (a <think> response has no steps to judge)
-    rows, metrics = evaluate.rescore(path, template="think")
+    rows, metrics = report.rescore(path, template="think")
     assert "reasoning_coherent_rate" not in metrics
     assert all("reasoning_coherent" not in r for r in rows)
 
@@ -397,8 +398,8 @@ def test_reasoning_coherent_rate_counts_only_rows_that_carry_it():
             {"label": "fear", "prediction": "fear", "format_ok": True, "reasoning_coherent": False},
             {"label": "fear", "prediction": None, "format_ok": False, "reasoning_coherent": True},
             {"label": "joy", "prediction": "joy", "format_ok": True}]  # not judged
-    assert evaluate.compute_metrics(rows, LABELS)["reasoning_coherent_rate"] == pytest.approx(2 / 3, abs=1e-12)
-    assert "reasoning_coherent_rate" not in evaluate.compute_metrics(rows[3:], LABELS)
+    assert report.compute_metrics(rows, LABELS)["reasoning_coherent_rate"] == pytest.approx(2 / 3, abs=1e-12)
+    assert "reasoning_coherent_rate" not in report.compute_metrics(rows[3:], LABELS)
 
 
 def test_report_shows_reasoning_coherent_rate_beside_reflection(tmp_path):
@@ -408,12 +409,12 @@ def test_report_shows_reasoning_coherent_rate_beside_reflection(tmp_path):
              "reflect_text": "fear", "reflect_image": "yes"},
             {"label": "fear", "prediction": "joy", "format_ok": True, "reasoning_coherent": False,
              "reflect_text": "joy", "reflect_image": "no"}]
-    metrics = evaluate.compute_metrics(rows, LABELS)
+    metrics = report.compute_metrics(rows, LABELS)
     assert metrics["reasoning_coherent_rate"] == 0.5  # 1 of 2
     assert metrics["reflect_text_matches_answer"] == 1.0  # both reflections name the row's answer
-    evaluate.write_report(tmp_path, "x", metrics, "m")
-    report = (tmp_path / "report.md").read_text().splitlines()
-    table = [line for line in report if line.startswith("| reflect_") or line.startswith("| reasoning_")]
+    report.write_report(tmp_path, "x", metrics, "m")
+    report_lines = (tmp_path / "report.md").read_text().splitlines()
+    table = [line for line in report_lines if line.startswith("| reflect_") or line.startswith("| reasoning_")]
     assert table == ["| reflect_text_matches_label | 0.5000 |", "| reflect_text_matches_answer | 1.0000 |",
                      "| reasoning_coherent_rate | 0.5000 |", "| reflect_image_yes | 0.5000 |"]
-    assert any("model-free" in line and "own judgement" in line for line in report)
+    assert any("model-free" in line and "own judgement" in line for line in report_lines)

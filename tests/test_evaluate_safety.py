@@ -16,6 +16,7 @@ import pytest
 
 import checkpoint
 import evaluate
+import report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,7 +150,7 @@ def test_overwrite_replaces_the_whole_evaluation(tiny_model_dir, demo_dir, tmp_p
     metrics = json.loads((out / "emoset" / "metrics.json").read_text())
     assert run["run_id"] != old_run and metrics["run_id"] == run["run_id"]
     assert (metrics["method"], metrics["model"], metrics["train_domain"]) == ("new", str(tiny_model_dir), "emoset")
-    header, table = evaluate.build_table([out], tmp_path / "table")
+    header, table = report.build_table([out], tmp_path / "table")
     assert table == [["new", 100 * metrics["accuracy"], None, None, 100 * metrics["accuracy"], None,
                       100 * metrics["accuracy"]]]  # emotion6 and webemo: "-", in the columns and the means
 

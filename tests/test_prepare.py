@@ -1,4 +1,5 @@
-"""Tests for prepare_data.py's converters, on small replicas of each public release's real layout.
+"""Tests for the image converters (convert_images.py) and prepare_data.py's command line, on small
+replicas of each public release's real layout.
 
 The replicas copy what the releases ship (their readmes, the authors' loaders, the public WebEmo download
 script): .jpg images, EmoSet's 4-item split entries, Emotion6's ground_truth.txt, WebEmo's URL lists and
@@ -14,8 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import convert_images
 import data
-import prepare_data
 
 REPO = Path(__file__).resolve().parents[1]
 MIN_PIXELS, MAX_PIXELS = 3136, 3136 * 16  # the processor's floor; small so loading stays fast
@@ -94,7 +95,7 @@ def make_emoset(root):
 def test_emoset_rows_relative_paths_and_labels(tmp_path, processor):
     """EmoSet would train on wrong labels or unloadable paths if the split entries were misread."""
     root = make_emoset(tmp_path / "EmoSet-118K")
-    assert prepare_data.prepare_emoset(root, root, "train") == (root / "train.jsonl", 9)
+    assert convert_images.prepare_emoset(root, root, "train") == (root / "train.jsonl", 9)
     assert rows_of(root / "train.jsonl") == EMOSET_TRAIN_ROWS
     assert read_jsonl(root / "train.jsonl")[0]["problem"] == question(MIKELS)
     assert (root / "labels.txt").read_text() == "\n".join(MIKELS) + "\n"
@@ -105,15 +106,15 @@ def test_emoset_outside_out_gets_absolute_paths_and_3_item_entries(tmp_path, pro
     """Rows written outside the release would point nowhere if left relative; older 3-item lists would fail."""
     root = make_emoset(tmp_path / "EmoSet-118K")
     out = tmp_path / "prepared"
-    assert prepare_data.prepare_emoset(root, out, "test") == (out / "test.jsonl", 2)
+    assert convert_images.prepare_emoset(root, out, "test") == (out / "test.jsonl", 2)
     assert rows_of(out / "test.jsonl") == [(str(root / "image/awe/awe_00020.jpg"), "awe"),
                                            (str(root / "image/disgust/disgust_00021.jpg"), "disgust")]
-    assert prepare_data.prepare_emoset(root, out, "val") == (out / "val.jsonl", 1)  # label from the entry
+    assert convert_images.prepare_emoset(root, out, "val") == (out / "val.jsonl", 1)  # label from the entry
     assert rows_of(out / "val.jsonl") == [(str(root / "image/fear/fear_00030.jpg"), "fear")]
     # [emotion, image_path, annotation_path], as one public loader reads EmoSet
     entries = json.loads((root / "test.json").read_text())
     (root / "test.json").write_text(json.dumps([[e[0], e[2], e[3]] for e in entries]))
-    prepare_data.prepare_emoset(root, tmp_path / "three", "test")
+    convert_images.prepare_emoset(root, tmp_path / "three", "test")
     assert rows_of(tmp_path / "three" / "test.jsonl") == rows_of(out / "test.jsonl")
     check_loads(out / "test.jsonl", processor, MIKELS)
 
@@ -127,7 +128,7 @@ def test_emoset_errors_name_the_entry(tmp_path):
     def expect(changed, message):
         split_file.write_text(json.dumps(changed))
         with pytest.raises(data.DataError, match=re.escape(f"{split_file}: entry 2: ") + message):
-            prepare_data.prepare_emoset(root, tmp_path / "out", "train")
+            convert_images.prepare_emoset(root, tmp_path / "out", "train")
 
     (root / entries[1][2]).unlink()
     expect(entries, re.escape(f"image {root / entries[1][2]} does not exist"))
@@ -135,7 +136,7 @@ def test_emoset_errors_name_the_entry(tmp_path):
     expect([entries[0], ["anger"] + entries[0][1:]], "the split file says 'anger' but .* says 'excitement'")
     expect([entries[0], ["amusement", entries[0][2]]], "expected \\[emotion, image_id, image_path")
     with pytest.raises(data.DataError, match=re.escape(f"{root / 'validation.json'}: no such split file")):
-        prepare_data.prepare_emoset(root, tmp_path / "out", "validation")
+        convert_images.prepare_emoset(root, tmp_path / "out", "validation")
 
 
 # --- Emotion6: images/<emotion>/<n>.jpg and ground_truth.txt ---------------------------------------------
@@ -187,7 +188,7 @@ def make_class_folders(root, labels, per_class):
 def test_emotion6_default_is_all_test_labelled_by_folder(tmp_path, processor):
     """Emotion6 (a benchmark) would lose images to an unasked-for train split, or get Ekman labels wrong."""
     root = make_emotion6(tmp_path / "Emotion6")
-    assert prepare_data.prepare_emotion6(root, root) == (root / "test.jsonl", 12)
+    assert convert_images.prepare_emotion6(root, root) == (root / "test.jsonl", 12)
     assert rows_of(root / "test.jsonl") == EMOTION6_BY_FOLDER
     assert (root / "labels.txt").read_text() == "\n".join(EKMAN) + "\n"
     assert not (root / "train.jsonl").exists()
@@ -197,11 +198,11 @@ def test_emotion6_default_is_all_test_labelled_by_folder(tmp_path, processor):
 def test_emotion6_ground_truth_argmax(tmp_path, capsys):
     """--label-from ground_truth would not exist, or pick the wrong emotion on ties and neutral-heavy rows."""
     root = make_emotion6(tmp_path / "Emotion6")
-    assert prepare_data.prepare_emotion6(root, root, label_from="ground_truth") == (root / "test.jsonl", 12)
+    assert convert_images.prepare_emotion6(root, root, label_from="ground_truth") == (root / "test.jsonl", 12)
     assert rows_of(root / "test.jsonl") == EMOTION6_BY_ANNOTATORS
     assert "Emotion6: 4 of 12 images take a label from ground_truth.txt other than their folder's" in \
         capsys.readouterr().out
-    prepare_data.prepare_emotion6(root / "images", tmp_path / "inner", label_from="ground_truth")  # SRC = images/
+    convert_images.prepare_emotion6(root / "images", tmp_path / "inner", label_from="ground_truth")  # SRC = images/
     assert [a for _, a in rows_of(tmp_path / "inner" / "test.jsonl")] == [a for _, a in EMOTION6_BY_ANNOTATORS]
     # a partial download or a foreign ground_truth.txt is named, not half-used
     truth = (root / "ground_truth.txt").read_text()
@@ -209,15 +210,15 @@ def test_emotion6_ground_truth_argmax(tmp_path, capsys):
     with pytest.raises(data.DataError, match=re.escape(
             f"{root / 'ground_truth.txt'}: no row for 1 image(s) in {root / 'images'}, e.g. anger/1.jpg; rows for 1 "
             f"image(s) not in {root / 'images'}, e.g. angry/1.jpg. Is the download complete")):
-        prepare_data.prepare_emotion6(root, tmp_path / "out", label_from="ground_truth")
+        convert_images.prepare_emotion6(root, tmp_path / "out", label_from="ground_truth")
     (root / "ground_truth.txt").write_text(truth)
     (root / "images" / "joy" / "2.jpg").unlink()
     with pytest.raises(data.DataError, match=re.escape(f"{root / 'ground_truth.txt'}: rows for 1 image(s) not in "
                                                        f"{root / 'images'}, e.g. joy/2.jpg. Is the download complete")):
-        prepare_data.prepare_emotion6(root, tmp_path / "out", label_from="ground_truth")
+        convert_images.prepare_emotion6(root, tmp_path / "out", label_from="ground_truth")
     (root / "ground_truth.txt").unlink()
     with pytest.raises(data.DataError, match=re.escape(f"{root}: no ground_truth.txt in it or beside")):
-        prepare_data.prepare_emotion6(root, tmp_path / "out", label_from="ground_truth")
+        convert_images.prepare_emotion6(root, tmp_path / "out", label_from="ground_truth")
 
 
 def split_of(prepare, root, out, fraction, seed):
@@ -233,8 +234,8 @@ def split_of(prepare, root, out, fraction, seed):
 @pytest.mark.parametrize("dataset", ["emotion6", "fi"])
 def test_stratified_split_is_seeded_and_keeps_every_class(tmp_path, processor, dataset):
     """Train/test would overlap, lose a class on one side, or change between runs if the split were wrong."""
-    labels, prepare = (EKMAN, prepare_data.prepare_emotion6) if dataset == "emotion6" else \
-        (MIKELS, prepare_data.prepare_fi)
+    labels, prepare = (EKMAN, convert_images.prepare_emotion6) if dataset == "emotion6" else \
+        (MIKELS, convert_images.prepare_fi)
     root = tmp_path / dataset
     make_class_folders(root / "images" if dataset == "emotion6" else root, labels, per_class=5)
     parts = split_of(prepare, root, tmp_path / "a", 0.4, seed=1)
@@ -253,8 +254,8 @@ def test_fi_default_split_and_folder_names(tmp_path):
     """FI's documented 80/20 default or its capitalised class folders would be handled wrong."""
     root = make_class_folders(tmp_path / "FI", [e.capitalize() for e in MIKELS], per_class=5)
     (root / "Fear" / "notes.txt").write_text("not an image")
-    assert prepare_data.prepare_fi(root, tmp_path / "out") == (tmp_path / "out" / "train.jsonl", 32)
-    assert prepare_data.prepare_fi(root, tmp_path / "out", "test") == (tmp_path / "out" / "test.jsonl", 8)
+    assert convert_images.prepare_fi(root, tmp_path / "out") == (tmp_path / "out" / "train.jsonl", 32)
+    assert convert_images.prepare_fi(root, tmp_path / "out", "test") == (tmp_path / "out" / "test.jsonl", 8)
     assert [row["answer"] for row in read_jsonl(tmp_path / "out" / "test.jsonl")] == MIKELS
     assert (tmp_path / "out" / "labels.txt").read_text() == "\n".join(MIKELS) + "\n"
 
@@ -266,14 +267,14 @@ def test_nested_folder_in_a_class_folder_is_refused(tmp_path):
     with pytest.raises(data.DataError, match=re.escape(
             f"{root / 'images' / 'fear' / 'digust'}: a folder inside the class folder {root / 'images' / 'fear'}; "
             f"its images would be labelled 'fear'. Move them")):
-        prepare_data.prepare_emotion6(root, tmp_path / "out")
+        convert_images.prepare_emotion6(root, tmp_path / "out")
     fi = make_class_folders(tmp_path / "FI", MIKELS, per_class=2)
     save_jpg(fi / "awe" / "more" / "3.jpg")
     with pytest.raises(data.DataError, match=re.escape(f"{fi / 'awe' / 'more'}: a folder inside the class folder")):
-        prepare_data.prepare_fi(fi, tmp_path / "out")
+        convert_images.prepare_fi(fi, tmp_path / "out")
     (fi / "awe" / "more" / "3.jpg").unlink()
     (fi / "awe" / "more").rename(fi / "awe" / ".ipynb_checkpoints")  # hidden tool folders are not data
-    assert prepare_data.prepare_fi(fi, tmp_path / "fi", "train", 0.0)[1] == 16
+    assert convert_images.prepare_fi(fi, tmp_path / "fi", "train", 0.0)[1] == 16
     assert not (tmp_path / "out" / "test.jsonl").exists()
 
 
@@ -286,13 +287,13 @@ def test_missing_or_empty_class_is_refused(tmp_path):
     message = (f"{root / 'images'}: no images of surprise; Emotion6 has a folder of images for each of "
                f"anger, disgust, fear, joy, sadness, surprise")
     with pytest.raises(data.DataError, match=re.escape(message)):
-        prepare_data.prepare_emotion6(root, tmp_path / "out")
+        convert_images.prepare_emotion6(root, tmp_path / "out")
     (root / "images" / "surprise").mkdir()  # present but empty
     with pytest.raises(data.DataError, match=re.escape(message)):
-        prepare_data.prepare_emotion6(root, tmp_path / "out")
+        convert_images.prepare_emotion6(root, tmp_path / "out")
     fi = make_class_folders(tmp_path / "FI", [e for e in MIKELS if e not in ("awe", "fear")], per_class=2)
     with pytest.raises(data.DataError, match=re.escape(f"{fi}: no images of awe, fear; FI has")):
-        prepare_data.prepare_fi(fi, tmp_path / "out")
+        convert_images.prepare_fi(fi, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -301,182 +302,16 @@ def test_class_folder_errors(tmp_path):
     root = make_class_folders(tmp_path / "FI", MIKELS, per_class=2)
     save_jpg(root / "joy" / "1.jpg")
     with pytest.raises(data.DataError, match=re.escape(f"{root / 'joy'}: 'joy' is not one of the FI labels")):
-        prepare_data.prepare_fi(root, tmp_path / "out")
+        convert_images.prepare_fi(root, tmp_path / "out")
     (root / "joy" / "1.jpg").rename(root / "awe" / "3.jpg")
     (root / "joy").rmdir()
     (root / "fear" / "2.jpg").unlink()
     with pytest.raises(data.DataError, match=re.escape(f"{root}: class 'fear' has 1 image")):
-        prepare_data.prepare_fi(root, tmp_path / "out")
-    assert prepare_data.prepare_fi(root, tmp_path / "out", "train", 0.0)[1] == 16  # no split: every image
+        convert_images.prepare_fi(root, tmp_path / "out")
+    assert convert_images.prepare_fi(root, tmp_path / "out", "train", 0.0)[1] == 16  # no split: every image
     (tmp_path / "empty" / "misc").mkdir(parents=True)
     with pytest.raises(data.DataError, match=re.escape(f"{tmp_path / 'empty'}: no Emotion6 class folders")):
-        prepare_data.prepare_emotion6(tmp_path / "empty", tmp_path / "out6")
-
-
-# --- WebEmo: train25.txt/test25.txt (`<URL> <id>`), category.txt, and the download script's tree ----------
-# category.txt byte for byte as the release ships it: CRLF line ends, tabs, a Python literal, two misspellings.
-WEBEMO_CATEGORY_TXT = (
-    "# Three level emotion hierarchy.\r\nlabels=[('affection', 'love', '+'), \r\n\t('cheerfullness', 'joy', '+'), "
-    "\r\n\t('confusion', 'confusion', '-'), \r\n\t('contentment', 'joy', '+'), \r\n\t('disappointment', 'sadness', "
-    "'-'), \r\n\t('disgust', 'anger', '-'), \r\n\t('enthrallment', 'joy', '+'), \r\n\t('envy', 'anger', '-'),\r\n\t"
-    "('exasperation', 'anger', '-'), \r\n\t('gratitude', 'love', '+'), \r\n\t('horror', 'fear', '-'), \r\n\t"
-    "('irritabilty', 'anger', '-'), \r\n\t('lust', 'love', '+'), \r\n\t('neglect', 'sadness', '-'), \r\n\t"
-    "('nervousness', 'fear', '-'), \r\n\t('optimism', 'joy', '+'), \r\n\t('pride', 'joy', '+'),\r\n\t('rage', "
-    "'anger', '-'), \r\n\t('relief', 'joy', '+'), \r\n\t('sadness', 'sadness', '-'), \r\n\t('shame', 'sadness', "
-    "'-'), \r\n\t('suffering', 'sadness', '-'), \r\n\t('surprise', 'surprise', '+'), \r\n\t('sympathy', 'sadness', "
-    "'-'),\r\n\t('zest', 'joy', '+')]")
-WEBEMO_TABLE = [  # by hand, from category.txt: label id -> (25-level, 7-level, 2-level), spellings corrected
-    ("affection", "love", "positive"), ("cheerfulness", "joy", "positive"), ("confusion", "confusion", "negative"),
-    ("contentment", "joy", "positive"), ("disappointment", "sadness", "negative"), ("disgust", "anger", "negative"),
-    ("enthrallment", "joy", "positive"), ("envy", "anger", "negative"), ("exasperation", "anger", "negative"),
-    ("gratitude", "love", "positive"), ("horror", "fear", "negative"), ("irritability", "anger", "negative"),
-    ("lust", "love", "positive"), ("neglect", "sadness", "negative"), ("nervousness", "fear", "negative"),
-    ("optimism", "joy", "positive"), ("pride", "joy", "positive"), ("rage", "anger", "negative"),
-    ("relief", "joy", "positive"), ("sadness", "sadness", "negative"), ("shame", "sadness", "negative"),
-    ("suffering", "sadness", "negative"), ("surprise", "surprise", "positive"), ("sympathy", "sadness", "negative"),
-    ("zest", "joy", "positive"),
-]
-LEVEL_LABELS = {25: [fine for fine, _, _ in WEBEMO_TABLE],
-                7: ["anger", "confusion", "fear", "joy", "love", "sadness", "surprise"], 2: ["negative", "positive"]}
-
-
-def stock_url(n):
-    return f"https://as2.ftcdn.net/jpg/00/42/93/{n % 100:02d}/220_F_{42937800 + n}_x{n}.jpg"
-
-
-def webemo_image(split, label_id, n):
-    """Where the public download script saves a listed URL: <split>/<label as listed>/<URL's file name>."""
-    return f"{split}/{label_id}/220_F_{42937800 + n}_x{n}.jpg"
-
-
-# train25.txt: one image per label id, listed in id order (n = id); test25.txt below, with one dead link
-WEBEMO_TEST = [(100, 22, True), (101, 1, True), (102, 5, False), (103, 11, True)]  # (n, label id, downloaded)
-WEBEMO_TEST_ROWS = {  # by hand: the three downloaded test images and their label at each level
-    25: [(webemo_image("test", 22, 100), "surprise"), (webemo_image("test", 1, 101), "cheerfulness"),
-         (webemo_image("test", 11, 103), "irritability")],
-    7: [(webemo_image("test", 22, 100), "surprise"), (webemo_image("test", 1, 101), "joy"),
-        (webemo_image("test", 11, 103), "anger")],
-    2: [(webemo_image("test", 22, 100), "positive"), (webemo_image("test", 1, 101), "positive"),
-        (webemo_image("test", 11, 103), "negative")],
-}
-
-
-def make_webemo(root, tree=None):
-    """The release (train25.txt, test25.txt, category.txt) with the download script's tree in `tree` (root)."""
-    tree = tree or root
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "category.txt").write_bytes(WEBEMO_CATEGORY_TXT.encode())
-    (root / "train25.txt").write_text("".join(f"{stock_url(i)} {i}\n" for i in range(25)))
-    (root / "test25.txt").write_text("".join(f"{stock_url(n)} {label}\n" for n, label, _ in WEBEMO_TEST))
-    for i in range(25):
-        save_jpg(tree / webemo_image("train", i, i), i)
-    for n, label, downloaded in WEBEMO_TEST:
-        if downloaded:
-            save_jpg(tree / webemo_image("test", label, n), n)
-    return root
-
-
-def test_webemo_reads_category_txt(tmp_path):
-    """The release's category.txt would be refused, its misspellings or +/- signs leak into prompts."""
-    root = make_webemo(tmp_path / "WebEmo")
-    assert prepare_data.load_webemo_hierarchy(root / "category.txt") == WEBEMO_TABLE
-    # the category.txt beside the lists is the one used: a copy that folds confusion into sadness gives 6 classes
-    (root / "category.txt").write_text(WEBEMO_CATEGORY_TXT.replace("('confusion', 'confusion', '-')",
-                                                                   "('confusion', 'sadness', '-')"))
-    prepare_data.prepare_webemo(root, tmp_path / "folded", 7, "train")
-    assert (tmp_path / "folded" / "labels.txt").read_text() == "anger\nfear\njoy\nlove\nsadness\nsurprise\n"
-    assert rows_of(tmp_path / "folded" / "train.jsonl")[2] == (str(root / webemo_image("train", 2, 2)), "sadness")
-    (root / "category.txt").write_text("labels=[('affection', 'love')]\n")
-    with pytest.raises(data.DataError, match=re.escape(f"{root / 'category.txt'}: cannot read it as WebEmo's "
-                                                       "category.txt (not a list of (fine, mid, coarse)")):
-        prepare_data.prepare_webemo(root, tmp_path / "bad", 25, "train")
-
-
-@pytest.mark.parametrize("level", [25, 7, 2])
-def test_webemo_url_lists_and_downloaded_tree(tmp_path, processor, level):
-    """The release's URL lists would be refused, or their downloaded images not found or mislabelled."""
-    root = make_webemo(tmp_path / "WebEmo")
-    out = tmp_path / f"level{level}"
-    assert prepare_data.prepare_webemo(root, out, level, "train") == (out / "train.jsonl", 25)
-    column = {25: 0, 7: 1, 2: 2}[level]
-    assert rows_of(out / "train.jsonl") == [(str(root / webemo_image("train", i, i)), WEBEMO_TABLE[i][column])
-                                            for i in range(25)]
-    assert (out / "labels.txt").read_text() == "\n".join(LEVEL_LABELS[level]) + "\n"
-    assert prepare_data.prepare_webemo(root, out, level, "test", skip_missing=True) == (out / "test.jsonl", 3)
-    assert rows_of(out / "test.jsonl") == [(str(root / image), label) for image, label in WEBEMO_TEST_ROWS[level]]
-    check_loads(out / "train.jsonl", processor, LEVEL_LABELS[level])
-
-
-def test_webemo_image_root_elsewhere(tmp_path):
-    """Images downloaded away from the lists would not be found without --image-root."""
-    root = make_webemo(tmp_path / "WebEmo", tree=tmp_path / "downloads")
-    first = root / webemo_image("train", 0, 0)  # looked for beside the lists, where the script would have saved it
-    with pytest.raises(data.DataError, match=re.escape(f"25 of the 25 images listed in {root / 'train25.txt'} are "
-                                                       f"missing (first: train25.txt:1 {first})") + ".* None is there"):
-        prepare_data.prepare_webemo(root, tmp_path / "out", 25, "train", skip_missing=True)
-    prepare_data.prepare_webemo(root, tmp_path / "out", 25, "test", image_root=tmp_path / "downloads",
-                                skip_missing=True)
-    assert rows_of(tmp_path / "out" / "test.jsonl") == [(str(tmp_path / "downloads" / image), label)
-                                                        for image, label in WEBEMO_TEST_ROWS[25]]
-
-
-def test_webemo_dead_links_are_counted(tmp_path, capsys):
-    """One dead link would stop the whole conversion, or dead links would be dropped without a word."""
-    root = make_webemo(tmp_path / "WebEmo")
-    dead = root / webemo_image("test", 5, 102)
-    with pytest.raises(data.DataError, match=re.escape(f"1 of the 4 images listed in {root / 'test25.txt'} are "
-                                                       f"missing (first: test25.txt:3 {dead}); a URL's image is looked "
-                                                       f"for at {root}/test/<label id>/<file name of the URL> "
-                                                       "(--image-root). Download them, or pass --skip-missing")):
-        prepare_data.prepare_webemo(root, tmp_path / "out", 25, "test")
-    assert not (tmp_path / "out" / "test.jsonl").exists()
-    assert prepare_data.prepare_webemo(root, tmp_path / "out", 25, "test", skip_missing=True)[1] == 3
-    assert f"WebEmo test: skipped 1 of 4 listed images, missing from {root} (first: test25.txt:3 {dead})" in \
-        capsys.readouterr().out
-
-
-def test_webemo_list_errors_name_the_line(tmp_path):
-    """Unknown labels or malformed lines would not say which line to fix; local paths would not resolve."""
-    root = make_webemo(tmp_path / "WebEmo")
-    listing = root / "test25.txt"
-    for text, message in [
-        (f"{stock_url(100)} 22\n{stock_url(1)} 25\n", "expected '<image URL or path> <label id 0-24 or name>'"),
-        (f"{stock_url(100)} 22\n{stock_url(1)}\n", "expected '<image URL or path>"),
-    ]:
-        listing.write_text(text)
-        with pytest.raises(data.DataError, match=re.escape(f"{listing}:2: ") + message):
-            prepare_data.prepare_webemo(listing, tmp_path / "out", 25, "test")
-    # lists rewritten with local paths and names (relative to the image root), with the release's spellings
-    listing.write_text(f"{webemo_image('test', 1, 101)} cheerfullness\n\n{webemo_image('test', 11, 103)} irritabilty\n")
-    prepare_data.prepare_webemo(listing, tmp_path / "out", 25, "test")
-    assert [a for _, a in rows_of(tmp_path / "out" / "test.jsonl")] == ["cheerfulness", "irritability"]
-    with pytest.raises(ValueError, match="level must be 2, 7 or 25"):
-        prepare_data.prepare_webemo(root, tmp_path / "out", 6)
-
-
-def test_webemo_hierarchy_tsv_overrides_category_txt(tmp_path):
-    """--hierarchy would be ignored, or a malformed one accepted, if the TSV were not read row by row."""
-    root = make_webemo(tmp_path / "WebEmo")
-    tsv = tmp_path / "hierarchy.tsv"
-    tsv.write_text("# fine\tmid\tcoarse\n" + "".join(f"c{i}\t{'even' if i % 2 == 0 else 'odd'}\tall\n"
-                                                      for i in range(25)))
-    prepare_data.prepare_webemo(root, tmp_path / "out", 7, "train", hierarchy=tsv)
-    assert [row["answer"] for row in read_jsonl(tmp_path / "out" / "train.jsonl")] == \
-        ["even" if i % 2 == 0 else "odd" for i in range(25)]
-    assert (tmp_path / "out" / "labels.txt").read_text() == "even\nodd\n"
-    tsv.write_text("a\tb\tc\nd\te\n")
-    with pytest.raises(data.DataError, match=re.escape(f"{tsv}:2: expected fine<TAB>mid<TAB>coarse")):
-        prepare_data.prepare_webemo(root, tmp_path / "out2", 7, "train", hierarchy=tsv)
-
-
-def test_second_label_set_in_one_folder_is_refused(tmp_path):
-    """A second level written to the same folder would silently relabel the first level's rows."""
-    root = make_webemo(tmp_path / "WebEmo")
-    prepare_data.prepare_webemo(root, tmp_path / "out", 25, "train")
-    with pytest.raises(data.DataError, match=re.escape(f"{tmp_path / 'out' / 'labels.txt'}: already holds a "
-                                                       "different label set")):
-        prepare_data.prepare_webemo(root, tmp_path / "out", 2, "test", skip_missing=True)
-    assert prepare_data.prepare_webemo(root, tmp_path / "out", 25, "test", skip_missing=True)[1] == 3  # same set
+        convert_images.prepare_emotion6(tmp_path / "empty", tmp_path / "out6")
 
 
 # --- command line -------------------------------------------------------------------------------------
@@ -495,21 +330,8 @@ def test_cli_matches_functions_and_reports_errors(tmp_path):
                                           f"wrote 8 rows to {tmp_path / 'cli' / 'test.jsonl'}",
                                           f"labels: {tmp_path / 'cli' / 'labels.txt'}"]
     for split in ("train", "test"):
-        path, _ = prepare_data.prepare_fi(root, tmp_path / "api", split, 0.25, 3)
+        path, _ = convert_images.prepare_fi(root, tmp_path / "api", split, 0.25, 3)
         assert (tmp_path / "cli" / f"{split}.jsonl").read_text() == path.read_text()
-
-    webemo = make_webemo(tmp_path / "WebEmo", tree=tmp_path / "downloads")
-    result = run_cli("webemo", webemo, "--out", tmp_path / "w")
-    assert result.returncode == 2 and "--level 2, 7 or 25 is required for webemo" in result.stderr
-    result = run_cli("webemo", webemo, "--out", tmp_path / "w", "--level", 7, "--image-root", tmp_path / "downloads")
-    assert result.returncode == 1 and "Traceback" not in result.stderr  # the dead link stops it, with its count
-    assert f"error: 1 of the 4 images listed in {webemo / 'test25.txt'} are missing" in result.stderr
-    result = run_cli("webemo", webemo, "--out", tmp_path / "w", "--level", 7, "--image-root", tmp_path / "downloads",
-                     "--skip-missing")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0] == f"wrote 25 rows to {tmp_path / 'w' / 'train.jsonl'}"
-    assert result.stdout.splitlines()[1].startswith("WebEmo test: skipped 1 of 4 listed images")
-    assert result.stdout.splitlines()[2] == f"wrote 3 rows to {tmp_path / 'w' / 'test.jsonl'}"
 
     emotion6 = make_emotion6(tmp_path / "Emotion6")
     result = run_cli("emotion6", emotion6, "--out", tmp_path / "e6", "--label-from", "ground_truth")
@@ -536,7 +358,7 @@ def test_emoset_one_folder_too_high_names_the_folder_below(tmp_path):
     release (its split files one level down): the error said only "no such split file"."""
     root = make_emoset(tmp_path / "downloads" / "EmoSet-118K")
     with pytest.raises(data.DataError, match=re.escape(f"{root} has one: pass that folder as SRC")):
-        prepare_data.prepare_emoset(tmp_path / "downloads", tmp_path / "out", "train")
+        convert_images.prepare_emoset(tmp_path / "downloads", tmp_path / "out", "train")
     with pytest.raises(data.DataError) as nothing_below:  # no split file anywhere: no hint
-        prepare_data.prepare_emoset(tmp_path / "out", tmp_path / "out2", "train")
+        convert_images.prepare_emoset(tmp_path / "out", tmp_path / "out2", "train")
     assert "pass that folder" not in str(nothing_below.value)

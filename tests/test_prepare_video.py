@@ -1,4 +1,5 @@
-"""Tests for prepare_data.py's video converters (DFEW, MAFW) on small replicas of each release's layout.
+"""Tests for the video converters (convert_video.py: DFEW, MAFW) and their command line, on small
+replicas of each release's layout.
 
 The replicas copy what the releases ship, as their readmes and public loaders show it: DFEW's
 EmoLabel_DataSplit/{train,test}(single-labeled)/set_<fold>.csv with a `video_name,label` header, its clips
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+import convert_video
 import data
-import prepare_data
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTION = ("<video>As an emotional recognition expert; throughout the video, which emotion conveyed by the "
@@ -90,15 +91,15 @@ def make_dfew(root):
 def test_dfew_videos_fold_lists_and_labels(tmp_path):
     """DFEW would train on wrong labels, wrong clips or the wrong fold if the split CSVs were misread."""
     root = make_dfew(tmp_path / "DFEW")
-    assert prepare_data.prepare_dfew(root, root, 1, "train") == (root / "train.jsonl", 4)
-    assert prepare_data.prepare_dfew(root, root, 1, "test") == (root / "test.jsonl", 3)
+    assert convert_video.prepare_dfew(root, root, 1, "train") == (root / "train.jsonl", 4)
+    assert convert_video.prepare_dfew(root, root, 1, "test") == (root / "test.jsonl", 3)
     assert rows_of(root / "train.jsonl") == DFEW_FOLD1_TRAIN
     assert rows_of(root / "test.jsonl") == DFEW_FOLD1_TEST
     assert {row["problem"] for row in read_jsonl(root / "train.jsonl")} == {
         QUESTION + "\nhappy, surprise, neutral, angry, disgust, sad, fear"}
     assert (root / "labels.txt").read_text() == "\n".join(DFEW_LABELS) + "\n"
     # fold 2 (zero-padded names) is another partition of the same clips
-    prepare_data.prepare_dfew(root, tmp_path / "fold2", 2, "test")
+    convert_video.prepare_dfew(root, tmp_path / "fold2", 2, "test")
     assert rows_of(tmp_path / "fold2" / "test.jsonl") == [(str(root / clip), label) for clip, label in DFEW_FOLD2_TEST]
 
 
@@ -109,14 +110,14 @@ def test_dfew_frame_folders_and_absolute_paths(tmp_path):
     touch(root / "Clip" / "clip_224x224" / "00002" / "00002_00010.jpg", "")
     touch(root / "Clip" / "clip_224x224" / "00002" / "00002_00009.jpg", "")
     out = tmp_path / "out"
-    prepare_data.prepare_dfew(root, out, 1, "train", clips="clip_224x224")
+    convert_video.prepare_dfew(root, out, 1, "train", clips="clip_224x224")
     frames2 = tuple(str(root / f) for f in dfew_frames(2)) + tuple(
         str(root / f"Clip/clip_224x224/00002/00002_{i:05d}.jpg") for i in (9, 10))
     absolute = {clip: tuple(str(root / f) for f in dfew_frames(clip)) for clip in (3, 5, 6)}
     assert rows_of(out / "train.jsonl") == [(frames2, "happy"), (absolute[3], "fear"), (absolute[5], "angry"),
                                             (absolute[6], "disgust")]
     # inside OUT, the frames are relative to it
-    prepare_data.prepare_dfew(root, root, 1, "test", clips="clip_224x224")
+    convert_video.prepare_dfew(root, root, 1, "test", clips="clip_224x224")
     assert rows_of(root / "test.jsonl") == [(dfew_frames(1), "sad"), (dfew_frames(4), "surprise"),
                                             (dfew_frames(7), "neutral")]
 
@@ -128,7 +129,7 @@ def test_dfew_any_clip_folder_unpadded_names_and_no_label_list(tmp_path):
     for clip in DFEW_FRAMES:
         touch(videos / ("part_1" if clip < 4 else "part_2") / f"{clip}.avi")
     touch(videos / "part_1" / "notes.txt")  # not a clip
-    prepare_data.prepare_dfew(root, tmp_path / "out", 1, "test", clips=str(videos), label_list=False)
+    convert_video.prepare_dfew(root, tmp_path / "out", 1, "test", clips=str(videos), label_list=False)
     assert rows_of(tmp_path / "out" / "test.jsonl") == [
         (str(videos / "part_1/1.avi"), "sad"), (str(videos / "part_2/4.avi"), "surprise"),
         (str(videos / "part_2/7.avi"), "neutral")]
@@ -137,7 +138,7 @@ def test_dfew_any_clip_folder_unpadded_names_and_no_label_list(tmp_path):
     touch(videos / "part_2" / "00001.mp4")
     with pytest.raises(data.DataError, match=re.escape(f"{videos / 'part_1/1.avi'} and {videos / 'part_2/00001.mp4'} "
                                                        "are both clip 1")):
-        prepare_data.prepare_dfew(root, tmp_path / "out", 1, "test", clips=str(videos))
+        convert_video.prepare_dfew(root, tmp_path / "out", 1, "test", clips=str(videos))
 
 
 def test_dfew_errors_name_the_file_and_line(tmp_path):
@@ -148,7 +149,7 @@ def test_dfew_errors_name_the_file_and_line(tmp_path):
     def expect(entries, message, header="video_name,label"):
         write_dfew_list(root, 1, "train", entries, header)
         with pytest.raises(data.DataError, match=message):
-            prepare_data.prepare_dfew(root, tmp_path / "out", 1, "train")
+            convert_video.prepare_dfew(root, tmp_path / "out", 1, "train")
 
     expect([("2", 1), ("3", 0)], re.escape(f"{csv_file}:3: label id 0 is not a DFEW single label (1 happy"))
     expect([("2", 8)], re.escape(f"{csv_file}:2: label id 8 is not a DFEW single label"))
@@ -158,16 +159,16 @@ def test_dfew_errors_name_the_file_and_line(tmp_path):
            header="name,emotion")
     write_dfew_list(root, 1, "train", DFEW_LISTS[1]["train"])
     with pytest.raises(data.DataError, match=re.escape("EmoLabel_DataSplit: no train(single-labeled)/set_3.csv")):
-        prepare_data.prepare_dfew(root, tmp_path / "out", 3, "train")
+        convert_video.prepare_dfew(root, tmp_path / "out", 3, "train")
     with pytest.raises(data.DataError, match=re.escape(f"{root / 'Clip' / 'clip_224x224_16f'}: no such folder; DFEW "
                                                        "clips come as original (Clip/original)")):
-        prepare_data.prepare_dfew(root, tmp_path / "out", 1, "train", clips="clip_224x224_16f")
+        convert_video.prepare_dfew(root, tmp_path / "out", 1, "train", clips="clip_224x224_16f")
     with pytest.raises(data.DataError, match=re.escape(f"{root / 'Clip'}: no EmoLabel_DataSplit/ in it or one level")):
-        prepare_data.prepare_dfew(root / "Clip", tmp_path / "out", 1, "train")
-    assert prepare_data.prepare_dfew(tmp_path, tmp_path / "out", 1, "train")[1] == 4  # a zip's top folder: found
+        convert_video.prepare_dfew(root / "Clip", tmp_path / "out", 1, "train")
+    assert convert_video.prepare_dfew(tmp_path, tmp_path / "out", 1, "train")[1] == 4  # a zip's top folder: found
     for fold, split in ((0, "train"), (6, "train"), (1, "val")):
         with pytest.raises(ValueError):
-            prepare_data.prepare_dfew(root, tmp_path / "out", fold, split)
+            convert_video.prepare_dfew(root, tmp_path / "out", fold, split)
 
 
 def test_dfew_missing_clips_are_counted_or_skipped(tmp_path, capsys):
@@ -178,8 +179,8 @@ def test_dfew_missing_clips_are_counted_or_skipped(tmp_path, capsys):
     (clips / "00005.mp4").unlink()
     with pytest.raises(data.DataError, match=re.escape(f"1 of the 4 clips listed in {csv_file} are missing from "
                                                        f"{clips} (first: {csv_file}:4 (clip 5))")):
-        prepare_data.prepare_dfew(root, tmp_path / "out", 1, "train")
-    assert prepare_data.prepare_dfew(root, root, 1, "train", skip_missing=True)[1] == 3
+        convert_video.prepare_dfew(root, tmp_path / "out", 1, "train")
+    assert convert_video.prepare_dfew(root, root, 1, "train", skip_missing=True)[1] == 3
     assert rows_of(root / "train.jsonl") == [row for row in DFEW_FOLD1_TRAIN if "00005" not in row[0]]
     assert capsys.readouterr().out.startswith(f"DFEW train: skipped 1 of 4 listed clips, missing from {clips}")
     # a frame folder without frames is missing too, said as such
@@ -188,11 +189,11 @@ def test_dfew_missing_clips_are_counted_or_skipped(tmp_path, capsys):
         frame.unlink()
     with pytest.raises(data.DataError, match=re.escape("(first: " + f"{csv_file}:3 (clip 3: a frame folder without "
                                                        "images))")):
-        prepare_data.prepare_dfew(root, tmp_path / "out", 1, "train", clips="clip_224x224")
+        convert_video.prepare_dfew(root, tmp_path / "out", 1, "train", clips="clip_224x224")
     for clip in clips.iterdir():
         clip.unlink()
     with pytest.raises(data.DataError, match="None is there: is --clips the folder"):
-        prepare_data.prepare_dfew(root, tmp_path / "out", 1, "train", skip_missing=True)
+        convert_video.prepare_dfew(root, tmp_path / "out", 1, "train", skip_missing=True)
 
 
 # --- MAFW ---------------------------------------------------------------------------------------------
@@ -236,15 +237,15 @@ def make_mafw(root):
 def test_mafw_single_set_with_r1_omni_labels(tmp_path):
     """MAFW would be scored against words R1-Omni's reward never matches, or read the compound set, if this failed."""
     root = make_mafw(tmp_path / "MAFW")
-    assert prepare_data.prepare_mafw(root, root, 1, "train") == (root / "train.jsonl", 6)
-    assert prepare_data.prepare_mafw(root, root, 1, "test") == (root / "test.jsonl", 5)
+    assert convert_video.prepare_mafw(root, root, 1, "train") == (root / "train.jsonl", 6)
+    assert convert_video.prepare_mafw(root, root, 1, "test") == (root / "test.jsonl", 5)
     assert rows_of(root / "train.jsonl") == MAFW_FOLD1_TRAIN
     assert rows_of(root / "test.jsonl") == MAFW_FOLD1_TEST
     assert {row["problem"] for row in read_jsonl(root / "test.jsonl")} == {
         QUESTION + "\nhappy, surprise, neutral, angry, disgust, sad, fear, contemptuous, disappointed, helpless, "
                    "anxious"}
     assert (root / "labels.txt").read_text() == "\n".join(MAFW_R1_OMNI) + "\n"
-    prepare_data.prepare_mafw(root, tmp_path / "fold2", 2, "train")
+    convert_video.prepare_mafw(root, tmp_path / "fold2", 2, "train")
     assert rows_of(tmp_path / "fold2" / "train.jsonl") == [(str(root / "data/clips/00032.mp4"), "sad"),
                                                           (str(root / "data/clips/00025.mp4"), "angry")]
 
@@ -253,7 +254,7 @@ def test_mafw_frames_release_names_and_no_label_list(tmp_path):
     """Frames would play out of order (10 before 2), or count files would be fed as frames, if this failed."""
     root = make_mafw(tmp_path / "MAFW")
     out = tmp_path / "out"
-    prepare_data.prepare_mafw(root, out, 1, "test", clips="frames", label_names="release", label_list=False)
+    convert_video.prepare_mafw(root, out, 1, "test", clips="frames", label_names="release", label_list=False)
     frames = {name: tuple(str(root / "data" / "frames" / name / f) for f in ("1.jpg", "2.jpg", "10.jpg"))
               for name in ("00032", "00033", "00034", "00035", "00036")}
     assert rows_of(out / "test.jsonl") == [(frames["00032"], "sadness"), (frames["00033"], "neutral"),
@@ -263,7 +264,7 @@ def test_mafw_frames_release_names_and_no_label_list(tmp_path):
     assert (out / "labels.txt").read_text() == "\n".join(MAFW_RELEASE) + "\n"
     # the same folder cannot then take R1-Omni's words: one labels.txt per folder
     with pytest.raises(data.DataError, match=re.escape(f"{out / 'labels.txt'}: already holds a different label set")):
-        prepare_data.prepare_mafw(root, out, 1, "train")
+        convert_video.prepare_mafw(root, out, 1, "train")
 
 
 def test_mafw_errors_name_the_file_and_line(tmp_path, capsys):
@@ -274,7 +275,7 @@ def test_mafw_errors_name_the_file_and_line(tmp_path, capsys):
     def expect(text, message):
         list_file.write_text(text)
         with pytest.raises(data.DataError, match=message):
-            prepare_data.prepare_mafw(root, tmp_path / "out", 1, "train")
+            convert_video.prepare_mafw(root, tmp_path / "out", 1, "train")
 
     expect("00025.mp4 anger\n00030.mp4 anger_disgust\n", re.escape(
         f"{list_file}:2: 'anger_disgust' is a compound label; only MAFW's single-label set is converted"))
@@ -285,16 +286,16 @@ def test_mafw_errors_name_the_file_and_line(tmp_path, capsys):
     list_file.write_text("00025.mp4 anger\n00099.mp4 fear\n00026.mp4 Happiness\n")  # class words in any case
     with pytest.raises(data.DataError, match=re.escape(f"1 of the 3 clips listed in {list_file} are missing from "
                                                        f"{root / 'data' / 'clips'} (first: {list_file}:2 (clip 99))")):
-        prepare_data.prepare_mafw(root, tmp_path / "out", 1, "train")
-    prepare_data.prepare_mafw(root, root, 1, "train", skip_missing=True)
+        convert_video.prepare_mafw(root, tmp_path / "out", 1, "train")
+    convert_video.prepare_mafw(root, root, 1, "train", skip_missing=True)
     assert rows_of(root / "train.jsonl") == [("data/clips/00025.mp4", "angry"), ("data/clips/00026.mp4", "happy")]
     assert "MAFW train: skipped 1 of 3 listed clips" in capsys.readouterr().out
     with pytest.raises(data.DataError, match=re.escape(f"{mafw_list(root, 4, 'test')}: no such list")):
-        prepare_data.prepare_mafw(root, tmp_path / "out", 4, "test")
+        convert_video.prepare_mafw(root, tmp_path / "out", 4, "test")
     with pytest.raises(data.DataError, match="no Train & Test Set/ in it or one level down"):
-        prepare_data.prepare_mafw(root / "data", tmp_path / "out", 1, "test")
+        convert_video.prepare_mafw(root / "data", tmp_path / "out", 1, "test")
     with pytest.raises(ValueError, match="label_names"):
-        prepare_data.prepare_mafw(root, tmp_path / "out", 1, "test", label_names="english")
+        convert_video.prepare_mafw(root, tmp_path / "out", 1, "test", label_names="english")
 
 
 # --- command line -------------------------------------------------------------------------------------
@@ -314,7 +315,7 @@ def test_cli_writes_both_lists_of_the_fold(tmp_path):
                                           f"wrote 3 rows to {out / 'test.jsonl'}", f"labels: {out / 'labels.txt'}"]
     assert rows_of(out / "test.jsonl") == [(str(root / clip), label) for clip, label in DFEW_FOLD1_TEST]
     for split in ("train", "test"):
-        path, _ = prepare_data.prepare_dfew(root, tmp_path / "api", 1, split)
+        path, _ = convert_video.prepare_dfew(root, tmp_path / "api", 1, split)
         assert (out / f"{split}.jsonl").read_text() == path.read_text()
 
     (root / "Clip" / "original" / "00007.mp4").unlink()
@@ -331,7 +332,7 @@ def test_cli_writes_both_lists_of_the_fold(tmp_path):
     result = run_cli("mafw", mafw, "--out", tmp_path / "m", "--fold", 1, "--split", "test", "--clips", "frames",
                      "--label-names", "release", "--no-label-list")
     assert result.returncode == 0, result.stderr
-    prepare_data.prepare_mafw(mafw, tmp_path / "m_api", 1, "test", "frames", label_list=False, label_names="release")
+    convert_video.prepare_mafw(mafw, tmp_path / "m_api", 1, "test", "frames", label_list=False, label_names="release")
     assert (tmp_path / "m" / "test.jsonl").read_text() == (tmp_path / "m_api" / "test.jsonl").read_text()
 
 

@@ -53,7 +53,7 @@ def rank_main(what, model_dir, train_file):
     processor = AutoProcessor.from_pretrained(model_dir)
     if what == "batch":
         dataset = data.PromptDataset(train_file, processor, min_pixels=56 * 56, max_pixels=112 * 112)
-        common.get_batch_on_every_rank(dataset, [rank])  # rank 1's image is truncated: every rank must stop here
+        data.get_batch_on_every_rank(dataset, [rank])  # rank 1's image is truncated: every rank must stop here
         print(f"rank {rank}: got its batch")  # not reached
         torch.distributed.barrier()  # the next collective, as the trainer's next phase would be
         return

@@ -40,7 +40,7 @@ def test_reflection_prompts_keep_the_response_as_text(processor, image, hf_engin
     images = [[image]] * len(HOSTILE)
     per_image = data.image_token_count(image, processor)
     for kind, want in (("text", 0), ("image", 1)):
-        requests = train_grpo.reflection_requests(processor, kind, HOSTILE, images, LABELS, 2048)
+        requests = rollout.reask_requests(processor, rewards.REASKS[kind], HOSTILE, images, LABELS, 2048)
         for request, response in zip(requests, HOSTILE):
             assert slots(request.prompt_ids, processor) == want  # vLLM's placeholders: one per image
             assert len(request.images) == want
@@ -54,12 +54,12 @@ def test_reflection_prompts_keep_the_response_as_text(processor, image, hf_engin
 def test_questions_are_the_templates(processor, image):
     """The re-ask would not ask what the released code asks."""
     response = "<step1>A dark room.</step1> <step2>One would feel sad.</step2><step3>negative, low</step3>\\boxed{sadness}"
-    text, = train_grpo.reflection_requests(processor, "text", [response], [[image]], LABELS, 2048)
+    text, = rollout.reask_requests(processor, rewards.REASKS["text"], [response], [[image]], LABELS, 2048)
     assert text.text.endswith("<|im_start|>user\n<step1>A dark room.</step1> <step2>One would feel sad.</step2>\n"
                               "Which emotion best describes the text above?\nAnswer the question using one "
                               "emotional category (one word only): amusement, anger, contentment, sadness."
                               "<|im_end|>\n<|im_start|>assistant\n")
-    img, = train_grpo.reflection_requests(processor, "image", [response], [[image]], LABELS, 2048)
+    img, = rollout.reask_requests(processor, rewards.REASKS["image"], [response], [[image]], LABELS, 2048)
     # "<step1>" up to, not including, "<step2>", stripped: "<step1>A dark room.</step1>"
     assert img.text.endswith("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>\nCan the following text "
                              "describe the image?Please answer with yes or no.<step1>A dark room.</step1><|im_end|>\n"
@@ -69,8 +69,8 @@ def test_questions_are_the_templates(processor, image):
 def test_missing_steps_ask_answer_none(processor, image):
     """Without steps the reference asks the model "Answer 'None'" and scores its reply; a fixed answer
     would score every such response alike."""
-    text, img = (train_grpo.reflection_requests(processor, kind, ["no steps \\boxed{anger}"], [[image]], LABELS, 2048)[0]
-                 for kind in ("text", "image"))
+    text, img = (rollout.reask_requests(processor, rewards.REASKS[kind], ["no steps \\boxed{anger}"], [[image]],
+                                        LABELS, 2048)[0] for kind in ("text", "image"))
     assert text.text.endswith("<|im_start|>user\nAnswer 'None'<|im_end|>\n<|im_start|>assistant\n") and not text.images
     assert img.text.endswith("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>\nAnswer 'None'<|im_end|>\n"
                              "<|im_start|>assistant\n") and img.images == [image]
@@ -86,8 +86,8 @@ def test_a_long_re_ask_keeps_its_question_its_image_and_the_assistant_opening(pr
     Now the quoted step text loses its end; the rest of the prompt stays, and the prompt fits."""
     long = "<step1>" + "calm sea " * 400 + "</step1><step2>x</step2><step3>y</step3>\\boxed{awe}"
     limit, per_image = 100, data.image_token_count(image, processor)
-    text, = train_grpo.reflection_requests(processor, "text", [long], [[image]], LABELS, limit)
-    img, = train_grpo.reflection_requests(processor, "image", [long], [[image]], LABELS, limit)
+    text, = rollout.reask_requests(processor, rewards.REASKS["text"], [long], [[image]], LABELS, limit)
+    img, = rollout.reask_requests(processor, rewards.REASKS["image"], [long], [[image]], LABELS, limit)
     assert len(text.prompt_ids) <= limit and len(img.prompt_ids) - 1 + per_image <= limit
     assert len(text.prompt_ids) >= limit - 3  # cut to the limit, not far below it
     for request in (text, img):
@@ -110,10 +110,10 @@ def test_re_ask_limits_tight_and_default(processor):
     default = train_grpo.reask_prompt_limit(train_grpo.Config())  # 2048 + 2048 - 16: the engine's context less the answer
     assert default == 4080
     for kind in ("text", "image"):
-        whole, = train_grpo.reflection_requests(processor, kind, [response], [[big]], LABELS, default)
+        whole, = rollout.reask_requests(processor, rewards.REASKS[kind], [response], [[big]], LABELS, default)
         assert whole.text.endswith(rewards.reflection_prompt(kind, response, LABELS).removeprefix("<image>")
                                    + "<|im_end|>\n<|im_start|>assistant\n")  # all of it
-        tight, = train_grpo.reflection_requests(processor, kind, [response], [[big]], LABELS, 460)
+        tight, = rollout.reask_requests(processor, rewards.REASKS[kind], [response], [[big]], LABELS, 460)
         expanded = len(tight.prompt_ids) + (399 if kind == "image" else 0)
         assert expanded <= 460 and ends_with_the_assistant_opening(tight)
         if kind == "image":  # the image and the template leave a few tokens: the step text goes, the question stays

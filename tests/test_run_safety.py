@@ -184,11 +184,11 @@ def test_user_rewards_fail_loudly(tmp_path):
                            ("inf", "not finite: {'accuracy': -inf}")):
         score = rewards.load_reward(reward_fn=f"{tmp_path / 'mine.py'}:{name}")
         with pytest.raises(SystemExit, match=expected) as failed:
-            score("a response", "anger", None, None, index=7)
+            score("a response", "anger", {}, index=7)
         assert "response 7 (answer 'anger')" in str(failed.value) and name in str(failed.value)
     score = rewards.load_reward(reward_fn=f"{tmp_path / 'mine.py'}:extra")
-    assert score("x", "anger", None, None) == {"overall": 0.5, "format": 0.0, "accuracy": 0.0, "reflect_text": 0.0,
-                                               "reflect_image": 0.0, "brevity": 0.25}  # its own key is kept
+    assert score("x", "anger", {}) == {"overall": 0.5, "format": 0.0, "accuracy": 0.0, "reflect_text": 0.0,
+                                       "reflect_image": 0.0, "brevity": 0.25}  # its own key is kept
 
 
 def test_a_reward_fn_without_its_file_or_function_stops_before_any_model_loads(tmp_path, no_model_loads, monkeypatch,
@@ -222,15 +222,14 @@ def test_the_sync_guard_counts_a_nan_gap_as_too_high(tmp_path):
 def test_demo_builds_only_what_the_run_uses(tmp_path, monkeypatch, tiny_model_dir, demo_dir):
     """--demo with your own --model / --train-files rebuilt the repository's .cache anyway (tests leaked
     into it); it builds the tiny model and the demo data only where the run's paths point at them."""
-    import common
     import tiny
     monkeypatch.setattr(tiny, "DEFAULT_DIR", tmp_path / "cache" / "tiny")
     monkeypatch.setattr(tiny, "DEMO_DIR", tmp_path / "cache" / "demo")
-    monkeypatch.setattr(common.dist, "get_rank", lambda: 0)  # rank 0 of a world of one, in-process
-    monkeypatch.setattr(common.dist, "barrier", lambda: None)
-    common.demo_paths(str(tiny_model_dir), [str(demo_dir / "train.jsonl"), ""])
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)  # rank 0 of a world of one, in-process
+    monkeypatch.setattr(dist, "barrier", lambda: None)
+    tiny.demo_paths(str(tiny_model_dir), [str(demo_dir / "train.jsonl"), ""])
     assert not (tmp_path / "cache").exists()
-    common.demo_paths(str(tiny_model_dir), [str(tiny.DEMO_DIR / "train.jsonl")])  # the demo data only
+    tiny.demo_paths(str(tiny_model_dir), [str(tiny.DEMO_DIR / "train.jsonl")])  # the demo data only
     assert (tiny.DEMO_DIR / "demo.json").exists() and not tiny.DEFAULT_DIR.exists()
-    common.demo_paths(str(tiny.DEFAULT_DIR), [str(demo_dir / "train.jsonl")])  # the tiny model only
+    tiny.demo_paths(str(tiny.DEFAULT_DIR), [str(demo_dir / "train.jsonl")])  # the tiny model only
     assert (tiny.DEFAULT_DIR / "config.json").exists()

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import data
+import rows
 import video
 
 VIDEO_PAD = "<|video_pad|>"
@@ -246,7 +247,7 @@ def test_build_messages_and_images_unchanged(processor):
 
 def test_r1_omni_layout(tmp_path, processor):
     write_video(tmp_path / "clip.mp4")
-    human = f"<video>\n<audio>\n{R1_OMNI_QUESTION}\n{data.R1_OMNI_INSTRUCTION}"
+    human = f"<video>\n<audio>\n{R1_OMNI_QUESTION}\n{rows.R1_OMNI_INSTRUCTION}"
     path = write_rows(tmp_path / "r1omni.json", [
         {"video": "clip.mp4", "conversations": [{"from": "human", "value": human},
                                                 {"from": "gpt", "value": "<answer> happy </answer>"}]},
@@ -260,8 +261,8 @@ def test_r1_omni_layout(tmp_path, processor):
     assert [(row.problem, row.answer) for row in dataset.rows] == [(f"<video>\n{R1_OMNI_QUESTION}", "happy"),
                                                                   (f"<video>\n{R1_OMNI_QUESTION}", "sad")]
     prompt = dataset[0]
-    assert prompt.text.count(data.R1_OMNI_INSTRUCTION) == 1  # the template's, not twice
-    assert f"{VIDEO_PAD}<|vision_end|>\n{R1_OMNI_QUESTION}\n{data.R1_OMNI_INSTRUCTION}" in prompt.text
+    assert prompt.text.count(rows.R1_OMNI_INSTRUCTION) == 1  # the template's, not twice
+    assert f"{VIDEO_PAD}<|vision_end|>\n{R1_OMNI_QUESTION}\n{rows.R1_OMNI_INSTRUCTION}" in prompt.text
     assert "<audio>" not in prompt.text and len(prompt.videos[0].frames) == 6
 
 

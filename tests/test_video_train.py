@@ -6,7 +6,8 @@ import json
 import pytest
 
 import data
-import train_grpo
+import rewards
+import rollout
 from rollout import visuals
 from test_train import read_jsonl, torchrun
 
@@ -28,8 +29,8 @@ def test_consistency_re_ask_shows_the_rollouts_clip(processor, video_dir):
     prompt = dataset[0]
     assert prompt.images == [] and len(prompt.videos) == 1 and len(prompt.videos[0].frames) == 8
     response = "<step1>The clip turns from red to blue.</step1><step2>x</step2><step3>y</step3>\\boxed{anger}"
-    image_ask, text_ask = (train_grpo.reflection_requests(processor, kind, [response], [visuals(prompt)],
-                                                         dataset.labels, 512)[0] for kind in ("image", "text"))
+    image_ask, text_ask = (rollout.reask_requests(processor, rewards.REASKS[kind], [response], [visuals(prompt)],
+                                                  dataset.labels, 512)[0] for kind in ("image", "text"))
     video_pad, image_pad = processor.tokenizer.convert_tokens_to_ids(["<|video_pad|>", "<|image_pad|>"])
     assert image_ask.videos == prompt.videos and image_ask.images == []  # the same Video object: the same frames
     assert image_ask.prompt_ids.count(video_pad) == 1 and image_ask.prompt_ids.count(image_pad) == 0
