@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+import lora
 from common import check_shared_folder, lock_run_folder, rng_states, run_folder, set_rng_states
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -79,6 +80,42 @@ def without_tied_copies(model, state):
     return {name: value for name, value in state.items() if name not in copies}
 
 
+def saved_part(model, state):
+    """What a checkpoint holds of a model state dict: every weight (a tied one once), or for a LoRA model
+    its adapter alone (A and B: the base is the run's --model / --init-from, recorded by base_identity)."""
+    state = without_tied_copies(model, state)
+    if lora.lora_modules(model):
+        state = {name: value for name, value in state.items() if lora.is_adapter(name)}
+    return state
+
+
+def base_identity(model_path, init_from=""):
+    """What a LoRA checkpoint's base is: the model's path and a hash of its config.json and weight index
+    (or safetensors headers), and the --init-from checkpoint it started from with a hash of its file list.
+    A resume on another base is refused (start_or_resume), as the adapter means nothing on it."""
+    import hashlib
+
+    from transformers.utils import cached_file
+
+    def digest(files):
+        h = hashlib.sha256()
+        for f in files:
+            with open(f, "rb") as stream:
+                h.update(stream.read(8 + int.from_bytes(stream.read(8), "little")) if f.endswith(".safetensors")
+                         else stream.read())  # a safetensors file: its header only (names, shapes, offsets)
+        return h.hexdigest()[:16]
+
+    def local(name):
+        return cached_file(model_path, name, _raise_exceptions_for_missing_entries=False)
+    index = local("model.safetensors.index.json")
+    weights = [index] if index else sorted(str(p) for p in Path(local("config.json")).parent.glob("*.safetensors"))
+    identity = {"model": str(model_path), "model_hash": digest([local("config.json"), *weights])}
+    if init_from:
+        start = find_checkpoint(init_from)
+        identity.update(init_from=str(start.resolve()), init_from_hash=digest([str(start / "trainer_state.json")]))
+    return identity
+
+
 def save_checkpoint(model, optimizer, step, config, out, rank, scheduler=None, save_limit=0):
     """Sharded model + optimizer (torch.distributed.checkpoint), step, LR schedule, RNG states.
 
@@ -99,7 +136,7 @@ def save_checkpoint(model, optimizer, step, config, out, rank, scheduler=None, s
     # Tensors only: HuggingFaceStorageWriter would write a non-tensor value (param_groups) as pickled
     # bytes in front of a shard's safetensors data, a file that no longer loads. save_distributed: each
     # rank writes its own shard file with its offsets (DCP fsyncs it); no pickled .metadata is written.
-    tensors = {"model": without_tied_copies(model, model_sd), "optimizer": {"state": optim_sd["state"]}}
+    tensors = {"model": saved_part(model, model_sd), "optimizer": {"state": optim_sd["state"]}}
     dcp.save(tensors, storage_writer=dcp.HuggingFaceStorageWriter(str(tmp), save_distributed=True))
     save_rng_states(tmp / f"rng_rank{rank}.json", rng_states())
     dist.barrier()
@@ -111,6 +148,9 @@ def save_checkpoint(model, optimizer, step, config, out, rank, scheduler=None, s
                  "files": {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}}
         if scheduler is not None:
             state["scheduler"] = scheduler.state_dict()
+        if lora.lora_modules(model):  # an adapter: it holds no base, so it names the one it was trained on
+            state["lora"] = lora.settings(model)
+            state["lora_base"] = base_identity(config["model"], config.get("init_from", ""))
         (tmp / "trainer_state.json").write_text(json.dumps(state))
         fsync(tmp / "trainer_state.json")
         fsync(tmp)  # the folder's entries for every rank's files
@@ -174,10 +214,15 @@ def load_weights(model, path):
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
     require_loadable(path)
+    if "lora_base" in json.loads((path / "trainer_state.json").read_text()):
+        raise SystemExit(f"{path} holds a LoRA adapter, not a model: merge it first (python merge.py {path} --out "
+                         f"DIR) and start from DIR with --model")
     model_sd = get_model_state_dict(model)
     # always a HuggingFaceStorageReader: dcp.load(checkpoint_id=...) alone would pick the pickle reader.
     # It fills the tensors in place, the tied copy's too (one memory).
-    dcp.load({"model": without_tied_copies(model, model_sd)}, storage_reader=dcp.HuggingFaceStorageReader(str(path)))
+    # a LoRA model's base only: its A and B start fresh
+    weights = {name: value for name, value in without_tied_copies(model, model_sd).items() if not lora.is_adapter(name)}
+    dcp.load({"model": weights}, storage_reader=dcp.HuggingFaceStorageReader(str(path)))
     set_model_state_dict(model, model_sd)
 
 
@@ -188,7 +233,7 @@ def load_checkpoint(model, optimizer, path, rank, scheduler=None):
 
     require_loadable(path)
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    tensors = {"model": without_tied_copies(model, model_sd), "optimizer": {"state": optim_sd["state"]}}
+    tensors = {"model": saved_part(model, model_sd), "optimizer": {"state": optim_sd["state"]}}
     dcp.load(tensors, storage_reader=dcp.HuggingFaceStorageReader(str(path)))  # fills model_sd in place
     state = json.loads((path / "trainer_state.json").read_text())
     # JSON turned tuples (AdamW's betas) into lists; "params" is the list of parameter names
@@ -290,7 +335,15 @@ def check_resume_config(checkpoint, config, may_change):
     """Stop when a resumed run's flags (`config`, a dict) differ from the checkpoint's in a way that changes
     what the run trains (restoring the optimizer would bring back the old lr; another batch size or seed
     re-slices the data), listing every difference. Fields in `may_change` may differ."""
-    saved = json.loads((checkpoint / "trainer_state.json").read_text())["config"]
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    saved = state["config"]
+    if "lora_base" in state:  # an adapter continues only on the base it was trained on
+        now = base_identity(config["model"], config.get("init_from", ""))
+        if now != state["lora_base"]:
+            raise SystemExit(f"--resume: {checkpoint} is a LoRA adapter trained on the base "
+                             f"{json.dumps(state['lora_base'])}, and this run's base is {json.dumps(now)}: the "
+                             f"adapter means nothing on another base. Resume with the run's own --model and "
+                             f"--init-from, as they were.")
     changed = {k: (saved[k], v) for k, v in config.items()
                if k in saved and k not in may_change and saved[k] != v and not same_path(saved[k], v)}
     if changed:
@@ -340,9 +393,21 @@ def find_checkpoint(path):
     return found
 
 
-def load_trained_model(checkpoint, base_model=None, dtype=None):
-    """The base model's architecture with the checkpoint's weights, on CPU. Returns (model, base)."""
+def read_into(model, checkpoint, names):
+    """Fill `model`'s weights named by `names` (of saved_part) from `checkpoint`, in one process."""
     import torch.distributed.checkpoint as dcp
+    model_state = model.state_dict()
+    with warnings.catch_warnings():  # "torch.distributed is ... uninitialized": single-process on purpose
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({"model": {k: v for k, v in model_state.items() if k in names}},  # fills the tensors in place
+                 storage_reader=dcp.HuggingFaceStorageReader(str(checkpoint)), no_dist=True)
+    model.load_state_dict(model_state)
+
+
+def load_trained_model(checkpoint, base_model=None, dtype=None, keep_adapter=False):
+    """The base model's architecture with the checkpoint's weights, on CPU. Returns (model, base, checkpoint).
+    A LoRA checkpoint (an adapter) is put on its base (--model, with --init-from's weights when the run had
+    one) and folded in, W + (alpha / r) B A in fp32; with keep_adapter the LoRA layers stay unfolded."""
     from transformers import AutoModelForImageTextToText
 
     checkpoint = find_checkpoint(checkpoint)
@@ -350,14 +415,16 @@ def load_trained_model(checkpoint, base_model=None, dtype=None):
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     base = base_model or state["config"]["model"]
     model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
+    if "lora" in state:
+        start = state["lora_base"].get("init_from")
+        if start:  # the base the adapter was trained on: the run's starting checkpoint
+            read_into(model, Path(start), set(saved_part(model, model.state_dict())))
+        lora.apply_lora(model, **state["lora"])
     # The checkpoint holds the model under "model" (and the optimizer, not read here) with the
     # same parameter names as this model's state_dict; DCP reshards from any world size.
-    model_state = model.state_dict()
-    with warnings.catch_warnings():  # "torch.distributed is ... uninitialized": single-process on purpose
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load({"model": without_tied_copies(model, model_state)},  # fills the tensors in place
-                 storage_reader=dcp.HuggingFaceStorageReader(str(checkpoint)), no_dist=True)
-    model.load_state_dict(model_state)
+    read_into(model, checkpoint, set(saved_part(model, model.state_dict())))
+    if "lora" in state and not keep_adapter:
+        lora.fold(model)
     if model.config.tie_word_embeddings:
         model.tie_weights()
     config_dtype = getattr(model.config, "dtype", None) or torch.float32

@@ -31,7 +31,7 @@ def compute_dtype(precision, device):
 
 
 def load_model(path, device, trainable, precision="auto", gradient_checkpointing=False, freeze_vision=False,
-               trust_remote_code=False):
+               trust_remote_code=False, lora=None):
     """A Qwen2.5-VL, FSDP2-sharded per decoder layer and per vision block, then as a whole.
 
     fp32 parameters (the master weights); with bf16 precision (the GPU default) FSDP2 casts them to
@@ -59,6 +59,11 @@ def load_model(path, device, trainable, precision="auto", gradient_checkpointing
       original_inv_freq): fill_from_rank0 broadcasts every buffer itself.
     - transformers modeling_utils.py `_from_config` takes `dtype` and `attn_implementation` (per
       sub-config) as from_pretrained does; the configs come out equal.
+
+    `lora` (apply_lora's keyword arguments: rank, alpha, targets, vision): LoRA layers added before sharding,
+    everything else frozen; the frozen base is stored in bf16 under bf16 compute, as the reference is, and
+    A and B stay fp32 (see lora.apply_lora for why FSDP2 allows both in one unit). Rank 0's A initialisation
+    reaches every rank with its weights.
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -68,6 +73,10 @@ def load_model(path, device, trainable, precision="auto", gradient_checkpointing
     if not from_rank0 or dist.get_rank() == 0:
         full = read_pretrained(path, attention, trust_remote_code)
     model = full if not from_rank0 else meta_model(path, attention, trust_remote_code)
+    if lora:  # on rank 0's weights and on the meta model alike: the same names, filled from rank 0
+        import lora as lora_layers
+        for each in {id(m): m for m in (full, model) if m is not None}.values():
+            lora_layers.apply_lora(each, **lora)
     tied = tied_parameters(model)
     if from_rank0:  # a checkpoint that stores both copies with different values loads untied: say so on every rank
         loaded = [tied_parameters(full) if full is not None else None]
@@ -83,9 +92,10 @@ def load_model(path, device, trainable, precision="auto", gradient_checkpointing
     elif freeze_vision:
         model.model.visual.requires_grad_(False)
     bf16 = compute_dtype(precision, device) == torch.bfloat16
-    if bf16 and not trainable:
+    if bf16 and (not trainable or lora):
         for param in model.parameters():  # parameters only: the rotary buffers stay fp32, as in an fp32 model
-            param.data = param.data.to(torch.bfloat16)
+            if not param.requires_grad:  # frozen: the whole reference, the base under LoRA
+                param.data = param.data.to(torch.bfloat16)
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
               if bf16 else MixedPrecisionPolicy())
     for block in list(model.model.visual.blocks) + list(model.model.language_model.layers):

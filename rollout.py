@@ -2,12 +2,12 @@
 
 - `VLLMEngine`: vLLM in the trainer's own processes (`external_launcher`): one engine per rank, or one
   per tensor-parallel group; image placeholders banned from sampling; the same resized images as the
-  trainer; weights pushed from FSDP2 one unit at a time (`full_weights`), in place.
+  trainer; weights pushed from FSDP2 one unit at a time (`full_weights`), in place, or for a LoRA policy
+  (`push_policy`) its merged weights or its adapter folder, loaded in place.
 - `HFEngine`: transformers generate on an unsharded copy, where vLLM is missing (slow).
 - `EngineState`: both are asleep or awake, on every platform, and check the order of the trainer's
   choreography (wake weights -> load weights -> reset caches -> wake KV cache -> generate -> sleep).
 - `SyncGuard`: stops a run whose engine keeps sampling from weights other than the trainer's.
-
 - `ask_reflections`: the re-ask: the questions rewards.REASKS declares, sent about each response through
   the same engine (for the trainer, evaluate.py and bench/ alike).
 
@@ -16,12 +16,15 @@ sync or sleep (train_grpo.py's loop says it), what the questions say and how ans
 """
 
 import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 import data
+import lora
 import packing
 import rewards
 import video
@@ -157,6 +160,25 @@ def full_weights(model):
         unit.reshard()
 
 
+def push_policy(engine, policy, version, lora_sync="adapter", base=False):
+    """The policy's weights into the awake engine, FSDP2 shards -> full tensors one unit at a time: all of them,
+    or for a LoRA policy its merged weights (lora_sync "merged") or its adapter, written as a PEFT folder on
+    this node's disk (one per process) and loaded in place, after the base weights when `base` (the engine
+    read the model folder's, and the policy's base holds others, e.g. --init-from's). Every rank calls it."""
+    settings = lora.settings(policy)
+    if settings is None:
+        engine.load_weights(full_weights(policy), version=version)
+    elif lora_sync == "merged":
+        engine.load_weights(lora.merged_weights(policy), version=version)
+    else:
+        if base:
+            engine.load_weights(lora.merged_weights(policy, merge=False))
+        folder = Path(tempfile.gettempdir()) / f"emo-r3-adapter-{os.getpid()}"
+        lora.save_adapter(folder, lora.adapter_weights(policy), settings["rank"], settings["alpha"],
+                          settings["targets"], getattr(engine, "model_path", ""))
+        engine.load_adapter(folder, version=version)
+
+
 def check_tensor_parallel(tp):
     """Refuse a vLLM tensor-parallel size that would put one engine on two nodes. A TP group is tp
     consecutive global ranks, and torchrun numbers a node's processes consecutively, so tp must divide
@@ -219,15 +241,29 @@ class EngineState:
     def load_weights(self, weights, version=None):
         """Push (name, full tensor) pairs into the engine; the weights must be awake, the KV cache not yet.
         `version` names them for holds() (e.g. how many training steps the policy has taken)."""
-        if "weights" not in self.awake:
-            raise RuntimeError("engine: load_weights while the weights sleep: call wake_up(['weights']) first")
-        if "kv_cache" in self.awake:
-            raise RuntimeError("engine: load_weights with the KV cache awake: push the weights before "
-                               "wake_up(['kv_cache']) (and reset the caches in between)")
-        self.stale_caches = True
-        self.version = None  # a push that fails half-way leaves weights of no version
+        self._start_push("load_weights")
         self._load_weights(weights)
         self.version = version
+
+    def load_adapter(self, folder, version=None):
+        """Load a LoRA adapter folder (PEFT layout, lora.save_adapter) in place of the one before, for every
+        generate after it; the same order as load_weights (weights awake, KV cache not, then reset_caches:
+        vLLM keys a LoRA request's cached prefixes by its name and path only, not by the adapter's values)."""
+        self._start_push("load_adapter")
+        self._load_adapter(folder)
+        self.version = version
+
+    def _start_push(self, what):
+        if "weights" not in self.awake:
+            raise RuntimeError(f"engine: {what} while the weights sleep: call wake_up(['weights']) first")
+        if "kv_cache" in self.awake:
+            raise RuntimeError(f"engine: {what} with the KV cache awake: push before wake_up(['kv_cache']) "
+                               "(and reset the caches in between)")
+        self.stale_caches = True
+        self.version = None  # a push that fails half-way leaves weights of no version
+
+    def _load_adapter(self, folder):
+        raise RuntimeError(f"{type(self).__name__} takes no LoRA adapter: use --lora-sync merged")
 
     def reset_caches(self):
         """Forget cached prefixes and image embeddings: they were computed with the old weights."""
@@ -246,7 +282,7 @@ class VLLMEngine(EngineState):
 
     def __init__(self, model_path, image_pad_id, *, max_model_len, dtype=torch.float32, seed=1,
                  tensor_parallel_size=1, gpu_memory_utilization=0.6, cpu_kv_cache_gb=1.0, trust_remote_code=False,
-                 videos=False, video_pad_id=None, sleep_level=1):
+                 videos=False, video_pad_id=None, sleep_level=1, lora_rank=0, lora_vision=False):
         try:
             from vllm import LLM
             from vllm.platforms import current_platform
@@ -292,6 +328,10 @@ class VLLMEngine(EngineState):
             enable_chunked_prefill=False if on_cpu else None,
             gpu_memory_utilization=gpu_memory_utilization if not on_cpu else 0.1,
             kv_cache_memory_bytes=int(cpu_kv_cache_gb * 2**30) if on_cpu else None,
+            # LoRA adapter sync: the base once, one adapter slot of the smallest rank vLLM allows >= ours; the
+            # vision tower takes LoRA only behind vLLM's experimental flag (lora.apply_lora says why)
+            **(dict(enable_lora=True, max_lora_rank=lora.vllm_max_lora_rank(lora_rank), max_loras=1,
+                    **({"enable_tower_connector_lora": True} if lora_vision else {})) if lora_rank else {}),
         )
         set_rng_states(rng)
         # the policy must never emit an image or video placeholder
@@ -300,7 +340,11 @@ class VLLMEngine(EngineState):
         # Level 1 copies the weights to pinned host memory at every sleep and back at every wake (vLLM's
         # cumem allocator, device_allocator/cumem.py); level 2 discards them, so every wake needs a push.
         self.sleep_level = sleep_level
-        self.sleep_keeps_weights = not self.sleep_mode or sleep_level == 1
+        # An adapter is pushed again after every sleep: after a level-1 wake vLLM has been seen sampling without
+        # it (vllm #53888), and it is small
+        self.sleep_keeps_weights = not self.sleep_mode or (sleep_level == 1 and not lora_rank)
+        self.lora_request = None  # the adapter generate samples with (load_adapter)
+        self.model_path = model_path  # the base an adapter folder names
         if self.sleep_mode:
             self.llm.sleep(level=sleep_level)
 
@@ -314,6 +358,12 @@ class VLLMEngine(EngineState):
 
     def _load_weights(self, weights):
         self.llm.collective_rpc(lambda worker, ws: worker.reload_weights(weights_iterator=ws), args=(weights,))
+
+    def _load_adapter(self, folder):
+        from vllm.lora.request import LoRARequest
+        self.lora_request = None  # a failed load leaves no adapter to sample with
+        self.llm.llm_engine.add_lora(LoRARequest("policy", 1, str(folder), load_inplace=True))  # replaces id 1
+        self.lora_request = LoRARequest("policy", 1, str(folder))
 
     def _reset_caches(self):
         self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
@@ -350,7 +400,7 @@ class VLLMEngine(EngineState):
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=max(top_k, 0), max_tokens=max_tokens,
                                  logprobs=0 if w else None, logit_bias=self.banned, seed=s, detokenize=False)
                   for s, w in zip(seeds, want)]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False) if prompts else []
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora_request) if prompts else []
         return [[(list(c.token_ids), [next(iter(lp.values())).logprob for lp in c.logprobs or []])
                  for c in out.outputs] for out in outputs][mine]
 
@@ -440,9 +490,11 @@ class HFEngine(EngineState):
 
 
 def start_engine(kind, model_path, processor, device, *, dtype, seed, max_model_len, tensor_parallel_size=1,
-                 sleep_level=1, gpu_memory_utilization=0.6, cpu_kv_cache_gb=1.0, trust_remote_code=False, videos=False):
+                 sleep_level=1, gpu_memory_utilization=0.6, cpu_kv_cache_gb=1.0, trust_remote_code=False, videos=False,
+                 lora_rank=0, lora_vision=False):
     """The rollout engine of `model_path`, asleep: vLLM in this process (kind "vllm"), or transformers
-    generate ("hf"). `videos`: the data has clips (vLLM then budgets memory for one)."""
+    generate ("hf"). `videos`: the data has clips (vLLM then budgets memory for one). `lora_rank`: the
+    engine takes LoRA adapters of that rank (load_adapter); 0 for weights only."""
     image_pad_id, video_pad_id = processor.tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"])
     if kind == "hf":
         return HFEngine(model_path, processor, device, image_pad_id, trust_remote_code=trust_remote_code,
@@ -450,7 +502,8 @@ def start_engine(kind, model_path, processor, device, *, dtype, seed, max_model_
     return VLLMEngine(model_path, image_pad_id, dtype=dtype, seed=seed, max_model_len=max_model_len,
                       tensor_parallel_size=tensor_parallel_size, sleep_level=sleep_level,
                       gpu_memory_utilization=gpu_memory_utilization, cpu_kv_cache_gb=cpu_kv_cache_gb,
-                      trust_remote_code=trust_remote_code, videos=videos, video_pad_id=video_pad_id)
+                      trust_remote_code=trust_remote_code, videos=videos, video_pad_id=video_pad_id,
+                      lora_rank=lora_rank, lora_vision=lora_vision)
 
 
 class SyncGuard:

@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 
 import data
+import lora
 import rewards
 import tiny
 import video
@@ -86,6 +87,10 @@ class Config:
     seed: int = 1
     gradient_checkpointing: bool = True
     freeze_vision: bool = False
+    lora_rank: int = 0  # 0: full-parameter training; R: LoRA of rank R (train_grpo.py's flags, README "LoRA")
+    lora_alpha: float = 0.0  # the update is scaled by alpha / rank; 0: twice the rank
+    lora_targets: str = ",".join(lora.DEFAULT_TARGETS)  # layers wrapped, comma separated (the language model's)
+    lora_vision: bool = False  # let targets reach the vision tower (vLLM's experimental tower LoRA)
     skip_bad_rows: bool = False  # leave out bad rows (counted: at load in the log, mid-run in metrics.jsonl)
         # instead of stopping
     save_freq: int = 50  # checkpoint every k steps (ours); 0 = only at the end
@@ -269,8 +274,12 @@ def main(argv=None):
                          f"must fit the data and split evenly over the ranks")
     check_run_length(resume_from, start_step, total, cfg.epochs)
 
-    policy = load_model(cfg.model, device, trainable=True, gradient_checkpointing=cfg.gradient_checkpointing,
-                        freeze_vision=cfg.freeze_vision, trust_remote_code=cfg.trust_remote_code)
+    settings = lora.from_flags(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_vision)
+    try:
+        policy = load_model(cfg.model, device, trainable=True, gradient_checkpointing=cfg.gradient_checkpointing,
+                            freeze_vision=cfg.freeze_vision, trust_remote_code=cfg.trust_remote_code, lora=settings)
+    except lora.LoRAError as e:
+        raise SystemExit(f"--lora-targets: {e}") from e
     optimizer = adamw(policy, cfg.lr, (0.9, 0.999), cfg.weight_decay)  # torch's default betas
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     if resume_from:  # weights, AdamW state, LR schedule and this rank's RNG states

@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 
 import data
+import lora
 import rewards
 import tiny
 import video
@@ -52,7 +53,7 @@ from data import get_batch_on_every_rank, skipped_on_any_rank
 from model import adamw, compute_dtype, load_model
 from packing import Sample, batched_logprobs, collate, encode_prompts, micro_batches, pad_stack, response_logprobs
 from plots import draw_curves
-from rollout import (Request, SyncGuard, ask_reflections, check_tensor_parallel, full_weights, start_engine,
+from rollout import (Request, SyncGuard, ask_reflections, check_tensor_parallel, push_policy, start_engine,
                      visuals)
 
 
@@ -133,6 +134,12 @@ class Config:
     gradient_checkpointing: bool = True  # (EMO-R3)
     precision: str = "auto"  # bf16: bf16 compute, fp32 master weights and gradient reduction (EMO-R3 on GPU);
         # fp32; auto: bf16 on GPU, fp32 on CPU
+    # LoRA (README, "LoRA"): the base frozen, A and B trained; the reference is the base (the adapter off)
+    lora_rank: int = 0  # 0: full-parameter training (EMO-R3); R: LoRA of rank R (EasyR1 and verl ship 64)
+    lora_alpha: float = 0.0  # the update is scaled by alpha / rank; 0: twice the rank (alpha 128 at rank 64)
+    lora_targets: str = ",".join(lora.DEFAULT_TARGETS)  # layers wrapped, comma separated (the language model's)
+    lora_vision: bool = False  # let targets reach the vision tower (vLLM's experimental tower LoRA)
+    lora_sync: str = "adapter"  # adapter: the adapter folder loaded in place; merged: W + (alpha/R) B A pushed
     # safety knobs
     logp_check_prompts: int = 1  # prompts per rank whose rollouts also return the engine's log-probs, for
         # rollout/logp_gap (0: none, -1: all; each costs rollout time)
@@ -184,7 +191,7 @@ def parse_config(argv=None):
 CHOICES = {"reward": rewards.VARIANTS, "template": rewards.PROMPT_TEMPLATES,
            "loss_agg": ("token", "micro", "seq", "drgrpo"), "kl_kind": ("kl", "abs", "mse", "low_var_kl"),
            "engine": ("vllm", "hf"), "precision": ("auto", "bf16", "fp32"), "sleep_level": (1, 2),
-           "lr_schedule": ("constant", "linear")}
+           "lr_schedule": ("constant", "linear"), "lora_sync": ("adapter", "merged")}
 
 
 def check_config(cfg, printing=False):
@@ -204,6 +211,11 @@ def check_config(cfg, printing=False):
         problems.append("--resume needs --output-dir: the run folder to continue")
     if cfg.top_k == 0 or cfg.top_k < -1:
         problems.append("--top-k must be -1 (none) or at least 1")
+    if cfg.lora_rank and cfg.lora_sync == "adapter" and cfg.engine == "hf":
+        problems.append("--engine hf takes no LoRA adapter: add --lora-sync merged")
+    if cfg.lora_rank and cfg.lora_sync == "adapter" and cfg.sleep_level == 2:
+        problems.append("--sleep-level 2 discards the base weights that --lora-sync adapter loads once: use "
+                        "--sleep-level 1 or --lora-sync merged")
     if problems:
         raise SystemExit("config error:\n  " + "\n  ".join(problems))
 
@@ -211,7 +223,7 @@ def check_config(cfg, printing=False):
 # Flags a resumed run may change: how often things happen, how far the run goes, where output goes
 # and how the engine is sized. Any other change alters what the run means, and --resume refuses it.
 RESUME_MAY_CHANGE = {"max_steps", "epochs", "val_freq", "save_freq", "save_limit", "samples_per_step", "logger",
-                     "resume", "allow_cpu", "max_bad_updates", "logp_gap_limit", "logp_gap_patience",
+                     "lora_sync", "resume", "allow_cpu", "max_bad_updates", "logp_gap_limit", "logp_gap_patience",
                      "logp_check_prompts", "gpu_memory_utilization", "cpu_kv_cache_gb", "sleep_level", "skip_bad_rows",
                      "dist_timeout_minutes", "output_dir"}
 
@@ -382,6 +394,15 @@ def collect_rollouts(engine, processor, train_set, step, cfg, score, timings):
     return prompts[:per_rank], rollouts[:per_rank * n], metrics
 
 
+def reference_logprobs(policy, reference, rollouts, encoded, scoring):
+    """The KL reference's log-probs: the frozen starting policy's, or with LoRA the policy's with its
+    adapter switched off (the same base weights, no second copy)."""
+    if reference is not None:
+        return batched_logprobs(reference, rollouts, encoded, **scoring)
+    with lora.adapter_disabled(policy):
+        return batched_logprobs(policy, rollouts, encoded, **scoring)
+
+
 # --- validation ---------------------------------------------------------------------------------
 
 def validate(engine, policy, val_set, cfg, tokenizer, step, score):
@@ -392,7 +413,7 @@ def validate(engine, policy, val_set, cfg, tokenizer, step, score):
     but not counted."""
     rank, world_size = dist.get_rank(), dist.get_world_size()
     engine.wake_up(["weights"])
-    engine.load_weights(full_weights(policy), version=step + 1)
+    push_policy(engine, policy, step + 1, cfg.lora_sync)
     engine.reset_caches()
     engine.wake_up(["kv_cache"])
     share = -(-len(val_set) // world_size)
@@ -515,13 +536,23 @@ def load_datasets(cfg, processor):
     return train_set, val_set, dropped
 
 
+def lora_settings(cfg):
+    """apply_lora's arguments (model.load_model's `lora`), or None without LoRA."""
+    return lora.from_flags(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_vision)
+
+
 def load_models(cfg, device, total_steps):
-    """The policy, the reference (None without KL), AdamW and the lr schedule. With --init-from both
-    models start from that checkpoint: the reference is the starting policy."""
+    """The policy, the reference (None without KL, and with LoRA, where the reference is the policy with
+    its adapter off), AdamW and the lr schedule. With --init-from both models start from that checkpoint:
+    the reference is the starting policy."""
     kwargs = dict(precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing,
                   freeze_vision=cfg.freeze_vision, trust_remote_code=cfg.trust_remote_code)
-    policy = load_model(cfg.model, device, trainable=True, **kwargs)
-    reference = load_model(cfg.model, device, trainable=False, **kwargs) if cfg.kl_coef > 0 else None
+    try:
+        policy = load_model(cfg.model, device, trainable=True, lora=lora_settings(cfg), **kwargs)
+    except lora.LoRAError as e:  # a --lora-targets choice the model refuses, said before anything runs
+        raise SystemExit(f"--lora-targets: {e}") from e
+    reference = load_model(cfg.model, device, trainable=False, **kwargs) if cfg.kl_coef > 0 and not cfg.lora_rank \
+        else None
     if cfg.init_from:
         start = find_checkpoint(cfg.init_from)
         for model in filter(None, (policy, reference)):
@@ -597,7 +628,8 @@ def main(argv=None):
                                                                                    cfg.reflect_max_tokens),
                           tensor_parallel_size=cfg.tensor_parallel_size, sleep_level=cfg.sleep_level,
                           gpu_memory_utilization=cfg.gpu_memory_utilization, cpu_kv_cache_gb=cfg.cpu_kv_cache_gb,
-                          trust_remote_code=cfg.trust_remote_code, videos=train_set.has_videos)
+                          trust_remote_code=cfg.trust_remote_code, videos=train_set.has_videos,
+                          lora_rank=cfg.lora_rank if cfg.lora_sync == "adapter" else 0, lora_vision=cfg.lora_vision)
     if resume_from:
         load_checkpoint(policy, optimizer, resume_from, rank, scheduler)
         print0(f"resumed from {resume_from} (step {start_step})")
@@ -608,6 +640,7 @@ def main(argv=None):
     from tqdm import tqdm
     progress = tqdm(total=total_steps, initial=start_step, desc="steps", disable=rank != 0, dynamic_ncols=True)
     bad_updates = 0  # consecutive updates skipped for a non-finite loss or grad norm
+    base_pending = bool(cfg.lora_rank and cfg.init_from)  # the LoRA engine's base is --model's until pushed
     # stops the run when the engine keeps sampling from weights other than the trainer's (a failed sync)
     sync_guard = SyncGuard(cfg.logp_gap_limit if cfg.logp_gap_limit >= 0 else
                            SyncGuard.DEFAULT_LIMITS[compute_dtype(cfg.precision, device)], cfg.logp_gap_patience)
@@ -622,7 +655,8 @@ def main(argv=None):
             engine.wake_up(["weights"])
             if not engine.holds(step):
                 with timed(timings, "push"):
-                    engine.load_weights(full_weights(policy), version=step)
+                    push_policy(engine, policy, step, cfg.lora_sync, base=base_pending)
+                base_pending = False
                 engine.reset_caches()
             engine.wake_up(["kv_cache"])
 
@@ -644,7 +678,7 @@ def main(argv=None):
             scoring = dict(micro_batch_size=cfg.logprob_micro_batch_size, micro_batch_tokens=cfg.micro_batch_tokens,
                            pad_id=pad_id, device=device, temperature=cfg.temperature)
             old_logp = batched_logprobs(policy, rollouts, encoded, **scoring) if num_updates > 1 else None
-            ref_logp = batched_logprobs(reference, rollouts, encoded, **scoring) if reference is not None else None
+            ref_logp = reference_logprobs(policy, reference, rollouts, encoded, scoring) if cfg.kl_coef > 0 else None
             policy.train()
         gaps = [(lp - torch.tensor(r.rollout_logp, device=device)).abs()  # with one update: measured in it
                 for lp, r in zip(old_logp, rollouts) if r.rollout_logp] if old_logp is not None else []

@@ -5,6 +5,8 @@
     python bench/memory.py --model 7B --gpus 8 --gpu-gb 40                  # EMO-R3's defaults, 8 x A100-40GB
     python bench/memory.py --model 7B --gpus 8 --nodes 2 --gpu-gb 80 --host-gb 1000 --json
     python bench/memory.py --model .cache/tiny-qwen2.5-vl --gpus 2 --gpu-gb 80 --demo   # a model folder
+    python bench/memory.py --model 7B --gpus 1 --gpu-gb 80 --lora-rank 64 \\
+        --rollout-batch-size 64 --mini-batch-size 32 --gpu-memory-utilization 0.6    # LoRA on one card
 
 --model: 3B or 7B (Qwen/Qwen2.5-VL-{3B,7B}-Instruct, dimensions written below) or a model folder, whose
 config.json is read (no weights are loaded). --gpus: GPUs per node (torchrun's --nproc_per_node);
@@ -29,8 +31,15 @@ still live at the next rollout, +4P/N; every rank reading the full model, 4P of 
      other ranks build it on the meta device and receive their shards by broadcast; the reference is
      loaded after the policy, not at the same time;
   5. vLLM sleep level 1 copies the engine's weights (compute dtype, divided by
-     --tensor-parallel-size) into pinned host memory while asleep; level 2 discards them
-     (--sleep-level: the trainer's flag once its Config has it, else this script's, default 1).
+     --tensor-parallel-size) into pinned host memory while asleep; level 2 discards them (--sleep-level).
+
+LoRA (--lora-rank R; lora.py, model.load_model's `lora=`, train_grpo.load_models, push_policy): the base is
+frozen in the compute dtype (2 bytes per parameter, not 4), with no gradients or AdamW moments; A (R x in) and
+B (out x R) on each target layer are fp32 and trained (4 + 4 + 8 bytes per adapter parameter, sharded), R x the
+sum of (in + out) over a decoder layer's targets x the layers (adapter_counts). No reference model (the policy
+with its adapter off). Activations as without LoRA (the backward runs through the frozen layers), the vision
+tower frozen unless --lora-vision, plus a bound on the adapter's own. vLLM: --lora-sync adapter adds one LoRA
+slot at lora.vllm_max_lora_rank(R); merged adds nothing, its push merges one decoder unit at a time in fp32.
 
 The phases of a step and what is on the GPU in each (per GPU):
   engine start  the trainer's policy (+ reference) shards; vLLM asks for gpu_memory_utilization x
@@ -42,19 +51,19 @@ The phases of a step and what is on the GPU in each (per GPU):
                 AdamW's step (the training state = policy, AdamW moments, reference, log-prob buffers)
 "peak at rollout" is the largest of the first three, "peak at update" of the last two.
 
-Conventions. GiB = 2**30 bytes; P = parameters. The usable memory of a card of G nominal GB is
-0.995 x G GiB: an 80 GB H100 shows 81,559 MiB = 79.65 GiB (nvidia-smi's memory.total; the same
-total torch.cuda.mem_get_info gives and vLLM's gpu_memory_utilization multiplies), 0.995 x 80 =
-79.6; for an H200 0.995 x 141 = 140.3 (bench/gpu_step.py: "140 GiB"). A
-verdict FITS leaves --margin-gib (default 1 GiB, an estimate) free for the caching allocator's
-fragmentation, which no term counts; expandable segments cannot help, vLLM's sleep-mode pool turns
-them off (vllm/device_allocator/cumem.py ~382). Activations are upper estimates: every response at
---max-response-length, every micro-batch filled to its token budget, every prompt token an image token.
-Line numbers in the sources are of vLLM 0.32-0.33 and torch 2.13.
+Conventions. GiB = 2**30 bytes; P = parameters. The usable memory of a card of G nominal GB is 0.995 x G GiB:
+an 80 GB H100 shows 81,559 MiB = 79.65 GiB (nvidia-smi's memory.total; the same total torch.cuda.mem_get_info
+gives and vLLM's gpu_memory_utilization multiplies), 0.995 x 80 = 79.6; for an H200 0.995 x 141 = 140.3
+(bench/gpu_step.py: "140 GiB"). A verdict FITS leaves --margin-gib (default 1 GiB, an estimate) free for the
+caching allocator's fragmentation, which no term counts; expandable segments cannot help, vLLM's sleep-mode
+pool turns them off (vllm/device_allocator/cumem.py ~382). Activations are upper estimates: every response at
+--max-response-length, every micro-batch filled to its token budget, every prompt token an image token. Line
+numbers in the sources are of vLLM 0.32-0.33 and torch 2.13.
 
-What it does not model: the HF rollout engine (--engine hf keeps a full fp32 copy, 4P, on each GPU),
-LoRA, videos (frames count like an image's tokens, within --max-prompt-length), vLLM's own
-activation peak beyond the one estimate below (vLLM prints the measured one at start-up).
+What it does not model: the HF rollout engine (--engine hf keeps a full fp32 copy, 4P, on each GPU), videos
+(frames count like an image's tokens, within --max-prompt-length), vLLM's own activation peak beyond the one
+estimate below (vLLM prints the measured one at start-up; with LoRA its profile runs a dummy adapter:
+gpu_model_runner.py maybe_dummy_run_with_lora).
 """
 
 import argparse
@@ -145,38 +154,76 @@ def arch_from_folder(path):
                 in_channels=vision.get("in_channels", vision.get("in_chans", 3)))
 
 
+def linear_shapes(arch):
+    """(in, out) features of the nn.Linear layers of one text decoder layer, one vision block and the merger, by
+    their names inside it (transformers' module names, which lora.apply_lora's targets match)."""
+    h, i, q_dim, kv_dim = arch.hidden, arch.intermediate, arch.heads * arch.head_dim, arch.kv_heads * arch.head_dim
+    hv, iv, merged = arch.vision_hidden, arch.vision_intermediate, arch.vision_hidden * arch.merge ** 2
+    return {"text_layer": {"self_attn.q_proj": (h, q_dim), "self_attn.k_proj": (h, kv_dim),
+                           "self_attn.v_proj": (h, kv_dim), "self_attn.o_proj": (q_dim, h),
+                           "mlp.gate_proj": (h, i), "mlp.up_proj": (h, i), "mlp.down_proj": (i, h)},
+            "vision_block": {"attn.qkv": (hv, 3 * hv), "attn.proj": (hv, hv), "mlp.gate_proj": (hv, iv),
+                             "mlp.up_proj": (hv, iv), "mlp.down_proj": (iv, hv)},
+            # 2 x 2 patches' states side by side, then to the text hidden size
+            "merger": {"merger.mlp.0": (merged, merged), "merger.mlp.2": (merged, h)}}
+
+
 def param_counts(arch):
     """Parameters by part, counted from the dimensions as transformers' Qwen2_5_VLForConditionalGeneration
     lays them out (transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py):
 
-    text decoder layer: q, k, v projections with biases, o projection without, gate/up/down MLP without
-      biases, two RMSNorm weights; embedding V x H; final norm H; LM head V x H unless tied;
-    vision block: fused qkv and proj with biases, gate/up/down MLP with biases, two RMSNorm weights;
-      patch embedding Conv3d without bias (C x T x p x p -> Hv); merger: RMSNorm Hv, then
-      Linear(4 Hv, 4 Hv) and Linear(4 Hv, H), both with biases. Rotary tables are buffers, not counted.
+    text decoder layer: the linear layers of linear_shapes, biases on q, k, v only, two RMSNorm weights;
+      embedding V x H; final norm H; LM head V x H unless tied;
+    vision block: its linear layers, all with biases, two RMSNorm weights; patch embedding Conv3d without
+      bias (C x T x p x p -> Hv); merger: RMSNorm Hv, then its two linear layers with biases. Rotary tables
+      are buffers, not counted.
 
     3B: 3,754,622,976 and 7B: 8,291,249,152, equal to the parameters of the transformers 5.19 module
     built from these dimensions on the meta device (tests/test_memory_planner.py holds the sums).
     `root` is what FSDP2's root unit holds (model.load_model shards each decoder layer and vision
     block, then the whole model): everything outside the layers and blocks.
     """
-    h, kv_dim, i = arch.hidden, arch.kv_heads * arch.head_dim, arch.intermediate
-    q_dim = arch.heads * arch.head_dim
-    text_layer = (h * q_dim + q_dim) + 2 * (h * kv_dim + kv_dim) + q_dim * h + 3 * h * i + 2 * h
-    embed = arch.vocab * h
-    head = 0 if arch.tied else arch.vocab * h
-    hv, iv = arch.vision_hidden, arch.vision_intermediate
-    vision_block = (hv * 3 * hv + 3 * hv) + (hv * hv + hv) + 2 * (hv * iv + iv) + (iv * hv + hv) + 2 * hv
+    shapes = linear_shapes(arch)
+    weights = {part: sum(n_in * n_out for n_in, n_out in layers.values()) for part, layers in shapes.items()}
+    biases = {part: sum(n_out for _, n_out in layers.values()) for part, layers in shapes.items()}
+    h, hv = arch.hidden, arch.vision_hidden
+    text_layer = weights["text_layer"] + (arch.heads + 2 * arch.kv_heads) * arch.head_dim + 2 * h
+    vision_block = weights["vision_block"] + biases["vision_block"] + 2 * hv
     patch_embed = arch.in_channels * arch.temporal_patch * arch.patch ** 2 * hv
-    merged = hv * arch.merge ** 2  # 2 x 2 patches' states side by side
-    merger = hv + (merged * merged + merged) + (merged * h + h)
+    merger = hv + weights["merger"] + biases["merger"]
+    embed, head = arch.vocab * h, 0 if arch.tied else arch.vocab * h
     counts = dict(text_layer=text_layer, text_layers=arch.layers * text_layer, embed=embed, head=head,
                   final_norm=h, vision_block=vision_block, vision_blocks=arch.vision_depth * vision_block,
                   patch_embed=patch_embed, merger=merger)
     counts["vision"] = counts["vision_blocks"] + patch_embed + merger
     counts["total"] = counts["text_layers"] + embed + head + h + counts["vision"]
     counts["root"] = embed + head + h + patch_embed + merger
-    counts["largest"] = max(embed, merged * merged, h * i)  # the largest single tensor: the embedding
+    # the largest single tensor (the embedding)
+    counts["largest"] = max(embed, *(n_in * n_out for layers in shapes.values() for n_in, n_out in layers.values()))
+    return counts
+
+
+def adapter_counts(arch, rank, targets=None, vision=False):
+    """LoRA's parameters, A (rank x in) + B (out x rank), on each linear layer a target names (its name or a dotted
+    suffix, as lora.apply_lora matches; None: all, as vLLM's LoRA slot) per part, "total", the largest tensor.
+    "<part>_act": elements per token (patch) LoRA adds to a layer's activations, bounded: A's outputs (saved
+    for B's backward), B's output and its scaled copy (2 x the widest, transient: lora.LoRALinear.forward)."""
+    shapes = linear_shapes(arch)
+    parts = ("text_layer", "vision_block", "merger") if vision else ("text_layer",)
+    chosen = set()
+    for target in targets or [""]:  # "": every layer
+        hits = {(part, name) for part in parts for name in shapes[part]
+                if not target or name == target or name.endswith("." + target)}
+        if not hits:  # lora.apply_lora refuses it at start-up; the planner says so now
+            raise SystemExit(f"--lora-targets: {target!r} names no linear layer of the "
+                             + ("model" if vision else "language model (--lora-vision: of the vision tower)"))
+        chosen |= hits
+    layers = {part: [shapes[part][name] for p, name in chosen if p == part] for part in shapes}
+    counts = {part: rank * sum(n_in + n_out for n_in, n_out in layers[part]) for part in shapes}
+    counts["total"] = arch.layers * counts["text_layer"] + arch.vision_depth * counts["vision_block"] + counts["merger"]
+    counts["largest"] = rank * max(max(shape) for part in parts for shape in layers[part])
+    for part in ("text_layer", "vision_block"):
+        counts[part + "_act"] = rank * len(layers[part]) + 2 * max((n_out for _, n_out in layers[part]), default=0)
     return counts
 
 
@@ -190,11 +237,6 @@ def trainer_config(argv):
     cfg = parse_flags(train_grpo.Config, train_grpo.__doc__, list(argv), train_grpo.DEMO_DEFAULTS)
     train_grpo.check_config(dataclasses.replace(cfg, model=cfg.model or "-", train_files=cfg.train_files or "-"))
     return cfg
-
-
-def trainer_has_flag(name):
-    import train_grpo
-    return name in {f.name for f in dataclasses.fields(train_grpo.Config)}
 
 
 # --- the plan --------------------------------------------------------------------------------------
@@ -211,7 +253,7 @@ class Terms:
         return self.gib[key]
 
 
-def plan(arch, cfg, gpus, gpu_gb, nodes=1, sleep_level=None, host_gb=0.0, margin_gib=MARGIN_GIB):
+def plan(arch, cfg, gpus, gpu_gb, nodes=1, host_gb=0.0, margin_gib=MARGIN_GIB):
     """The memory of train_grpo.py with `cfg` (its Config) on `nodes` x `gpus` cards of `gpu_gb` nominal GB.
 
     Returns a dict: "terms" (GiB per GPU, by name), "how" (each term's formula and source), the phases'
@@ -219,17 +261,27 @@ def plan(arch, cfg, gpus, gpu_gb, nodes=1, sleep_level=None, host_gb=0.0, margin
     minimum share ("vllm_min_gib"), host RAM per node ("host"), "problems" (why it does not fit or
     run) and "verdict" ("FITS" or "DOES NOT FIT").
     """
+    import lora  # the trainer's LoRA layer: its vLLM ranks
     counts = param_counts(arch)
     world, tp = gpus * nodes, cfg.tensor_parallel_size
-    sleep_level = getattr(cfg, "sleep_level", None) or sleep_level or 1
-    params, vision = counts["total"], counts["vision"]
-    trainable = params - vision if cfg.freeze_vision else params
-    root_trainable = counts["root"] - (counts["patch_embed"] + counts["merger"] if cfg.freeze_vision else 0)
+    sleep_level, params, vision = cfg.sleep_level, counts["total"], counts["vision"]
+    lora_on = cfg.lora_rank != 0
+    if lora_on and not 1 <= cfg.lora_rank <= lora.VLLM_MAX_RANKS[-1]:  # lora.apply_lora's own check
+        raise SystemExit(f"--lora-rank {cfg.lora_rank}: 0 (off) or 1..{lora.VLLM_MAX_RANKS[-1]}")
+    # the vision tower trains in full-parameter training unless frozen, and under LoRA with --lora-vision only
+    vision_trained = not cfg.freeze_vision and (cfg.lora_vision or not lora_on)
+    adapter = adapter_counts(arch, cfg.lora_rank, cfg.lora_targets.split(","), vision_trained) if lora_on else None
+    if lora_on:  # only A and B train (lora.apply_lora freezes the rest); the root unit holds the merger's
+        trainable, root_trainable, largest = adapter["total"], adapter["merger"], adapter["largest"]
+    else:  # --freeze-vision: the vision blocks, the patch embedding and the merger (root) do not train
+        trainable, largest = params - vision * cfg.freeze_vision, counts["largest"]
+        root_trainable = counts["root"] - (counts["patch_embed"] + counts["merger"]) * cfg.freeze_vision
     # bytes of the compute dtype (model.compute_dtype: auto = bf16 on GPU): activations, FSDP2's unsharded
-    # copies (MixedPrecisionPolicy param_dtype), the reference (change 2) and vLLM's weights (VLLMEngine dtype)
+    # copies (MixedPrecisionPolicy param_dtype), the reference (change 2), LoRA's frozen base and vLLM's weights
     dtype_bytes = 4 if cfg.precision == "fp32" else 2
     usable = gpu_gb * USABLE_PER_NOMINAL_GB
     kl = cfg.kl_coef > 0
+    reference = kl and not lora_on  # a reference model; under LoRA the reference is the policy, its adapter off
     h, i, hd, heads = arch.hidden, arch.intermediate, arch.head_dim, arch.heads
     hv, iv, vocab = arch.vision_hidden, arch.vision_intermediate, arch.vocab
     p_text, pt_text = f"{params / 1e9:.3f}e9", f"{trainable / 1e9:.3f}e9"  # P and trainable P, for the formulas
@@ -265,17 +317,22 @@ def plan(arch, cfg, gpus, gpu_gb, nodes=1, sleep_level=None, host_gb=0.0, margin
     base += t.add("nccl_buffers", NCCL_GIB * GIB * (world > 1), f"{NCCL_GIB} GiB x (world > 1)", "estimate")
 
     # --- persistent training state (FSDP2 shards: each rank holds 1/world of every parameter)
-    persistent = t.add("policy_fp32", 4 * params / world, f"4 B x P {p_text} / {world}",
-                       "model.load_model: fp32 master weights, FSDP2-sharded")
-    persistent += t.add("adamw_fp32", 8 * trainable / world, f"8 B x trainable {pt_text} / {world}",
+    base_bytes = dtype_bytes if lora_on else 4
+    persistent = t.add("policy", (base_bytes * params + 4 * trainable * lora_on) / world,
+                       f"{base_bytes} B x P {p_text} / {world}"
+                       + (f" + 4 B x adapter {pt_text} / {world}" if lora_on else ""),
+                       "model.load_model: fp32 master weights; LoRA: the frozen base in the compute dtype, fp32 "
+                       "A and B (lora.LoRALinear); FSDP2-sharded")
+    persistent += t.add("adamw", 8 * trainable / world, f"8 B x trainable {pt_text} / {world}",
                         "torch/optim/adam.py: exp_avg + exp_avg_sq, fp32 like the parameters; from the first step")
-    persistent += t.add("reference", dtype_bytes * params / world * kl,
-                        f"{dtype_bytes} B x P {p_text} / {world} x (kl_coef > 0)",
-                        "change 2: the reference in the compute dtype (bf16), FSDP2-sharded")
+    persistent += t.add("reference", dtype_bytes * params / world * reference,
+                        f"{dtype_bytes} B x P {p_text} / {world} x (kl_coef > 0 and no LoRA)",
+                        "change 2: the reference in the compute dtype (bf16), FSDP2-sharded; LoRA: none, "
+                        "train_grpo.reference_logprobs runs the policy with its adapter off")
     persistent += t.add("logprob_buffers", 4 * per_rank_seqs * response * passes,
                         f"4 B x {per_rank_seqs} seqs/rank x {response} x {passes} passes (old, ref)",
                         "train_grpo step 6: fp32 (B, R) log-probs kept on the device for the update")
-    grads = t.add("grads_fp32", 4 * trainable / world, f"4 B x trainable {pt_text} / {world}",
+    grads = t.add("grads", 4 * trainable / world, f"4 B x trainable {pt_text} / {world}",
                   "FSDP2 sharded gradients, fp32 (reduce_dtype fp32); live only in the update (change 1)")
 
     # --- vLLM: its share while awake; while asleep a residual; its minimum (else it refuses to start)
@@ -284,8 +341,15 @@ def plan(arch, cfg, gpus, gpu_gb, nodes=1, sleep_level=None, host_gb=0.0, margin
                        "vllm/v1/worker/utils.py request_memory (~724): total x utilization, fixed at start")
     vllm_asleep = t.add("vllm_asleep", VLLM_ASLEEP_GIB * GIB, f"{VLLM_ASLEEP_GIB} GiB",
                         "estimate: CUDA-graph pool + cumem bookkeeping; sleep frees weights and KV cache")
-    vllm_weights = t.add("vllm_weights", dtype_bytes * params / tp, f"{dtype_bytes} B x P {p_text} / TP {tp}",
-                         "the engine's weights in the compute dtype (VLLMEngine dtype), split by TP")
+    # --lora-sync adapter: one LoRA slot (max_loras=1) at vLLM's rank on every linear layer of the language model
+    # (and the vision tower's with --lora-vision), whatever --lora-targets; not split by TP (an upper bound)
+    slot_rank = lora.vllm_max_lora_rank(cfg.lora_rank) if lora_on and cfg.lora_sync == "adapter" else 0
+    slot = adapter_counts(arch, slot_rank, None, cfg.lora_vision)["total"] if slot_rank else 0
+    vllm_weights = t.add("vllm_weights", dtype_bytes * (params / tp + slot),
+                         f"{dtype_bytes} B x (P {p_text} / TP {tp}"
+                         + (f" + LoRA slot {slot / 1e6:.1f}M at rank {slot_rank})" if slot else ")"),
+                         "the engine's weights in the compute dtype (VLLMEngine dtype), split by TP; the LoRA "
+                         "slot: vllm/lora/layers/base_linear.py create_lora_weights, lora_dtype = the model's")
     kv_heads_per_rank = max(1, arch.kv_heads // tp)  # vLLM replicates KV heads when TP > their count
     kv_one_seq = t.add("vllm_kv_one_sequence", max_model_len * 2 * arch.layers * kv_heads_per_rank * hd * dtype_bytes,
                        f"{max_model_len} tokens x 2 (K, V) x {arch.layers} layers x {kv_heads_per_rank} kv heads"
@@ -301,6 +365,9 @@ def plan(arch, cfg, gpus, gpu_gb, nodes=1, sleep_level=None, host_gb=0.0, margin
     # per patch a vision block (its attention has as many kv heads as heads: 4 kv x hd = 4 Hv)
     layer_elems = 14 * h + 4 * arch.kv_heads * hd + 4 * i
     block_elems = 18 * hv + 4 * iv
+    # LoRA's own activations per token and per patch (adapter_counts' bound); 0 without LoRA
+    lora_token, lora_patch = (adapter["text_layer_act"], adapter["vision_block_act"]) if lora_on else (0, 0)
+    lora_note = f" + {lora_token} LoRA" if lora_on else ""
     inputs = t.add("act_inputs", tokens * 80 + patches * pixels_per_patch * PIXEL_BYTES + responses * response * seq,
                    f"{tokens} tokens x 80 B (ids, positions, masks) + {patches} patches x {pixels_per_patch} "
                    f"x {PIXEL_BYTES} B pixels + {responses} x {response} x {seq} B key mask",
@@ -312,11 +379,11 @@ def plan(arch, cfg, gpus, gpu_gb, nodes=1, sleep_level=None, host_gb=0.0, margin
                         f"{layer_elems} x {dtype_bytes} B (all, no checkpointing)"),
                        "model.load_model gradient_checkpointing_enable: one saved input per decoder layer; "
                        "tokens: packing.micro_batches' budget, rows x the longest row")
-    vision_saved = t.add("act_vision_checkpoints", 0 if cfg.freeze_vision else
+    vision_saved = t.add("act_vision_checkpoints", 0 if not vision_trained else
                          arch.vision_depth * patches * (hv if checkpointing else block_elems) * dtype_bytes,
                          f"{arch.vision_depth} blocks x {patches} patches ({rows} prompts x {prompt} tokens x "
                          f"{patches_per_token}) x {hv if checkpointing else block_elems} x {dtype_bytes} B"
-                         + (" (frozen: 0)" if cfg.freeze_vision else ""),
+                         + ("" if vision_trained else " (frozen: 0)"),
                          "Qwen2_5_VLVisionBlock is a GradientCheckpointingLayer; every prompt token taken as an "
                          "image token (upper bound)")
     root_params = t.add("fsdp_root_unsharded", counts["root"] * dtype_bytes,
@@ -326,42 +393,45 @@ def plan(arch, cfg, gpus, gpu_gb, nodes=1, sleep_level=None, host_gb=0.0, margin
     root_grads = t.add("fsdp_root_grads", root_trainable * dtype_bytes,
                        f"{root_trainable / 1e6:.1f}M x {dtype_bytes} B",
                        "the root unit's unsharded gradients, accumulated over the whole backward")
+    head_copies = 1 if lora_on else 2  # the fp32 weight copy, and its gradient unless LoRA froze it
     head = t.add("act_head_backward",
-                 vocab * h * 4 * 2 + 4 * LOGPROB_CHUNK * vocab * 4 + responses * response * h * dtype_bytes,
-                 f"LM head {vocab} x {h} fp32 copy + its gradient (x 2 x 4 B) + 4 x {LOGPROB_CHUNK} x {vocab} "
-                 f"x 4 B (logits, / temperature, log_softmax, gradient) + gathered states",
+                 vocab * h * 4 * head_copies + 4 * LOGPROB_CHUNK * vocab * 4 + responses * response * h * dtype_bytes,
+                 f"LM head {vocab} x {h} fp32 copy + its gradient unless frozen (x {head_copies} x 4 B) + 4 x "
+                 f"{LOGPROB_CHUNK} x {vocab} x 4 B (logits, / temperature, log_softmax, gradient) + gathered states",
                  "packing.response_logprobs chunk_logprobs: F.linear(hidden.float(), weight.float()), "
                  "recomputed chunk by chunk in backward")
     recomputed = layer_elems if checkpointing else 0  # without checkpointing they are in act_text_checkpoints
     layer_work = t.add("act_layer_recompute",
-                       tokens * dtype_bytes * (recomputed + 2 * i + 2 * h)
+                       tokens * dtype_bytes * (recomputed + 2 * i + 2 * h + lora_token)
                        + responses * (2 * seq + response) * heads * hd * dtype_bytes * 2,
-                       f"{tokens} tokens x {dtype_bytes} B x ({recomputed} saved + {2 * i + 2 * h} backward) + "
-                       f"{responses} responses' gathered q, k, v and their gradients",
+                       f"{tokens} tokens x {dtype_bytes} B x ({recomputed} saved + {2 * i + 2 * h} backward"
+                       f"{lora_note}) + {responses} responses' gathered q, k, v and their gradients",
                        "estimate, counted from Qwen2_5_VLDecoderLayer: 2 RMSNorms keep an fp32 input + a normalised "
                        "copy (6H), q + rope (3H), attention and o_proj (2H), residuals (3H), k, v + rope (4 kv x hd), "
                        "MLP gate, up, silu, product (4I); packing.shared_prompt_attention's expanded keys")
     recomputed = block_elems if checkpointing else 0
     block_work = t.add("act_vision_block_recompute",
-                       0 if cfg.freeze_vision else patches * dtype_bytes * (recomputed + 2 * iv + 2 * hv),
-                       f"{patches} patches x {dtype_bytes} B x ({recomputed} saved + {2 * iv + 2 * hv} backward)",
+                       0 if not vision_trained else patches * dtype_bytes * (recomputed + 2 * iv + 2 * hv + lora_patch),
+                       f"{patches} patches x {dtype_bytes} B x ({recomputed} saved + {2 * iv + 2 * hv} backward"
+                       + (f" + {lora_patch} LoRA)" if lora_patch else ")"),
                        "estimate, the same count for Qwen2_5_VLVisionBlock")
     unit = max(counts["text_layer"], counts["vision_block"])
     reduce_copy = 4 if dtype_bytes != 4 else 0  # bf16 gradients are copied to fp32 for the reduce-scatter
-    units = t.add("fsdp_units", unit * (3 * dtype_bytes + reduce_copy),
-                  f"{unit / 1e6:.1f}M x (2 units x {dtype_bytes} B + gradient {dtype_bytes} B + fp32 copy "
-                  f"{reduce_copy} B)",
+    unit_grads = max(adapter["text_layer"], adapter["vision_block"]) if lora_on else unit  # LoRA: A and B only
+    units = t.add("fsdp_units", unit * 2 * dtype_bytes + unit_grads * (dtype_bytes + reduce_copy),
+                  f"{unit / 1e6:.1f}M x 2 units x {dtype_bytes} B + gradient {unit_grads / 1e6:.1f}M x "
+                  f"({dtype_bytes} B + fp32 copy {reduce_copy} B)",
                   "FSDP2: the unit in use + the one prefetched; _fsdp_collectives.py foreach_reduce (reduce_dtype)")
     # the LM head's backward comes first, while every checkpoint is held; then layer by layer
     backward = (inputs + text_saved + vision_saved + root_params + root_grads
                 + max(head, max(layer_work, block_work) + units))
-    optimizer_temp = t.add("adamw_step_temp", 2 * 4 * counts["largest"] / world,
-                           f"2 x 4 B x largest tensor {counts['largest'] / 1e6:.1f}M / {world}",
+    optimizer_temp = t.add("adamw_step_temp", 2 * 4 * largest / world,
+                           f"2 x 4 B x largest trainable tensor {largest / 1e6:.1f}M / {world}",
                            "change 3: torch/optim/adam.py _single_tensor_adam ~544, exp_avg_sq.sqrt() / bc2")
 
     # --- the log-prob phase (old and reference, no grad): one layer's transients at a time
     lp_inputs = lp_tokens * 80 + lp_patches * pixels_per_patch * PIXEL_BYTES
-    lp_layer = (lp_tokens * dtype_bytes * (3 * i + 4 * h)
+    lp_layer = (lp_tokens * dtype_bytes * (3 * i + 4 * h + lora_token)
                 + lp_responses * (2 * seq + response) * heads * hd * dtype_bytes)
     lp_vision = lp_patches * dtype_bytes * (3 * iv + 4 * hv)
     lp_head = vocab * h * 4 + 2 * LOGPROB_CHUNK * vocab * 4
@@ -372,10 +442,12 @@ def plan(arch, cfg, gpus, gpu_gb, nodes=1, sleep_level=None, host_gb=0.0, margin
                          "estimate: packing.batched_logprobs, --logprob-micro-batch-size sequences")
 
     # --- phases and peaks (GiB per GPU)
+    push = (counts["root"] + counts["largest"]) * dtype_bytes  # rollout.full_weights: a unit + one clone
+    if lora_on and cfg.lora_sync == "merged":  # lora.merged_weights: a unit gathered, its weights merged in fp32
+        push = max(push, unit * (dtype_bytes + 4))
     phases = {
-        "engine_start": base + t.gib["policy_fp32"] + t.gib["reference"] + vllm_awake,  # AdamW's state comes later
-        "sync": base + persistent + vllm_asleep + vllm_weights
-        + (counts["root"] + counts["largest"]) * dtype_bytes / GIB,  # rollout.full_weights: a unit + one clone
+        "engine_start": base + t.gib["policy"] + t.gib["reference"] + vllm_awake,  # AdamW's state comes later
+        "sync": base + persistent + vllm_asleep + vllm_weights + push / GIB,
         "rollout": base + persistent + vllm_awake,
         "logprobs": base + persistent + vllm_asleep + logprob_work,
         "backward": base + persistent + grads + vllm_asleep + backward,
@@ -386,16 +458,13 @@ def plan(arch, cfg, gpus, gpu_gb, nodes=1, sleep_level=None, host_gb=0.0, margin
     peak = max(rollout_peak, update_peak)
 
     # --- host RAM per node (GiB)
-    full_fp32 = 4 * params / GIB  # change 4: rank 0 reads the full fp32 model once; the reference after it
-    pinned = dtype_bytes * params / tp / GIB * (sleep_level == 1)  # change 5: each rank's weights, pinned
-    host = {
-        "baseline_per_process": HOST_BASELINE_GIB,
-        "full_fp32_model": full_fp32,
-        "pinned_per_gpu": pinned,
-        "startup_first_node": gpus * HOST_BASELINE_GIB + full_fp32,
-        "startup_other_nodes": gpus * HOST_BASELINE_GIB if nodes > 1 else None,
-        "asleep_per_node": gpus * (HOST_BASELINE_GIB + pinned),
-    }
+    # change 4: rank 0 reads the full fp32 model once (and adds the fp32 adapter); the reference after it
+    full_fp32 = 4 * (params + trainable * lora_on) / GIB
+    pinned = vllm_weights * (sleep_level == 1)  # change 5: each rank's engine weights (+ LoRA slot), pinned
+    host = {"baseline_per_process": HOST_BASELINE_GIB, "full_fp32_model": full_fp32, "pinned_per_gpu": pinned,
+            "startup_first_node": gpus * HOST_BASELINE_GIB + full_fp32,
+            "startup_other_nodes": gpus * HOST_BASELINE_GIB if nodes > 1 else None,
+            "asleep_per_node": gpus * (HOST_BASELINE_GIB + pinned)}
     host["peak_per_node"] = max(host["startup_first_node"], host["asleep_per_node"])
 
     # --- checks
@@ -423,7 +492,9 @@ def plan(arch, cfg, gpus, gpu_gb, nodes=1, sleep_level=None, host_gb=0.0, margin
     return {
         "model": arch.name, "params": params, "trainable_params": trainable, "vision_params": vision,
         "world_size": world, "gpus_per_node": gpus, "nodes": nodes, "gpu_gb": gpu_gb, "usable_gib": usable,
-        "margin_gib": margin_gib, "sleep_level": sleep_level, "host_gb": host_gb,
+        "margin_gib": margin_gib, "sleep_level": sleep_level, "host_gb": host_gb, "vision_trained": vision_trained,
+        "lora": dict(rank=cfg.lora_rank, sync=cfg.lora_sync, adapter_params=trainable, vllm_slot_params=slot)
+        if lora_on else None,
         "micro_batch": {"tokens": tokens, "prompts": rows, "responses": responses, "vision_patches": patches},
         "logprob_micro_batch": {"tokens": lp_tokens, "prompts": lp_rows, "responses": lp_responses},
         "max_model_len": max_model_len, "terms": t.gib, "how": {k: list(v) for k, v in t.how.items()},
@@ -449,11 +520,10 @@ COSTS = {"micro_batch_tokens": 1,  # more, smaller micro-batches: a little slowe
          "gpus": 7}  # more hardware
 
 
-def candidate_changes(arch, cfg, gpus, nodes, sleep_level, result):
+def candidate_changes(arch, cfg, gpus, nodes, result):
     """{kind: [(flags, changes), ...]}, each list from the mildest change to the strongest."""
     seq = cfg.max_prompt_length + cfg.max_response_length
-    options = {}
-    budget = result["micro_batch"]["tokens"]
+    options, budget = {}, result["micro_batch"]["tokens"]
     smaller = [budget // 2 ** k // 1024 * 1024 for k in (1, 2, 3, 4)]  # below one sequence it changes nothing
     options["micro_batch_tokens"] = [(f"--micro-batch-tokens {b}", {"micro_batch_tokens": b})
                                      for b in smaller if seq <= b < budget]
@@ -467,9 +537,10 @@ def candidate_changes(arch, cfg, gpus, nodes, sleep_level, result):
                                        for k in (2, 4, 8) if k > cfg.tensor_parallel_size
                                        and arch.heads % k == 0 and (gpus * nodes) % k == 0]
     host_short = result["host_gb"] and result["host"]["peak_per_node"] > result["host_gb"]
-    if sleep_level == 1 and host_short:  # level 2 saves host RAM only
+    adapter_sync = cfg.lora_rank and cfg.lora_sync == "adapter"  # train_grpo.check_config refuses level 2 with it
+    if cfg.sleep_level == 1 and host_short and not adapter_sync:  # level 2 saves host RAM only
         options["sleep_level"] = [("--sleep-level 2", {"sleep_level": 2})]
-    if not cfg.freeze_vision:
+    if result["vision_trained"]:
         options["freeze_vision"] = [("--freeze-vision", {"freeze_vision": True})]
     if cfg.kl_coef > 0:
         options["kl_coef"] = [("--kl-coef 0", {"kl_coef": 0.0})]
@@ -479,26 +550,18 @@ def candidate_changes(arch, cfg, gpus, nodes, sleep_level, result):
     return {kind: found for kind, found in options.items() if found}
 
 
-def apply_changes(arch, cfg, gpus, gpu_gb, nodes, sleep_level, host_gb, margin_gib, changes):
-    """plan() with `changes` (Config fields, or the planner's gpus / nodes / sleep_level) applied."""
-    changes = dict(changes)
-    gpus, nodes = changes.pop("gpus", gpus), changes.pop("nodes", nodes)
-    if not trainer_has_flag("sleep_level"):  # the planner's own flag until the trainer has it
-        sleep_level = changes.pop("sleep_level", sleep_level)
-    return plan(arch, dataclasses.replace(cfg, **changes), gpus, gpu_gb, nodes, sleep_level, host_gb, margin_gib)
-
-
-def suggest(arch, cfg, gpus, gpu_gb, nodes=1, sleep_level=None, host_gb=0.0, margin_gib=MARGIN_GIB):
+def suggest(arch, cfg, gpus, gpu_gb, nodes=1, host_gb=0.0, margin_gib=MARGIN_GIB):
     """The cheapest single change, or pair of changes of two kinds, that makes plan() say FITS: a list
     of {"flags", "cost", "plan"}, cheapest first (several, so a user can choose), or [] if none does."""
-    result = plan(arch, cfg, gpus, gpu_gb, nodes, sleep_level, host_gb, margin_gib)
-    options = candidate_changes(arch, cfg, gpus, nodes, result["sleep_level"], result)
+    result = plan(arch, cfg, gpus, gpu_gb, nodes, host_gb, margin_gib)
+    options = candidate_changes(arch, cfg, gpus, nodes, result)
     ranked = {kind: [(COSTS[kind] + 0.01 * k, flags, change) for k, (flags, change) in enumerate(found)]
               for kind, found in options.items()}
 
-    def fits(combo):
-        merged = {k: v for _, _, change in combo for k, v in change.items()}
-        fixed = apply_changes(arch, cfg, gpus, gpu_gb, nodes, result["sleep_level"], host_gb, margin_gib, merged)
+    def fits(combo):  # plan() with the changes: Config fields, or the planner's gpus / nodes
+        changes = {k: v for _, _, change in combo for k, v in change.items()}
+        setting = (changes.pop("gpus", gpus), gpu_gb, changes.pop("nodes", nodes), host_gb, margin_gib)
+        fixed = plan(arch, dataclasses.replace(cfg, **changes), *setting)
         return fixed if fixed["verdict"] == "FITS" else None
 
     alone = {flags: fits([(cost, flags, change)]) for found in ranked.values() for cost, flags, change in found}
@@ -523,9 +586,9 @@ def suggest(arch, cfg, gpus, gpu_gb, nodes=1, sleep_level=None, host_gb=0.0, mar
 
 LABELS = {  # term -> how the printout names it
     "cuda_context": "CUDA context", "nccl_buffers": "NCCL buffers",
-    "policy_fp32": "policy, fp32 master weights", "adamw_fp32": "AdamW moments, fp32",
+    "policy": "policy weights", "adamw": "AdamW moments, fp32",
     "reference": "reference model", "logprob_buffers": "old/ref log-prob buffers",
-    "grads_fp32": "gradients, fp32 (update only)",
+    "grads": "gradients, fp32 (update only)",
     "vllm_awake": "vLLM awake share", "vllm_asleep": "vLLM asleep residual", "vllm_weights": "vLLM weights",
     "vllm_kv_one_sequence": "vLLM KV, one max_model_len seq", "vllm_activation": "vLLM activation peak",
     "act_inputs": "inputs", "act_text_checkpoints": "text layer checkpoints",
@@ -536,7 +599,7 @@ LABELS = {  # term -> how the printout names it
     "logprob_forward": "log-prob forward (no grad)",
 }
 GROUPS = (("per process", ("cuda_context", "nccl_buffers")),
-          ("training state", ("policy_fp32", "adamw_fp32", "reference", "logprob_buffers", "grads_fp32")),
+          ("training state", ("policy", "adamw", "reference", "logprob_buffers", "grads")),
           ("vLLM", ("vllm_awake", "vllm_asleep", "vllm_weights", "vllm_kv_one_sequence", "vllm_activation")),
           ("update working set (backward of one micro-batch; peak = the larger of the LM-head chunk and a "
            "layer + units)", ("act_inputs", "act_text_checkpoints", "act_vision_checkpoints", "fsdp_root_unsharded",
@@ -547,8 +610,7 @@ GROUPS = (("per process", ("cuda_context", "nccl_buffers")),
 
 def describe(result, cfg, show_sources=True):
     """The plan as lines a person reads."""
-    r = result
-    mb = r["micro_batch"]
+    r, mb = result, result["micro_batch"]
 
     def count(n):  # 3.755B, or every digit for a small model
         return f"{n / 1e9:.3f}B" if n >= 1e8 else f"{n:,}"
@@ -556,8 +618,9 @@ def describe(result, cfg, show_sources=True):
         f"{r['model']}: {count(r['params'])} parameters ({count(r['vision_params'])} vision), "
         f"{count(r['trainable_params'])} trainable; {r['nodes']} node(s) x {r['gpus_per_node']} GPU(s) = world "
         f"{r['world_size']}; {r['gpu_gb']:g} GB cards, {r['usable_gib']:.2f} GiB usable",
-        f"trainer: KL {'on' if cfg.kl_coef > 0 else 'off'}, precision {cfg.precision}, vision "
-        f"{'frozen' if cfg.freeze_vision else 'trained'}, "
+        f"trainer: KL {'on' if cfg.kl_coef > 0 else 'off'}, precision {cfg.precision}, "
+        + (f"LoRA rank {cfg.lora_rank} ({cfg.lora_sync} sync), " if r["lora"] else "full-parameter, ")
+        + f"vision {'trained' if r['vision_trained'] else 'frozen'}, "
         f"checkpointing {'on' if cfg.gradient_checkpointing else 'off'}; update micro-batch <= {cfg.micro_batch_size} "
         f"seqs -> {mb['tokens']} packed tokens ({mb['prompts']} prompt(s), {mb['vision_patches']} vision patches); "
         f"vLLM util {cfg.gpu_memory_utilization}, TP {cfg.tensor_parallel_size}, "
@@ -589,9 +652,10 @@ def describe(result, cfg, show_sources=True):
     ]
     host = r["host"]
     other = (f", other nodes {host['startup_other_nodes']:.1f}" if host["startup_other_nodes"] is not None else "")
+    reference_after = "; the reference after the policy" if r["terms"]["reference"] else ""
     lines += ["", f"host RAM per node (GiB; {host['baseline_per_process']} per process, estimate):",
               f"  start-up: first node {host['startup_first_node']:.1f} (rank 0 reads the full fp32 model, "
-              f"{host['full_fp32_model']:.1f}, once; the reference after the policy){other}",
+              f"{host['full_fp32_model']:.1f}, once{reference_after}){other}",
               f"  asleep: {host['asleep_per_node']:.1f} (sleep level {r['sleep_level']}: pinned weights "
               f"{host['pinned_per_gpu']:.1f} per GPU)",
               f"  peak {host['peak_per_node']:.1f}" + (f" of --host-gb {r['host_gb']:g}" if r["host_gb"] else
@@ -615,8 +679,6 @@ def main(argv=None):
     parser.add_argument("--margin-gib", type=float, default=MARGIN_GIB, help="left free by a FITS verdict")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of the lines")
     parser.add_argument("--no-sources", action="store_true", help="leave out each term's source")
-    if not trainer_has_flag("sleep_level"):  # until train_grpo's Config has it
-        parser.add_argument("--sleep-level", type=int, default=1, choices=(1, 2), help="vLLM sleep level")
     args, trainer_argv = parser.parse_known_args(argv)
     if args.help:
         parser.print_help()
@@ -624,8 +686,8 @@ def main(argv=None):
         return None
     cfg = trainer_config(trainer_argv)
     arch = ARCHS.get(args.model.upper()) or arch_from_folder(args.model)
-    setting = dict(gpus=args.gpus, gpu_gb=args.gpu_gb, nodes=args.nodes, sleep_level=getattr(args, "sleep_level", None),
-                   host_gb=args.host_gb, margin_gib=args.margin_gib)
+    setting = dict(gpus=args.gpus, gpu_gb=args.gpu_gb, nodes=args.nodes, host_gb=args.host_gb,
+                   margin_gib=args.margin_gib)
     result = plan(arch, cfg, **setting)
     fixes = suggest(arch, cfg, **setting) if result["verdict"] != "FITS" else []
     result["suggestions"] = [{"flags": f["flags"], "cost": f["cost"], "peak_gib": f["plan"]["peak_gib"],

@@ -87,6 +87,10 @@ def shared_launch(tiny_model_dir, demo_dir, tmp_path_factory):
                                    "--val-files", out / "val15.jsonl", "--init-from",
                                    out / "cold_start" / "checkpoints" / "step_60", "--max-steps", "40",
                                    "--val-freq", "20", "--save-freq", "20"])
+    # LoRA rank 8 from the cold start (its base), 2 updates a step (old log-probs), validation at step 2
+    lora = [*small, "--val-files", out / "val15.jsonl", "--init-from", out / "cold_start" / "checkpoints" / "step_60",
+            "--lora-rank", "8", "--rollout-batch-size", "8", "--group-size", "4", "--mini-batch-size", "4",
+            "--max-response-length", "24", "--val-freq", "2"]
     steps = [
         dict(name="precision", kind="precision", args=[tiny_model_dir, train, out / "precision"]),
         dict(name="cold_start", kind="sft", args=["--demo", "--model", tiny_model_dir, "--train-files",
@@ -104,6 +108,11 @@ def shared_launch(tiny_model_dir, demo_dir, tmp_path_factory):
         dict(name="bf16", args=[*small, "--val-files", "", "--precision", "bf16", "--max-steps", "2", "--save-freq", "0"]),
         dict(name="top_k", args=[*small, *quiet, "--top-k", "1", "--max-steps", "1", "--group-size", "4",
                                  "--rollout-batch-size", "8", "--mini-batch-size", "8", "--max-response-length", "16"]),
+        dict(name="lora_adapter", args=[*lora, "--max-steps", "3", "--save-freq", "1"]),
+        dict(name="lora_merged", args=[*lora, "--lora-sync", "merged", "--max-steps", "3", "--save-freq", "0"]),
+        dict(name="lora_half", args=[*lora, "--max-steps", "2", "--save-freq", "2"]),
+        dict(name="lora_resume_one", world=1, args=[*lora, "--output-dir", out / "lora_half", "--resume",
+                                                    "--max-steps", "3", "--save-freq", "1"]),
         dict(name="dapo_dry", args=[*dapo, "--max-steps", "1", "--max-try-make-batch", "2",
                                     "--reward-fn", "tests/reward_dapo.py:always_right"]),
         dict(name="corrupt_sync", corrupt_sync=True,

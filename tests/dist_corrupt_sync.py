@@ -15,9 +15,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import rollout  # noqa: E402
 import train_grpo  # noqa: E402
 
-full_weights = train_grpo.full_weights
+full_weights = rollout.full_weights
 
 
 def corrupted_weights(model):
@@ -28,6 +29,6 @@ def corrupted_weights(model):
 
 
 if __name__ == "__main__":
-    train_grpo.full_weights = corrupted_weights  # the trainer's loop looks the name up at call time
+    rollout.full_weights = corrupted_weights  # push_policy looks the name up at call time
     train_grpo.main(sys.argv[1:])
     train_grpo.exit_process()  # as train_grpo.py ends

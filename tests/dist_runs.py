@@ -102,7 +102,7 @@ def main():
     os.environ["TORCHELASTIC_USE_AGENT_STORE"] = "False"  # each step's own rendezvous, served by rank 0
     for module in ("transformers", "vllm"):  # before any output is redirected: their loggers keep the stream
         importlib.import_module(module)      # they first see
-    real_full_weights = train_grpo.full_weights
+    real_full_weights = rollout.full_weights
     leave, common.exit_process = common.exit_process, lambda code=0: None  # sft.py's __main__ ends with it
     rollout.VLLMEngine, rollout.HFEngine = tracked(rollout.VLLMEngine), tracked(rollout.HFEngine)  # start_engine's
     world = {key: os.environ[key] for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
@@ -112,7 +112,7 @@ def main():
         os.environ.update(world if step.get("world", 2) != 1 else
                           dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1"))
         os.environ["MASTER_PORT"] = str(port + 1 + k)
-        train_grpo.full_weights = corrupted_weights if step.get("corrupt_sync") else real_full_weights
+        rollout.full_weights = corrupted_weights if step.get("corrupt_sync") else real_full_weights
         args = [str(a) for a in step["args"]]
         result, start = {"exit": None}, time.perf_counter()
         with open(out / f"{step['name']}.rank{rank}.log", "w") as log, \

@@ -1,5 +1,6 @@
-"""bench/memory.py, the memory planner: its parameter counts, one configuration worked by hand, its
-verdicts, its CLI, and its suggestions. Arithmetic only: a few seconds, no model is built."""
+"""bench/memory.py, the memory planner: its parameter counts, a full-parameter and a LoRA configuration worked
+by hand, its verdicts, its CLI, and its suggestions. Arithmetic only: a few seconds, no model is built (the
+tiny model's LoRA layers are counted on the meta device)."""
 
 import json
 import math
@@ -18,6 +19,14 @@ GIB = 2**30
 
 # The issue's one-GPU example (README's one-GPU command): 3B, one 80 GB card, KL on (EMO-R3's default 0.01)
 ONE_GPU_FLAGS = ["--rollout-batch-size", "64", "--mini-batch-size", "32", "--gpu-memory-utilization", "0.3"]
+# The README's one-GPU LoRA commands: rank 64 on the default targets (q, k, v, o, gate, up, down), adapter sync
+LORA_FLAGS = ["--lora-rank", "64", "--rollout-batch-size", "64", "--mini-batch-size", "32"]
+LORA_COMMANDS = {"7B on 80 GB": ["--model", "7B", "--gpus", "1", "--gpu-gb", "80", *LORA_FLAGS,
+                                 "--gpu-memory-utilization", "0.6"],
+                 "3B on 48 GB": ["--model", "3B", "--gpus", "1", "--gpu-gb", "48", *LORA_FLAGS,
+                                 "--gpu-memory-utilization", "0.6"],
+                 "3B on 24 GB": ["--model", "3B", "--gpus", "1", "--gpu-gb", "24", *LORA_FLAGS,
+                                 "--gpu-memory-utilization", "0.5"]}
 
 
 def planner(*args):
@@ -85,11 +94,11 @@ def test_one_gpu_3b_worked_by_hand():
     hand = {
         "cuda_context": 0.5,  # estimate, per process
         "nccl_buffers": 0.0,  # one rank: no communicator buffers
-        "policy_fp32": 4 * P / GIB,  # fp32 master weights, all on the one rank
-        "adamw_fp32": 8 * P / GIB,  # exp_avg + exp_avg_sq, fp32
+        "policy": 4 * P / GIB,  # fp32 master weights, all on the one rank
+        "adamw": 8 * P / GIB,  # exp_avg + exp_avg_sq, fp32
         "reference": 2 * P / GIB,  # KL on: bf16 reference (change 2)
         "logprob_buffers": 4 * 64 * 8 * 2048 * 2 / GIB,  # 512 sequences x 2048 fp32 log-probs, old + ref
-        "grads_fp32": 4 * P / GIB,  # fp32 sharded gradients, update only (change 1)
+        "grads": 4 * P / GIB,  # fp32 sharded gradients, update only (change 1)
         "vllm_awake": 0.3 * usable,  # gpu_memory_utilization x the card's total
         "vllm_asleep": 0.75,  # estimate: the CUDA-graph pool sleep keeps
         "vllm_weights": 2 * P / GIB,  # bf16 engine weights, TP 1
@@ -121,12 +130,12 @@ def test_one_gpu_3b_worked_by_hand():
     assert set(r["terms"]) == set(hand)
     for key, figure in hand.items():
         assert r["terms"][key] == pytest.approx(figure, rel=1e-9, abs=1e-9), key
-    state = hand["policy_fp32"] + hand["adamw_fp32"] + hand["reference"] + hand["logprob_buffers"]
+    state = hand["policy"] + hand["adamw"] + hand["reference"] + hand["logprob_buffers"]
     working = (hand["act_inputs"] + hand["act_text_checkpoints"] + hand["act_vision_checkpoints"]
                + hand["fsdp_root_unsharded"] + hand["fsdp_root_grads"]
                + max(hand["act_head_backward"], hand["act_layer_recompute"] + hand["fsdp_units"]))
     rollout = 0.5 + state + hand["vllm_awake"]  # the training state + vLLM's whole share
-    update = 0.5 + state + hand["grads_fp32"] + 0.75 + working  # the backward is the update's largest phase
+    update = 0.5 + state + hand["grads"] + 0.75 + working  # the backward is the update's largest phase
     assert r["rollout_peak_gib"] == pytest.approx(rollout, rel=1e-9)
     assert r["update_peak_gib"] == pytest.approx(update, rel=1e-9)
     assert r["headroom_gib"] == pytest.approx(usable - max(rollout, update), rel=1e-9)
@@ -136,6 +145,83 @@ def test_one_gpu_3b_worked_by_hand():
     assert r["host"]["asleep_per_node"] == pytest.approx(3.0 + 2 * P / GIB, rel=1e-9)
     # in round figures, as the README quotes them
     assert (round(rollout, 1), round(update, 1), round(usable - max(rollout, update), 1)) == (73.3, 73.8, 5.8)
+
+
+def test_lora_3b_on_24_gb_worked_by_hand():
+    """LoRA's terms would have drifted from the arithmetic written here (the adapter miscounted, the frozen base
+    kept in fp32, a reference model counted that LoRA does not load, AdamW and gradients on the frozen base), so
+    the README's LoRA commands would be sized wrong."""
+    r = planner(*LORA_COMMANDS["3B on 24 GB"])
+    P = 3_754_622_976  # noqa: N806  the base's parameters, frozen
+    # per decoder layer, rank x (in + out) of q (2048 -> 2048), k and v (2048 -> 256), o (2048 -> 2048), gate and
+    # up (2048 -> 11008), down (11008 -> 2048); 36 layers; no vision-tower layer without --lora-vision
+    per_layer = 64 * ((2048 + 2048) + 2 * (2048 + 256) + (2048 + 2048) + 3 * (2048 + 11008))
+    A = 36 * per_layer  # noqa: N806
+    assert A == 119_734_272 == r["trainable_params"] == r["lora"]["adapter_params"]
+    assert memory.adapter_counts(memory.ARCHS["3B"], 64, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                          "up_proj", "down_proj"])["total"] == A
+    usable, tokens = 24 * 0.995, 16384
+    layer = (2048 * 2048 + 2048) + 2 * (2048 * 256 + 256) + 2048 * 2048 + 3 * 2048 * 11008 + 2 * 2048
+    hand = {
+        "policy": (2 * P + 4 * A) / GIB,  # the frozen base in bf16 + the fp32 adapter
+        "adamw": 8 * A / GIB,  # exp_avg + exp_avg_sq of the adapter only
+        "reference": 0.0,  # none: the reference is the policy with its adapter off (KL is on)
+        "grads": 4 * A / GIB,  # fp32 gradients of the adapter only
+        # vLLM: the bf16 base + one rank-64 slot on all 7 linear layers of each decoder layer (= A here)
+        "vllm_weights": 2 * (P + A) / GIB,
+        "act_vision_checkpoints": 0.0, "act_vision_block_recompute": 0.0,  # the vision tower is frozen
+        "fsdp_root_grads": 0.0,  # the root unit (embedding, merger) has nothing to train
+        # the LM head's fp32 copy without a gradient (frozen), 4 fp32 (1024 x V) chunk tensors, gathered states
+        "act_head_backward": (151936 * 2048 * 4 + 4 * 1024 * 151936 * 4 + 4 * 2048 * 2048 * 2) / GIB,
+        # as without LoRA + per token A's 7 outputs of rank 64 and B's widest output (11008) with its scaled copy
+        "act_layer_recompute": (tokens * 2 * ((14 * 2048 + 4 * 2 * 128 + 4 * 11008) + 2 * 11008 + 2 * 2048
+                                              + 7 * 64 + 2 * 11008)
+                                + 4 * (2 * 4096 + 2048) * 16 * 128 * 2 * 2) / GIB,
+        "fsdp_units": (layer * 2 * 2 + per_layer * (2 + 4)) / GIB,  # 2 bf16 units + the adapter's bf16, fp32 grads
+        "adamw_step_temp": 2 * 4 * 11008 * 64 / GIB,  # the largest trainable tensor: gate's or up's B, down's A
+    }
+    for key, figure in hand.items():
+        assert r["terms"][key] == pytest.approx(figure, rel=1e-9, abs=1e-9), key
+    # every other term as in full-parameter training at the same flags (activations, log-probs, vLLM's share)
+    full = planner(*LORA_COMMANDS["3B on 24 GB"], "--lora-rank", "0")
+    for key in set(r["terms"]) - set(hand):
+        assert r["terms"][key] == pytest.approx(full["terms"][key], rel=1e-12), key
+    state = hand["policy"] + hand["adamw"] + 4 * 64 * 8 * 2048 * 2 / GIB  # + the old and ref log-prob buffers
+    assert r["persistent_gib"] == pytest.approx(state, rel=1e-9)
+    assert r["rollout_peak_gib"] == pytest.approx(0.5 + state + 0.5 * usable, rel=1e-9)  # the rollout binds
+    assert r["host"]["startup_first_node"] == pytest.approx(3.0 + 4 * (P + A) / GIB, rel=1e-9)  # fp32, + adapter
+    # in round figures, as the README quotes them: rollout, update, headroom
+    assert (round(r["rollout_peak_gib"], 1), round(r["update_peak_gib"], 1), round(r["headroom_gib"], 1)) \
+        == (20.8, 17.4, 3.1)
+
+
+def test_lora_adapter_count_is_the_tiny_models(tiny_model_dir):
+    """The planner's table of linear layers would differ from the model's modules (a layer's in/out swapped or
+    missing, a target matched where lora.apply_lora does not), so its adapter count would not be LoRA's."""
+    import lora
+    import model as modeling
+    arch = memory.arch_from_folder(tiny_model_dir)
+    for targets, vision in ((lora.DEFAULT_TARGETS, False), (("q_proj", "mlp.down_proj"), False),
+                            ((*lora.DEFAULT_TARGETS, "qkv", "attn.proj", "mlp.0", "mlp.2"), True)):
+        tiny = modeling.meta_model(tiny_model_dir, {"text_config": "sdpa", "vision_config": "sdpa"}, False)
+        lora.apply_lora(tiny, 8, 16, targets, vision=vision)
+        counted = sum(p.numel() for name, p in tiny.named_parameters() if lora.is_adapter(name))
+        assert memory.adapter_counts(arch, 8, targets, vision)["total"] == counted, targets
+    with pytest.raises(SystemExit, match="--lora-vision"):  # vision-tower targets: refused as apply_lora does
+        planner("--model", "3B", "--gpus", "1", "--gpu-gb", "80", "--lora-rank", "64", "--lora-targets", "qkv")
+
+
+def test_lora_needs_less_than_full_parameter_training():
+    """LoRA would be planned at least as large as full-parameter training, so the planner would send LoRA users
+    to more GPUs than they need."""
+    full = planner("--model", "3B", "--gpus", "1", "--gpu-gb", "80", *ONE_GPU_FLAGS)
+    lora_run = planner("--model", "3B", "--gpus", "1", "--gpu-gb", "80", *ONE_GPU_FLAGS, "--lora-rank", "64")
+    assert lora_run["persistent_gib"] < full["persistent_gib"] / 5  # ~2 bytes per parameter, not 14
+    assert lora_run["update_peak_gib"] < full["update_peak_gib"] and lora_run["peak_gib"] < full["peak_gib"]
+    assert lora_run["headroom_gib"] > full["headroom_gib"] + 40
+    # 7B on one card: full-parameter training does not fit (its state alone is 108 GiB); LoRA does
+    seven = planner("--model", "7B", "--gpus", "1", "--gpu-gb", "80", *LORA_FLAGS)
+    assert seven["verdict"] == "FITS" and seven["peak_gib"] < 80 * 0.995 - 10
 
 
 def test_verdicts_of_the_documented_commands():
@@ -151,6 +237,13 @@ def test_verdicts_of_the_documented_commands():
     # vLLM below its weights + one sequence: it would refuse to start, whatever the trainer leaves free
     small_share = planner("--model", "7B", "--gpus", "8", "--gpu-gb", "40", "--gpu-memory-utilization", "0.3")
     assert small_share["verdict"] == "DOES NOT FIT" and "vLLM refuses to start" in small_share["problems"][0]
+    # the one-GPU LoRA commands, each with a few GiB to spare
+    for name, argv in LORA_COMMANDS.items():
+        lora_plan = planner(*argv)
+        assert lora_plan["verdict"] == "FITS" and lora_plan["headroom_gib"] > 3, name
+    # on 24 GB vLLM's share has a window: the default 0.6 leaves too little for the trainer, 0.4 too little for vLLM
+    for util in ("0.6", "0.4"):
+        assert planner(*LORA_COMMANDS["3B on 24 GB"], "--gpu-memory-utilization", util)["verdict"] == "DOES NOT FIT"
 
 
 def test_cli_json_parses_with_the_trainers_flags():
@@ -194,6 +287,14 @@ def test_a_suggestion_applied_fits(capsys):
             capsys.readouterr()
     assert suggestions(cases[0], capsys)[0] == ["--gpu-memory-utilization", "0.35"]  # the cheapest: the largest share
     assert ["--sleep-level", "2"] in suggestions(cases[3], capsys)  # (TP 2 halves each rank's copy: cheaper)
+    # LoRA's adapter sync keeps the engine's base across sleeps: level 2 (which train_grpo refuses with it) is
+    # never suggested, and what is suggested passes the trainer's start-up checks (main runs them)
+    lora_host = [*cases[3], "--lora-rank", "64"]
+    fixes = suggestions(lora_host, capsys)
+    assert fixes and ["--sleep-level", "2"] not in fixes
+    for fix in fixes:
+        assert memory.main([*lora_host, *fix, "--json"])["verdict"] == "FITS", fix
+        capsys.readouterr()
 
 
 def test_gpu_step_sets_the_planners_figure_beside_its_measured_peak(tiny_model_dir):
@@ -216,21 +317,10 @@ def test_gpu_step_sets_the_planners_figure_beside_its_measured_peak(tiny_model_d
     assert planned["terms"]["reference"] == 0 and got["planner_terms_gib"] == planned["terms"]  # the run's KL off
 
 
-def test_sleep_level_is_the_trainers_flag_once_it_has_one(monkeypatch):
-    """--sleep-level would be refused (a flag defined twice) or ignored once train_grpo's Config has it, or
-    level 2 would still count level 1's pinned host copies."""
-    import dataclasses
-
-    import train_grpo
+def test_sleep_level_is_the_trainers_flag():
+    """--sleep-level (train_grpo's flag) would be refused or ignored by the planner, or level 2 would still count
+    level 1's pinned host copies."""
     argv = ["--model", "7B", "--gpus", "8", "--gpu-gb", "80", "--json"]
-    level1, level2 = memory.main(argv), memory.main([*argv, "--sleep-level", "2"])  # the planner's own flag
+    level1, level2 = memory.main(argv), memory.main([*argv, "--sleep-level", "2"])
     assert level1["host"]["pinned_per_gpu"] == pytest.approx(2 * 8_291_249_152 / GIB / 1)
-    assert level2["sleep_level"] == 2 and level2["host"]["pinned_per_gpu"] == 0
-
-    @dataclasses.dataclass
-    class WithSleepLevel(train_grpo.Config):
-        sleep_level: int = 1  # vLLM sleep level (1: weights to host memory, 2: discarded)
-
-    monkeypatch.setattr(train_grpo, "Config", WithSleepLevel)
-    level2 = memory.main([*argv, "--sleep-level", "2"])
-    assert level2["config"]["sleep_level"] == 2 and level2["host"]["pinned_per_gpu"] == 0
+    assert level2["config"]["sleep_level"] == level2["sleep_level"] == 2 and level2["host"]["pinned_per_gpu"] == 0
