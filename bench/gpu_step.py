@@ -37,6 +37,17 @@ T=2048), and at each optimizer step AdamW's foreach temporary (14). So about 84 
 an H200 (140 GiB) holds it with KL; an 80 GB H100 cannot, even with --kl-coef 0.
 Flags after `--` go to the trainer unchanged (`-- --group-size 4`): state them beside the figures.
 
+Configurations (--config, CONFIGS below): `3b`, the default, trains every parameter as above. `3b-lora64`
+trains a LoRA (train_grpo.py --lora-rank 64; alpha 128, EasyR1's and verl's rank) on the language model's q,
+k, v, o, gate, up, down projections, 0.12B parameters; the rest is frozen and stored in bf16, the KL
+reference is the same model with its adapter off (no second copy, so KL stays on), and the adapter is
+merged into the HF engine's copy every step (`--lora-sync merged`: HFEngine takes no adapter folder, so
+vLLM's adapter sync is not what is measured). Its memory, GiB: bf16 base 7 + the HF engine's fp32 copy 14
++ adapter, its gradients and AdamW 2 = 23, plus generate's logits at the rollout (9 at T=512): about 32,
+and activations: an H100 holds it. Its update MFU counts (2 x params (forward) + 2 x the text decoder's
+params (input gradients; none reach the frozen vision tower) + 6 x adapter params) x tokens. bench/memory.py
+gets the run's config.json, LoRA flags included, as for any other flag.
+
 Reported, as medians over the steps after the first (warm-up): seconds and share of the step per
 phase; rollout tokens/s = generated tokens / time/rollout; update tokens/s = prompt + response tokens
 of every sequence / time/update; update MFU = 6 x trainable parameters x those tokens / time/update /
@@ -69,15 +80,21 @@ order, the usual approximation of that choice. On the CPU, EFFICIENT and CUDNN a
 are refused; FLASH and MATH have CPU kernels and accept.
 
 On a lent GPU machine (torch and transformers, no vLLM, no network; data.py no longer needs
-qwen-vl-utils), with a timeout_s of about 420 (about 4 minutes expected):
+qwen-vl-utils), one run call per configuration, each with a timeout_s of about 420 (about 4 minutes
+expected), the second on the same warm machine (it reuses the model folder in .cache/bench-gpu-step). On
+an 80 GB H100 the LoRA one first: the full-parameter 3b is expected not to fit there (above).
+    HF_HUB_OFFLINE=1 python3 bench/gpu_step.py --config 3b-lora64 --json $OUT/gpu_step_lora.json \\
+        --section $OUT/gpu_step_lora.md
     HF_HUB_OFFLINE=1 python3 bench/gpu_step.py --json $OUT/gpu_step.json --section $OUT/gpu_step.md
 Here, on the CPU:
     .venv/bin/python bench/gpu_step.py --smoke          # tiny dims, 2 steps, about a minute
+    .venv/bin/python bench/gpu_step.py --smoke --config 3b-lora64   # the LoRA configuration's code path
 --append would write to the device's copy of BENCHMARKS.md, which does not come back: bring the
 section back with --section and append it here.
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import random
@@ -110,10 +127,20 @@ VISION_SMOKE = dict(VISION_3B, depth=2, hidden_size=32, intermediate_size=64, nu
                     fullatt_block_indexes=[1])
 # run settings (flags override them): EMO-R3's lengths and pixels on the GPU, tiny ones for --smoke
 GPU_RUN = dict(image_side=1024, min_pixels=512 * 512, max_pixels=2048 * 2048, max_prompt_length=2048,
-               max_response_length=512, group_size=8, prompts=2, steps=3, micro_batch_size=2, logprob_micro_batch_size=4)
+               max_response_length=512, group_size=8, prompts=2, steps=3, micro_batch_size=2,
+               logprob_micro_batch_size=4)
 SMOKE_RUN = dict(GPU_RUN, image_side=112, min_pixels=56 * 56, max_pixels=112 * 112, max_prompt_length=512,
                  max_response_length=16, group_size=4, steps=2)
-PEAK_BF16_TFLOPS = {"H100 PCIe": 756, "H100": 989, "H200": 989, "A100": 312}  # dense, NVIDIA datasheets; first match wins
+# dense, NVIDIA datasheets; the first match wins
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756, "H100": 989, "H200": 989, "A100": 312}
+# the configurations a lent GPU measures (--config), each the 3B-sized model with these train_grpo.py flags
+CONFIGS = {
+    "3b": {"about": "full-parameter training, the vision tower trained (EMO-R3)", "flags": {}},
+    # EasyR1's and verl's LoRA rank; --lora-sync merged: --engine hf takes no adapter (train_grpo.check_config)
+    "3b-lora64": {"about": "LoRA rank 64, alpha 128, on the language model's q, k, v, o, gate, up, down projections, "
+                           "the rest frozen (bf16 under bf16 compute), merged into the HF engine's copy every step",
+                  "flags": {"lora_rank": 64, "lora_sync": "merged"}},
+}
 
 
 def build_model(out_dir, text, vision, tokenizer_dir, dtype):
@@ -136,7 +163,8 @@ def build_model(out_dir, text, vision, tokenizer_dir, dtype):
     ids = {t: tok.convert_tokens_to_ids(f"<|{t}|>") for t in
            ("endoftext", "im_end", "image_pad", "video_pad", "vision_start", "vision_end")}
     config = Qwen2_5_VLConfig(
-        text_config=dict(text, bos_token_id=ids["endoftext"], eos_token_id=ids["im_end"], pad_token_id=ids["endoftext"]),
+        text_config=dict(text, bos_token_id=ids["endoftext"], eos_token_id=ids["im_end"],
+                         pad_token_id=ids["endoftext"]),
         vision_config=vision, image_token_id=ids["image_pad"], video_token_id=ids["video_pad"],
         vision_start_token_id=ids["vision_start"], vision_end_token_id=ids["vision_end"], tie_word_embeddings=True)
     print(f"building the model in {out_dir} ...", flush=True)
@@ -171,6 +199,22 @@ def build_data(out_dir, rows, side):
         lines.append({"images": [name], "problem": question, "answer": label})
     (out_dir / "labels.txt").write_text("\n".join(labels) + "\n")
     return data.write_jsonl(out_dir / "train.jsonl", lines)
+
+
+def lora_trainable(model_dir, cfg):
+    """The trainable parameters (A and B) of the LoRA that train_grpo's lora_* fields in `cfg` ask for, counted
+    on a meta-device copy of the model (no memory, apply_lora's own choice of layers); None without LoRA."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    import lora
+    settings = lora.from_flags(cfg["lora_rank"], cfg["lora_alpha"], cfg["lora_targets"], cfg["lora_vision"])
+    if settings is None:
+        return None
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model_dir))
+    lora.apply_lora(model, **settings)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 # --- which sdpa kernel the trainer's attention calls get ------------------------------------------
@@ -302,7 +346,8 @@ def sdpa_table(probe):
     if probe is None:
         return "sdpa probe: failed (see the warning above)"
     head = (f"sdpa kernels of the trainer's text-decoder attention (shared_prompt_attention), {probe['dtype']} on "
-            f"{probe['device']}: B={probe['rows']} responses, {probe['heads']} query / {probe['kv_heads']} kv heads x {probe['head_dim']}, "
+            f"{probe['device']}: B={probe['rows']} responses, {probe['heads']} query / {probe['kv_heads']} kv heads "
+            f"x {probe['head_dim']}, "
             f"P={probe['prompt']} prompt + R={probe['response']} response tokens. A backend alone "
             f"(sdpa_kernel([backend])): ok (median ms of 3) or refused; default = the kernel the default dispatch "
             f"ran (its aten op, recorded), torch's priority order {' > '.join(probe['priority'])}.")
@@ -334,8 +379,6 @@ def planner_estimate(model_dir, cfg, gpu, logits_gib):
     trainer with its memory changes (bf16 reference, per-parameter AdamW step, gradients freed before the
     rollout: its docstring); a trainer without them measures more. None (and a warning) if it fails."""
     try:
-        import dataclasses
-
         import memory as planner  # bench/memory.py
         import train_grpo
         fields = {f.name for f in dataclasses.fields(train_grpo.Config)}
@@ -370,7 +413,8 @@ def per_step_figures(metrics, measured_steps):
 def step_table(rows, stats):
     def fmt(v, spec):
         return "n/a" if v is None else format(v, spec)
-    lines = ["| step | time/step (s) | peak GPU memory (GiB) | log-prob gap mean | log-prob gap max | response tokens |",
+    lines = ["| step | time/step (s) | peak GPU memory (GiB) | log-prob gap mean | log-prob gap max "
+             "| response tokens |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['step']}{' (warm-up)' if r['warmup'] else ''} | {fmt(r['time_s'], '.2f')} | "
@@ -388,6 +432,9 @@ def main():
     started = time.time()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="CPU-sized model and lengths, 2 steps: the same code path")
+    parser.add_argument("--config", choices=CONFIGS, default="3b",
+                        help="what is trained: " + "; ".join(f"{k}: {v['about']}" for k, v in CONFIGS.items()) +
+                        " (default: %(default)s)")
     parser.add_argument("--work-dir", help="model, data and run folder (default: .cache/bench-gpu-step[-smoke])")
     parser.add_argument("--tokenizer-from", help="model folder whose tokenizer/processor to use (default: tiny.py's)")
     for name, kind in (("prompts", int), ("steps", int), ("image-side", int), ("max-response-length", int),
@@ -395,7 +442,8 @@ def main():
         parser.add_argument(f"--{name}", type=kind, help=f"default {GPU_RUN[name.replace('-', '_')]} "
                             f"({SMOKE_RUN[name.replace('-', '_')]} with --smoke)")
     parser.add_argument("--kl-coef", type=float, help="default: 0.01 (EMO-R3) where the memory estimate fits, else 0")
-    parser.add_argument("--peak-tflops", type=float, help="device peak dense bf16 TFLOP/s for MFU (default: from the GPU's name)")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="device peak dense bf16 TFLOP/s for MFU (default: from the GPU's name)")
     parser.add_argument("--no-sdpa-probe", action="store_true", help="skip the sdpa kernel probe")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--section", help="write the BENCHMARKS.md section (markdown) to this file")
@@ -411,6 +459,7 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     print("gpu_step: HF rollout path (train_grpo --engine hf: transformers generate), not vLLM", flush=True)
     print(f"machine: {phases.machine()}\nversions: {phases.versions()}\nsettings: {run}, extra {extra}")
+    print(f"configuration {args.config}: {CONFIGS[args.config]['about']}", flush=True)
 
     # --- the model, the data and the prompt length they give
     import tiny
@@ -429,9 +478,9 @@ def main():
     prompt_tokens = statistics.mean(dataset[i].num_tokens for i in range(len(dataset)))
     image = dataset[0].images[0]
     wall["model and data"] = time.time() - started
-    print(f"model: {info['params']:,} parameters ({info['vision_params']:,} in the vision tower), random weights; data: "
-          f"{run['prompts']} prompts, images {image.width}x{image.height}, {prompt_tokens:.0f} prompt tokens each "
-          f"({wall['model and data']:.0f} s)", flush=True)
+    print(f"model: {info['params']:,} parameters ({info['vision_params']:,} in the vision tower), random weights; "
+          f"data: {run['prompts']} prompts, images {image.width}x{image.height}, {prompt_tokens:.0f} prompt tokens "
+          f"each ({wall['model and data']:.0f} s)", flush=True)
 
     # --- which sdpa kernel the trainer's attention gets: the run's shapes on the GPU, small ones on the CPU
     probe = None
@@ -442,30 +491,43 @@ def main():
         wall["sdpa probe"] = time.time() - t0
         print(sdpa_table(probe), flush=True)
 
-    # memory estimate (GiB): fp32 policy 4 + grads 4 + AdamW 8 + HF engine copy 4 (+ reference 4) bytes per
-    # parameter, held from step 2 on, plus the larger of generate's logits at the rollout ((n, V) fp32 per
-    # position, up to 4 copies alive) and AdamW's foreach temporary (4 bytes per parameter) at its step
+    # memory estimate (GiB), bytes held from step 2 on: full-parameter training, per parameter fp32 policy 4 +
+    # grads 4 + AdamW 8 + HF engine copy 4 (+ reference 4); LoRA, per parameter the frozen base 2 (bf16; 4 on the
+    # CPU) + HF engine copy 4, per adapter parameter 16 (fp32 A and B, grads, AdamW), and no reference (it is the
+    # adapter switched off). Plus the larger of generate's logits at the rollout ((n, V) fp32 per position, up to
+    # 4 copies alive) and AdamW's foreach temporary (4 bytes per trained parameter) at its step
+    import train_grpo
     gib, params = 2**30, info["params"]
+    adapter = lora_trainable(model_dir, {**dataclasses.asdict(train_grpo.Config()), **CONFIGS[args.config]["flags"]})
+    trained = adapter or params
     logits = 4 * run["group_size"] * run["max_response_length"] * text["vocab_size"] * 4 / gib
-    need = {with_kl: (20 + 4 * with_kl) * params / gib + max(logits, 4 * params / gib) for with_kl in (False, True)}
-    kl = args.kl_coef if args.kl_coef is not None else (0.01 if gpu is None or gpu["memory_gib"] > 1.05 * need[True] else 0.0)
+    if adapter:
+        need = dict.fromkeys((False, True), ((2 if gpu else 4) + 4) * params / gib + 16 * adapter / gib)
+    else:
+        need = {with_kl: (20 + 4 * with_kl) * params / gib for with_kl in (False, True)}
+    need = {with_kl: held + max(logits, 4 * trained / gib) for with_kl, held in need.items()}
+    fits = gpu is None or gpu["memory_gib"] > 1.05 * need[True]
+    kl = args.kl_coef if args.kl_coef is not None else (0.01 if fits else 0.0)
     print(f"memory estimate: {need[bool(kl)]:.0f} GiB at the peak of step 2+ (generate's logits {logits:.0f}, AdamW's "
-          f"temporary {4 * params / gib:.0f}), kl_coef {kl}" + (f"; the GPU has {gpu['memory_gib']:.0f} GiB" if gpu else ""),
-          flush=True)
+          f"temporary {4 * trained / gib:.1f}), kl_coef {kl}" +
+          (f"; the GPU has {gpu['memory_gib']:.0f} GiB" if gpu else ""), flush=True)
     if gpu and need[bool(kl)] > gpu["memory_gib"]:
         print("WARNING: the estimate exceeds the GPU's memory: expect an out-of-memory error (see --help)", flush=True)
 
     # --- the trainer, one process. --logp-gap-limit 0: the guard off, so that a large bf16-vs-fp32 gap
     # (random weights) is reported rather than stopping the run; --allow-cpu only where there is no GPU
-    out = work / time.strftime("run-%Y%m%d-%H%M%S")
+    out = work / time.strftime(f"run-{args.config}-%Y%m%d-%H%M%S")
+    config_flags = [item for key, value in CONFIGS[args.config]["flags"].items()
+                    for item in (f"--{key.replace('_', '-')}", value)]
     trainer = ["train_grpo.py", "--model", model_dir, "--train-files", train_file, "--val-files", "", "--val-freq", "0",
-               "--engine", "hf", "--rollout-batch-size", run["prompts"], "--mini-batch-size", max(1, run["prompts"] // 2),
+               "--engine", "hf", "--rollout-batch-size", run["prompts"],
+               "--mini-batch-size", max(1, run["prompts"] // 2),
                "--group-size", run["group_size"], "--micro-batch-size", run["micro_batch_size"],
                "--logprob-micro-batch-size", run["logprob_micro_batch_size"], "--min-pixels", run["min_pixels"],
                "--max-pixels", run["max_pixels"], "--max-prompt-length", run["max_prompt_length"],
                "--max-response-length", run["max_response_length"], "--kl-coef", kl, "--max-steps", run["steps"],
-               "--logp-gap-limit", 0, "--save-freq", 10**6, "--output-dir", out, *(["--allow-cpu"] if gpu is None else []),
-               *extra]
+               "--logp-gap-limit", 0, "--save-freq", 10**6, "--output-dir", out,
+               *(["--allow-cpu"] if gpu is None else []), *config_flags, *extra]
     env = phases.clean_env()
     if gpu:  # fewer fragmentation OOMs with micro-batches of varying length; safe without vLLM's sleep mode
         env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -484,10 +546,22 @@ def main():
     summary = phases.phase_summary(metrics)
     measured = [m for m in metrics if m["step"] in summary["steps"]]
     steps, step_stats = per_step_figures(metrics, summary["steps"])
-    trainable = params - (info["vision_params"] if cfg["freeze_vision"] else 0)
+    # the update's FLOPs per token: 6 x trained parameters (forward, input and weight gradients); with LoRA the
+    # frozen base's forward (2 x params) and input gradients (2 x the text decoder's: no gradient reaches the
+    # frozen vision tower), and 6 x the adapter's parameters
+    adapter = lora_trainable(model_dir, cfg) if cfg.get("lora_rank") else None
+    if adapter:
+        trainable = adapter
+        update_flops = 2 * params + 2 * (params - info["vision_params"]) + 6 * adapter
+        flops_text = (f"(2 x {params / 1e9:.2f}B + 2 x {(params - info['vision_params']) / 1e9:.2f}B text + "
+                      f"6 x {adapter / 1e9:.3f}B adapter) x tokens")
+    else:
+        trainable = params - (info["vision_params"] if cfg["freeze_vision"] else 0)
+        update_flops = 6 * trainable
+        flops_text = f"6 x {trainable / 1e9:.2f}B x tokens"
     sequences = cfg["rollout_batch_size"] * cfg["group_size"]
-    passes = [name for name, on in (("old", cfg["rollout_batch_size"] // cfg["mini_batch_size"] * cfg["ppo_epochs"] > 1),
-                                    ("reference", cfg["kl_coef"] > 0)) if on]
+    optimizer_steps = cfg["rollout_batch_size"] // cfg["mini_batch_size"] * cfg["ppo_epochs"]
+    passes = [name for name, on in (("old", optimizer_steps > 1), ("reference", cfg["kl_coef"] > 0)) if on]
     compute = cfg.get("precision", "auto")
     if compute == "auto":
         compute = "bf16" if gpu else "fp32"
@@ -499,7 +573,9 @@ def main():
     wall["total"] = time.time() - started
     result = {
         "rollout_path": "HF generate (train_grpo --engine hf), not vLLM", "device": phases.machine(),
-        "params": params, "trainable_params": trainable, "sequences_per_step": sequences,
+        "config": args.config, "config_about": CONFIGS[args.config]["about"],
+        "params": params, "trainable_params": trainable, "update_flops_per_token": update_flops,
+        "sequences_per_step": sequences,
         "prompt_tokens": prompt_tokens, "response_tokens_mean": response, "phases": summary,
         "rollout_tokens_per_s": med(lambda m: sequences * m["response_length"] / m["time/rollout"]),
         "update_tokens_per_s": med(lambda m: tokens * cfg["ppo_epochs"] / m["time/update"]),
@@ -514,9 +590,11 @@ def main():
     if result["planner"] and result["peak_memory_gib"] is not None:  # the planner's error, measured / planned
         result["planner"]["measured_over_planned"] = result["peak_memory_gib"] / result["planner"]["estimate_gib"]
     if peak:
-        result["update_mfu"] = med(lambda m: 6 * trainable * tokens * cfg["ppo_epochs"] / m["time/update"] / (peak * 1e12))
+        result["update_mfu"] = med(lambda m: update_flops * tokens * cfg["ppo_epochs"] / m["time/update"]
+                                   / (peak * 1e12))
         if passes:
-            result["logprob_mfu"] = med(lambda m: 2 * params * tokens * len(passes) / m["time/logprobs"] / (peak * 1e12))
+            result["logprob_mfu"] = med(lambda m: 2 * params * tokens * len(passes) / m["time/logprobs"]
+                                        / (peak * 1e12))
 
     # --- report
     def pct(key):
@@ -532,18 +610,20 @@ def main():
                 f"{result['logp_gap_max']['max']:.3g})" if gap else "n/a (no rollout/logp_gap in metrics.jsonl)")
     figures = "\n".join([
         "| figure | value |", "|---|---|",
-        f"| time/step (median after warm-up; max) | {step_stats['time_s']['median']:.2f} s; {step_stats['time_s']['max']:.2f} s |",
+        f"| time/step (median after warm-up; max) | {step_stats['time_s']['median']:.2f} s; "
+        f"{step_stats['time_s']['max']:.2f} s |",
         f"| rollout tokens/s (generated, HF generate) | {result['rollout_tokens_per_s']:.0f} |",
         f"| update tokens/s (prompt + response) | {result['update_tokens_per_s']:.0f} |",
-        f"| update MFU (6 x {trainable / 1e9:.2f}B x tokens, peak {peak} TFLOP/s) | {pct('update_mfu')} |",
+        f"| update MFU ({flops_text}, peak {peak} TFLOP/s) | {pct('update_mfu')} |",
         f"| log-prob MFU ({'+'.join(passes) or 'no'} passes, 2 x params x tokens) | {pct('logprob_mfu')} |",
         f"| peak GPU memory (max_memory_allocated) | {memory} |",
         f"| planner's estimate of that peak (bench/memory.py) | {planned_text} |",
         f"| log-prob gap, HF engine (fp32) vs trainer ({compute}), mean per step (median) | {gap_text} |"])
     report = (f"{sequences} sequences per step ({cfg['rollout_batch_size']} prompts x {cfg['group_size']}), "
-              f"{prompt_tokens:.0f} prompt tokens ({image.width}x{image.height} image) + {response:.0f} response tokens "
-              f"(max {cfg['max_response_length']}), kl_coef {cfg['kl_coef']}, micro-batches {cfg['micro_batch_size']} / "
-              f"{cfg['logprob_micro_batch_size']}, trainer compute {compute}, --logp-gap-limit 0 (guard off); "
+              f"{prompt_tokens:.0f} prompt tokens ({image.width}x{image.height} image) + {response:.0f} response "
+              f"tokens (max {cfg['max_response_length']}), kl_coef {cfg['kl_coef']}, micro-batches "
+              f"{cfg['micro_batch_size']} / {cfg['logprob_micro_batch_size']}, trainer compute {compute}, "
+              f"--logp-gap-limit 0 (guard off); "
               f"medians over steps {summary['steps']}\n\n"
               f"{phases.phase_table(summary)}\n\n{figures}\n\n{step_table(steps, step_stats)}\n\n"
               f"{sdpa_table(probe) if not args.no_sdpa_probe else 'sdpa probe: skipped (--no-sdpa-probe)'}\n\n"
@@ -552,12 +632,14 @@ def main():
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     if args.append or args.section:
-        name = "a Qwen2.5-VL-3B-sized model" if not args.smoke else "the --smoke model"
+        name = ("a Qwen2.5-VL-3B-sized model" if not args.smoke else "the --smoke model") + f" ({args.config})"
         section = (
-            f"## GRPO steps of {name} on one device, HF rollout path (bench/gpu_step.py, {time.strftime('%Y-%m-%d')})\n\n"
+            f"## GRPO steps of {name} on one device, HF rollout path (bench/gpu_step.py, "
+            f"{time.strftime('%Y-%m-%d')})\n\n"
             f"Machine: {phases.machine()}. {phases.versions()}.\nCommand: `python bench/gpu_step.py "
             f"{' '.join(sys.argv[1:])}`; trainer: `{result['trainer_command']}`.\nRandom weights, "
-            f"{params / 1e9:.2f}B parameters; rollouts and re-asks through transformers generate (`--engine hf`), "
+            f"{params / 1e9:.2f}B parameters; {CONFIGS[args.config]['about']}, {trainable / 1e9:.3f}B trained; "
+            "rollouts and re-asks through transformers generate (`--engine hf`), "
             f"not vLLM; responses run to the cap (random weights) and re-asks are skipped (no SET tags).\n\n{report}")
         if args.section:
             Path(args.section).write_text(section + "\n")

