@@ -9,7 +9,7 @@ sft.py and evaluate.py.
 Imports no module of ours.
 
 Not here: anything about GRPO (train_grpo.py), loading and sharding a model (model.py), the rollout
-engines (rollout.py), how a micro-batch is packed and scored (packing.py), checkpoints (checkpoint.py).
+engines (engines.py), how a micro-batch is packed and scored (packing.py), checkpoints (checkpoint.py).
 """
 
 import argparse

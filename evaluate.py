@@ -162,7 +162,7 @@ def merge_checkpoint(checkpoint, folder, timeout_minutes, dtype=None):
     wait; every rank returns once it can read the folder. Returns the gloo group the ranks waited on."""
     import torch.distributed as dist
 
-    from checkpoint import export_hf_folder
+    from export import export_hf_folder
 
     # A 3B merge takes minutes, more on slow storage: longer than --dist-timeout-minutes may allow. So
     # the waiting ranks wait on a group of their own, whose timeout is this one (torch gives a gloo
@@ -212,7 +212,8 @@ def evaluate(cfg):
     from common import require_cuda, setup_distributed
     from data import skipped_on_any_rank
     from model import compute_dtype
-    from rollout import Request, ask_reflections, start_engine, visuals
+    from engines import Request, start_engine
+    from rollout import ask_reflections, visuals
 
     require_cuda(cfg.allow_cpu)
     rank, world_size, device = setup_distributed(cfg.dist_timeout_minutes)

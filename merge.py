@@ -16,7 +16,7 @@ a plain model. --adapter-only writes the adapter as PEFT does instead (for vLLM'
 
 Runs in one process on CPU (no torchrun): the shards are read with `no_dist=True`. Memory: the
 full model once, in the chosen dtype plus fp32 while loading. This file is the command line; the
-work (reading a checkpoint, writing the folder) is checkpoint.py's `export_hf_folder`, which
+work (reading a checkpoint, writing the folder) is export.py's `export_hf_folder`, which
 evaluate.py also uses to evaluate a checkpoint directly.
 """
 
@@ -26,7 +26,8 @@ import json
 from pathlib import Path
 
 import lora
-from checkpoint import DTYPES, export_hf_folder, find_checkpoint, load_trained_model
+from checkpoint import DTYPES, find_checkpoint
+from export import export_hf_folder, load_trained_model
 
 
 def export_adapter(checkpoint, out, overwrite=False):

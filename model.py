@@ -3,7 +3,7 @@ vision block, with its precision policy (fp32 master weights; bf16 compute on GP
 stored in bf16 there), and the AdamW that updates it.
 
 Not here: the process group (common.py), how a micro-batch is scored (packing.py), checkpoints
-(checkpoint.py), the rollout engines' own copies of the weights (rollout.py).
+(checkpoint.py), the rollout engines' own copies of the weights (engines.py).
 """
 
 import torch
@@ -75,8 +75,11 @@ def load_model(path, device, trainable, precision="auto", gradient_checkpointing
     model = full if not from_rank0 else meta_model(path, attention, trust_remote_code)
     if lora:  # on rank 0's weights and on the meta model alike: the same names, filled from rank 0
         import lora as lora_layers
-        for each in {id(m): m for m in (full, model) if m is not None}.values():
-            lora_layers.apply_lora(each, **lora)
+        try:
+            for each in {id(m): m for m in (full, model) if m is not None}.values():
+                lora_layers.apply_lora(each, **lora)
+        except lora_layers.LoRAError as e:  # a choice of layers the model refuses, said before anything runs
+            raise SystemExit(f"--lora-targets: {e}") from e
     tied = tied_parameters(model)
     if from_rank0:  # a checkpoint that stores both copies with different values loads untied: say so on every rank
         loaded = [tied_parameters(full) if full is not None else None]

@@ -275,11 +275,8 @@ def main(argv=None):
     check_run_length(resume_from, start_step, total, cfg.epochs)
 
     settings = lora.from_flags(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_vision)
-    try:
-        policy = load_model(cfg.model, device, trainable=True, gradient_checkpointing=cfg.gradient_checkpointing,
-                            freeze_vision=cfg.freeze_vision, trust_remote_code=cfg.trust_remote_code, lora=settings)
-    except lora.LoRAError as e:
-        raise SystemExit(f"--lora-targets: {e}") from e
+    policy = load_model(cfg.model, device, trainable=True, gradient_checkpointing=cfg.gradient_checkpointing,
+                        freeze_vision=cfg.freeze_vision, trust_remote_code=cfg.trust_remote_code, lora=settings)
     optimizer = adamw(policy, cfg.lr, (0.9, 0.999), cfg.weight_decay)  # torch's default betas
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     if resume_from:  # weights, AdamW state, LR schedule and this rank's RNG states

@@ -19,9 +19,10 @@ Steps 1-4 are collect_rollouts, which returns one Rollout record per response; m
 
 What it deliberately is not: no critic, no Ulysses, no pipeline parallelism. This file holds what a
 reader needs to see (the config, the GRPO maths, the rollout, the update, the loop with the engine's
-wake / sync / sleep order); the mechanics live in modules: rollout.py (the engines, sending the re-ask),
-packing.py (how a micro-batch is packed and scored), model.py (loading and sharding), common.py
-(process group, flags, metrics), checkpoint.py (saving and resuming). Every default is EMO-R3's
+wake / sync / sleep order); the mechanics live in modules: engines.py (vLLM, HF generate), rollout.py
+(pushing the policy, sending the re-ask), packing.py (how a micro-batch is packed and scored), model.py
+(loading and sharding), lora.py, common.py (process group, flags, metrics), checkpoint.py (saving and
+resuming). Every default is EMO-R3's
 released recipe (examples/config.yaml + qwen2_5_vl_3b_emor3.sh); `--demo` switches to the tiny model
 and the demo data on CPU.
 
@@ -53,8 +54,8 @@ from data import get_batch_on_every_rank, skipped_on_any_rank
 from model import adamw, compute_dtype, load_model
 from packing import Sample, batched_logprobs, collate, encode_prompts, micro_batches, pad_stack, response_logprobs
 from plots import draw_curves
-from rollout import (Request, SyncGuard, ask_reflections, check_tensor_parallel, push_policy, start_engine,
-                     visuals)
+from engines import Request, check_tensor_parallel, start_engine
+from rollout import SyncGuard, ask_reflections, push_policy, visuals
 
 
 # --- config -------------------------------------------------------------------------------------
@@ -536,21 +537,14 @@ def load_datasets(cfg, processor):
     return train_set, val_set, dropped
 
 
-def lora_settings(cfg):
-    """apply_lora's arguments (model.load_model's `lora`), or None without LoRA."""
-    return lora.from_flags(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_vision)
-
-
 def load_models(cfg, device, total_steps):
     """The policy, the reference (None without KL, and with LoRA, where the reference is the policy with
     its adapter off), AdamW and the lr schedule. With --init-from both models start from that checkpoint:
     the reference is the starting policy."""
     kwargs = dict(precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing,
                   freeze_vision=cfg.freeze_vision, trust_remote_code=cfg.trust_remote_code)
-    try:
-        policy = load_model(cfg.model, device, trainable=True, lora=lora_settings(cfg), **kwargs)
-    except lora.LoRAError as e:  # a --lora-targets choice the model refuses, said before anything runs
-        raise SystemExit(f"--lora-targets: {e}") from e
+    settings = lora.from_flags(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_vision)
+    policy = load_model(cfg.model, device, trainable=True, lora=settings, **kwargs)
     reference = load_model(cfg.model, device, trainable=False, **kwargs) if cfg.kl_coef > 0 and not cfg.lora_rank \
         else None
     if cfg.init_from:

@@ -80,7 +80,8 @@ def probe(model, data_file=None, images=32, seed=0):
 
     import data
     import rewards
-    from rollout import HFEngine, reask_requests
+    from engines import HFEngine
+    from rollout import reask_requests
 
     processor = AutoProcessor.from_pretrained(model)
     tokenizer = processor.tokenizer

@@ -473,7 +473,7 @@ def plan(arch, cfg, gpus, gpu_gb, nodes=1, host_gb=0.0, margin_gib=MARGIN_GIB):
         problems.append(f"--rollout-batch-size {cfg.rollout_batch_size} and --mini-batch-size "
                         f"{cfg.mini_batch_size} must be multiples of the world size {world} (train_grpo.main)")
     if world % tp:
-        problems.append(f"--tensor-parallel-size {tp} does not divide the world size {world} (rollout.VLLMEngine)")
+        problems.append(f"--tensor-parallel-size {tp} does not divide the world size {world} (engines.VLLMEngine)")
     if vllm_min > vllm_awake:
         problems.append(f"vLLM refuses to start: its share {vllm_awake:.2f} GiB is below its weights "
                         f"{vllm_weights:.2f} + activations {VLLM_ACTIVATION_GIB} + graphs {VLLM_ASLEEP_GIB} + one "

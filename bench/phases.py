@@ -1,6 +1,6 @@
 """Where a GRPO step's time goes on the CPU demo: the two rollout engines, and the phases of a step.
 
-(a) rollout: vLLM (rollout.VLLMEngine) against transformers generate (rollout.HFEngine) on the
+(a) rollout: vLLM (engines.VLLMEngine) against transformers generate (engines.HFEngine) on the
     tiny model (tiny.py), both in this one process (a torch.distributed world of one, set up by
     common.setup_distributed as the trainer does), on the same demo prompts with the same n,
     max tokens, temperature and seeds. The figure is generated tokens per second (every sampled
@@ -167,7 +167,7 @@ def rollout_throughput(args):
     import data
     import tiny
     import common
-    import rollout
+    import engines
     import train_grpo as tg
 
     model_dir, demo_dir = tiny.build_tiny_model(), tiny.make_demo_dataset(tiny.DEMO_DIR)
@@ -177,14 +177,14 @@ def rollout_throughput(args):
     processor = AutoProcessor.from_pretrained(model_dir)
     dataset = data.PromptDataset(demo_dir / "train.jsonl", processor, min_pixels=cfg.min_pixels,
                                  max_pixels=cfg.max_pixels, max_prompt_length=cfg.max_prompt_length)
-    requests = [rollout.Request(p.text, p.prompt_ids, p.images) for p in dataset.get_batch(range(args.prompts))]
+    requests = [engines.Request(p.text, p.prompt_ids, p.images) for p in dataset.get_batch(range(args.prompts))]
     image_pad_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     sampling = (args.group_size, args.temperature, 1.0, args.max_tokens)  # n, temperature, top_p, max tokens
     results = {}
     for name in ("hf", "vllm"):
         print(f"[rollout] {name}: starting the engine", flush=True)
-        engine = (rollout.HFEngine(str(model_dir), processor, device, image_pad_id) if name == "hf"
-                  else rollout.VLLMEngine(str(model_dir), image_pad_id, seed=cfg.seed,
+        engine = (engines.HFEngine(str(model_dir), processor, device, image_pad_id) if name == "hf"
+                  else engines.VLLMEngine(str(model_dir), image_pad_id, seed=cfg.seed,
                                           max_model_len=cfg.max_prompt_length + cfg.max_response_length))
         engine.wake_up(["weights", "kv_cache"])  # engines start asleep; the weights are the folder's
         engine.generate(requests[:1], *sampling, seed=0)  # warm-up, untimed

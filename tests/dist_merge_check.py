@@ -1,5 +1,5 @@
 """Run under torchrun (2 ranks): export a training run's newest checkpoint as a Hugging Face folder (rank 0,
-checkpoint.export_hf_folder), then compare the checkpoint, loaded into the FSDP2 policy, with that folder loaded
+export.export_hf_folder), then compare the checkpoint, loaded into the FSDP2 policy, with that folder loaded
 by transformers and by vLLM. Rank 0 writes what each produced.
 
     torchrun --nproc_per_node 2 tests/dist_merge_check.py BASE_MODEL RUN_DIR CHECKPOINT MERGED DATA.jsonl OUT.pt
@@ -16,11 +16,12 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 import data  # noqa: E402
-from checkpoint import export_hf_folder, load_checkpoint  # noqa: E402
+from checkpoint import load_checkpoint  # noqa: E402
+from export import export_hf_folder  # noqa: E402
 import common  # noqa: E402
 import model as modeling  # noqa: E402
 import packing  # noqa: E402
-import rollout  # noqa: E402
+import engines  # noqa: E402
 import train_grpo as tg  # noqa: E402
 from dist_sync_check import NEW_TOKENS, fsdp_greedy  # noqa: E402
 
@@ -68,10 +69,10 @@ def check(base, run, checkpoint, merged, train_file, out_file, rank, device):
     # the merged folder, in plain transformers and in vLLM
     hf = AutoModelForImageTextToText.from_pretrained(merged, dtype=torch.float32).eval()
     merged_logits = logits_for(hf, batch)
-    engine = rollout.VLLMEngine(merged, processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"), seed=cfg.seed,
+    engine = engines.VLLMEngine(merged, processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"), seed=cfg.seed,
                                 max_model_len=cfg.max_prompt_length + cfg.max_response_length)
     engine.wake_up(["weights", "kv_cache"])  # the merged folder's weights, loaded from disk: nothing to push
-    vllm_greedy = engine.generate([rollout.Request(prompt.text, prompt.prompt_ids, prompt.images)], 1, 0.0, 1.0,
+    vllm_greedy = engine.generate([engines.Request(prompt.text, prompt.prompt_ids, prompt.images)], 1, 0.0, 1.0,
                                   NEW_TOKENS, seed=0)[0][0][0]
     if rank == 0:
         torch.save({"policy_greedy": greedy, "policy_logits": policy_logits, "merged_logits": merged_logits,

@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 import torch.distributed as dist  # noqa: E402
 
 import common  # noqa: E402
+import engines  # noqa: E402
 import rollout  # noqa: E402
 import train_grpo  # noqa: E402
 from dist_corrupt_sync import corrupted_weights  # noqa: E402
@@ -104,7 +105,7 @@ def main():
         importlib.import_module(module)      # they first see
     real_full_weights = rollout.full_weights
     leave, common.exit_process = common.exit_process, lambda code=0: None  # sft.py's __main__ ends with it
-    rollout.VLLMEngine, rollout.HFEngine = tracked(rollout.VLLMEngine), tracked(rollout.HFEngine)  # start_engine's
+    engines.VLLMEngine, engines.HFEngine = tracked(engines.VLLMEngine), tracked(engines.HFEngine)  # start_engine's
     world = {key: os.environ[key] for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
     for k, step in enumerate(spec["steps"]):
         if step.get("world", 2) == 1 and rank != 0:

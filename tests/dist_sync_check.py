@@ -17,6 +17,7 @@ import data  # noqa: E402
 import common  # noqa: E402
 import model as modeling  # noqa: E402
 import packing  # noqa: E402
+import engines  # noqa: E402
 import rollout  # noqa: E402
 import train_grpo as tg  # noqa: E402
 
@@ -57,12 +58,12 @@ def check(model_dir, train_file, out_dir, rank, device):
     dataset = data.PromptDataset(train_file, processor, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     prompt = dataset[rank]  # a different prompt (and image) on each rank
     encoded = packing.encode_prompts(processor, [prompt])
-    request = rollout.Request(prompt.text, prompt.prompt_ids, prompt.images)
+    request = engines.Request(prompt.text, prompt.prompt_ids, prompt.images)
 
     policy = modeling.load_model(cfg.model, device, trainable=True, precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing)
     torch.manual_seed(1000 + rank)  # a per-rank seed, as the trainer sets: the engine's start must keep it
     rng_before = torch.get_rng_state()
-    engine = rollout.VLLMEngine(model_dir, processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"), seed=cfg.seed,
+    engine = engines.VLLMEngine(model_dir, processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"), seed=cfg.seed,
                                 max_model_len=cfg.max_prompt_length + cfg.max_response_length)
     rng_kept = torch.equal(torch.get_rng_state(), rng_before)
     # the engine starts asleep, and every step of the choreography is checked, on CPU too

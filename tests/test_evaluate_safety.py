@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import checkpoint
 import evaluate
+import export
 import report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def evaluate_args(model, data, out, *extra):
 def merges(tiny_model_dir, monkeypatch, tmp_path):
     """A training checkpoint (tmp_path/step_1: evaluate.py knows one by its trainer_state.json) and a
     stand-in for its merge that copies the tiny model, recording where it went: the merge itself is
-    checkpoint.py's, tested in test_merge_evaluate.py. The temporary folder is pointed under tmp_path,
+    export.py's, tested in test_merge_evaluate.py. The temporary folder is pointed under tmp_path,
     so that a merged model left anywhere (the old tempfile.mkdtemp) is found by the test."""
     import torch.distributed as dist
     step = tmp_path / "step_1"
@@ -42,7 +42,7 @@ def merges(tiny_model_dir, monkeypatch, tmp_path):
     def merge(ckpt, out, **kwargs):
         made.append(Path(out))
         shutil.copytree(tiny_model_dir, out)
-    monkeypatch.setattr(checkpoint, "export_hf_folder", merge)
+    monkeypatch.setattr(export, "export_hf_folder", merge)
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     yield step, made
@@ -80,11 +80,11 @@ def test_every_data_file_is_read_once(tiny_model_dir, demo_dir, tmp_path, monkey
     again to load it (seconds for a 100k-row parquet). The engine must still allow a clip when one benchmark
     of several has them."""
     import data
-    import rollout
+    import engines
     import tiny
     clips = tiny.make_video_demo_dataset(tmp_path / "clips", num_train=0, num_test=2) / "test.jsonl"
     reads, videos = [], []
-    real_read_rows, real_engine = data.read_rows, rollout.VLLMEngine
+    real_read_rows, real_engine = data.read_rows, engines.VLLMEngine
 
     def read_rows(path, *args, **kwargs):
         reads.append(str(path))
@@ -94,7 +94,7 @@ def test_every_data_file_is_read_once(tiny_model_dir, demo_dir, tmp_path, monkey
         videos.append(kwargs["videos"])
         return real_engine(*args, **kwargs)
     monkeypatch.setattr(data, "read_rows", read_rows)
-    monkeypatch.setattr(rollout, "VLLMEngine", engine)
+    monkeypatch.setattr(engines, "VLLMEngine", engine)
     images = demo_dir / "test.jsonl"
     summary = evaluate.main(evaluate_args(tiny_model_dir, f"{images},{clips}", tmp_path / "eval", "--engine", "vllm",
                                           "--names", "images,clips", "--video-min-pixels", 56 * 56))
@@ -181,14 +181,14 @@ MERGE_WAIT = """
 import os, sys, time
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-import checkpoint, common, evaluate
+import common, evaluate, export
 rank, tmp = int(os.environ["RANK"]), Path({tmp!r})
 
 def slow_merge(ckpt, out, **kwargs):  # a merge longer than --dist-timeout-minutes
     time.sleep({merge_seconds})
     Path(out).mkdir(parents=True)
     (Path(out) / "config.json").write_text("{{}}")
-checkpoint.export_hf_folder = slow_merge
+export.export_hf_folder = slow_merge
 
 (tmp / f"ready{{rank}}").touch()  # start together: the short timeout also bounds joining the group
 while not (tmp / f"ready{{1 - rank}}").exists():

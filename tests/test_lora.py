@@ -66,7 +66,7 @@ def prompts(processor):
 
 @pytest.fixture(scope="module")
 def engines(tiny_model_dir):
-    """Two fp32 vLLM engines in this process, set up as rollout.VLLMEngine sets one up on CPU: one with LoRA
+    """Two fp32 vLLM engines in this process, set up as engines.VLLMEngine sets one up on CPU: one with LoRA
     (adapter sync), one without (merged-weight sync through the ordinary weight push)."""
     from vllm import LLM
     settings = dict(dtype="float32", seed=0, max_model_len=1024, enforce_eager=True, enable_chunked_prefill=False,
@@ -93,7 +93,7 @@ def sync_adapter(llm, model, folder, model_dir):
 
 
 def sync_merged(llm, model):
-    """The merged sync: W + (alpha / r) B A under the base names, through the in-place reload rollout.VLLMEngine
+    """The merged sync: W + (alpha / r) B A under the base names, through the in-place reload engines.VLLMEngine
     uses (_load_weights, _reset_caches)."""
     llm.collective_rpc(lambda worker, ws: worker.reload_weights(weights_iterator=iter(ws)),
                        args=(list(lora.merged_weights(model)),))

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 import checkpoint
+import export
 import lora
 import model as modeling
 import train_grpo
@@ -101,8 +102,8 @@ def test_merge_folds_the_adapter_into_its_base(demo_run, tmp_path):
         subprocess.run([sys.executable, "merge.py", str(run), "--out", str(tmp_path / f"out{len(extra)}"), *extra],
                        cwd=REPO, check=True, capture_output=True, text=True)
     merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "out0", dtype=torch.float32)
-    base, _, _ = checkpoint.load_trained_model(demo_run.cold_start / "checkpoints" / "step_60", dtype="float32")
-    adapted, _, _ = checkpoint.load_trained_model(run, dtype="float32", keep_adapter=True)
+    base, _, _ = export.load_trained_model(demo_run.cold_start / "checkpoints" / "step_60", dtype="float32")
+    adapted, _, _ = export.load_trained_model(run, dtype="float32", keep_adapter=True)
     layer = "model.language_model.layers.0.self_attn.q_proj"
     a, b = (adapted.get_submodule(layer).get_submodule(part).weight for part in ("lora_A", "lora_B"))
     expected = base.get_submodule(layer).weight + (16 / 8) * (b @ a)

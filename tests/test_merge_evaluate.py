@@ -7,7 +7,7 @@ import sys
 import torch
 from PIL import Image
 
-from checkpoint import export_hf_folder
+from export import export_hf_folder
 from test_train import REPO, read_jsonl
 
 

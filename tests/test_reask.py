@@ -12,7 +12,7 @@ import torch.distributed as dist
 import common
 import data
 import rewards
-import rollout
+import engines
 import train_grpo
 
 QUESTION = "Is the text above cheerful? Answer yes or no."
@@ -54,7 +54,7 @@ def test_a_third_question_is_asked_and_scored(world_of_one, monkeypatch, tiny_mo
     assert train_grpo.reask_names(cfg) == ["text", "image", "valence"]
     assert train_grpo.reask_names(dataclasses.replace(cfg, reflect_valence=False)) == ["text", "image"]
 
-    engine = rollout.HFEngine(str(tiny_model_dir), processor, torch.device("cpu"),
+    engine = engines.HFEngine(str(tiny_model_dir), processor, torch.device("cpu"),
                               processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
     engine.wake_up(["weights", "kv_cache"])
     calls, generate = [], engine.generate

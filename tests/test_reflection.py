@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 import data
+import engines
 import rewards
 import rollout
 import train_grpo
@@ -25,7 +26,7 @@ def image():
 
 @pytest.fixture(scope="module")
 def hf_engine(tiny_model_dir, processor):
-    engine = rollout.HFEngine(str(tiny_model_dir), processor, torch.device("cpu"),
+    engine = engines.HFEngine(str(tiny_model_dir), processor, torch.device("cpu"),
                               processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
     return engine
 

@@ -179,7 +179,7 @@ def test_a_broken_image_mid_run_stops_every_rank_or_is_skipped(runs):
 
 
 def test_validation_and_the_next_step_share_one_push(runs):
-    """Broken: the engine keeping what validation pushed (rollout.EngineState.holds): with validation after
+    """Broken: the engine keeping what validation pushed (engines.EngineState.holds): with validation after
     step 2, step 3's rollout needs the same weights and must not all-gather and push them again (on a GPU
     a full weight push per step, twice with --val-freq 1). The other steps push (`time/push` logged), and
     step 3's rollout still samples from the trainer's weights: its log-prob gap is at fp32 level. The

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import checkpoint
+import export
 import evaluate
 import sft
-import rollout
+import engines
 import train_grpo
 from test_checkpoint_io import save, trained, world_of_one
 
@@ -87,7 +88,7 @@ def test_crafted_pickle_in_a_checkpoint_is_never_run(world, tmp_path):
     model, optimizer, scheduler = trained()
     for load in (lambda: checkpoint.load_weights(model, crafted),
                  lambda: checkpoint.load_checkpoint(model, optimizer, crafted, 0, scheduler),
-                 lambda: checkpoint.load_trained_model(crafted),
+                 lambda: export.load_trained_model(crafted),
                  lambda: checkpoint.start_or_resume(run, True),
                  lambda: checkpoint.find_checkpoint(run)):
         with pytest.raises(SystemExit, match="pickle that runs code"):
@@ -106,7 +107,7 @@ def test_model_weights_load_only_from_safetensors(tiny_model_dir, processor, tmp
     """A model folder holding only a pickled pytorch_model.bin would be unpickled by the trainer."""
     loads = [(where, kw) for where, obj, kw in calls("from_pretrained") if obj == "AutoModelForImageTextToText"
              and not where.startswith("tests/")]
-    assert {w.split(":")[0] for w, _ in loads} == {"model.py", "rollout.py", "checkpoint.py"}
+    assert {w.split(":")[0] for w, _ in loads} == {"model.py", "engines.py", "export.py"}
     assert [w for w, kw in loads if kw.get("use_safetensors") is not True] == []
     # and for real: the HF engine (the same call as load_model) refuses a .bin-only folder
     import shutil
@@ -116,8 +117,8 @@ def test_model_weights_load_only_from_safetensors(tiny_model_dir, processor, tmp
     torch.save(load_file(Path(tiny_model_dir) / "model.safetensors"), tmp_path / "bin-only" / "pytorch_model.bin")
 
     with pytest.raises(OSError, match="safetensors"):
-        rollout.HFEngine(str(tmp_path / "bin-only"), processor, torch.device("cpu"), 0)
-    rollout.HFEngine(str(tiny_model_dir), processor, torch.device("cpu"), 0)  # the safetensors folder loads
+        engines.HFEngine(str(tmp_path / "bin-only"), processor, torch.device("cpu"), 0)
+    engines.HFEngine(str(tiny_model_dir), processor, torch.device("cpu"), 0)  # the safetensors folder loads
 
 
 def test_remote_code_is_off_unless_asked_and_reward_fn_is_documented(capsys):

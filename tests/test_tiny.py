@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import data
-import rollout
+import engines
 import tiny
 import video
 
@@ -56,7 +56,7 @@ def test_build_is_deterministic_and_cached(tmp_path):
 
 def test_transformers_and_vllm_greedy_agree(tiny_model_dir, processor):
     """Broken if vLLM and transformers see a different model, prompt, image or clip (fp32 greedy must match;
-    the clip through rollout.HFEngine, whose positions are packing.mrope_positions, and the trainer's
+    the clip through engines.HFEngine, whose positions are packing.mrope_positions, and the trainer's
     (frames, metadata) for vLLM)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
     from vllm import LLM, SamplingParams
@@ -81,10 +81,10 @@ def test_transformers_and_vllm_greedy_agree(tiny_model_dir, processor):
     rng = np.random.default_rng(0)
     clip = video.Video([Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)) for _ in range(8)], 2.0)
     clip_text = data.render_prompt(processor, "<video>What emotion does this clip evoke?", template="set")
-    clip_request = rollout.Request(clip_text, processor.tokenizer(clip_text, add_special_tokens=False)["input_ids"],
+    clip_request = engines.Request(clip_text, processor.tokenizer(clip_text, add_special_tokens=False)["input_ids"],
                                    [], [clip])
     pads = processor.tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"])
-    engine = rollout.HFEngine(str(tiny_model_dir), processor, torch.device("cpu"), pads[0], video_pad_id=pads[1])
+    engine = engines.HFEngine(str(tiny_model_dir), processor, torch.device("cpu"), pads[0], video_pad_id=pads[1])
     engine.wake_up(["weights", "kv_cache"])
     hf_outputs.append(engine.generate([clip_request], 1, 0.0, 1.0, max_new, seed=0)[0][0])
     del engine
@@ -94,7 +94,7 @@ def test_transformers_and_vllm_greedy_agree(tiny_model_dir, processor):
     requests = [{"prompt_token_ids": processor.tokenizer(t, add_special_tokens=False)["input_ids"],
                  "multi_modal_data": {"image": im}} for t, im in zip(texts, images)]
     requests.append({"prompt_token_ids": clip_request.prompt_ids,
-                     "multi_modal_data": {"video": [rollout.vllm_video(clip)]}})
+                     "multi_modal_data": {"video": [engines.vllm_video(clip)]}})
     results = llm.generate(requests, SamplingParams(temperature=0.0, max_tokens=max_new, logprobs=0), use_tqdm=False)
 
     distinct = set()
