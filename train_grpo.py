@@ -591,6 +591,10 @@ def start_run(cfg):
                                             dataclasses.asdict(cfg), RESUME_MAY_CHANGE)
     if cfg.demo:  # the tiny model and the demo data, where --model, --train-files, --val-files point at them
         tiny.demo_paths(cfg.model, [cfg.train_files, cfg.val_files])
+        if not cfg.init_from:  # a flat reward would otherwise be the first thing the user sees
+            print0("note: --demo without --init-from trains --model as it is: the tiny model's random weights never "
+                   "write the SET format, so the reward stays flat. demo.sh starts from sft.py's cold start "
+                   "(--init-from RUN/cold-start); see the README's quick start.")
     if cfg.rollout_batch_size % world_size or cfg.mini_batch_size % world_size:
         raise SystemExit(f"--rollout-batch-size and --mini-batch-size must be multiples of the world size "
                          f"({world_size})")

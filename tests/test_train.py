@@ -221,6 +221,15 @@ def test_hf_engine_fallback(runs):
         assert m["rollout/logp_gap_max"] < 1e-3
 
 
+def test_demo_without_a_cold_start_says_why_the_reward_stays_flat(runs):
+    """`train_grpo.py --demo` on the random tiny model never earns a format or accuracy point (BENCHMARKS:
+    format and accuracy 0.0 for 30 steps, full-parameter or LoRA): a user would watch a flat reward with no
+    word of why. "hf" in the shared launch starts that way, "grpo" from the cold start."""
+    runs.finished("hf"), runs.finished("grpo")
+    assert "note: --demo without --init-from" in runs.log("hf")
+    assert "--demo without --init-from" not in runs.log("grpo")
+
+
 def test_gpu_precision_policy_on_cpu(runs):
     """The GPU precision path (bf16 compute over fp32 master weights, fp32 gradient reduction, fp32 LM-head
     log-probs) would break, or the vLLM-vs-trainer log-prob gap under it would be out of bounds.
