@@ -24,6 +24,7 @@ import lora
 import packing
 from common import rng_states, set_rng_states
 
+
 @dataclass
 class Request:
     """One generation request: chat text, its token ids (image / video pads unexpanded), its images and
@@ -32,6 +33,7 @@ class Request:
     prompt_ids: list
     images: list
     videos: list = field(default_factory=list)
+
 
 def vllm_video(video):
     """A video.Video as vLLM takes it: the (T, H, W, 3) frames and their metadata. The frames are the whole

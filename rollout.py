@@ -26,6 +26,7 @@ import video
 from common import print0, seed_for
 from engines import Request
 
+
 def visuals(prompt):
     """A prompt's (images, videos), for a re-ask that must show what its rollout saw."""
     return list(prompt.images), list(getattr(prompt, "videos", None) or [])

@@ -22,9 +22,8 @@ reader needs to see (the config, the GRPO maths, the rollout, the update, the lo
 wake / sync / sleep order); the mechanics live in modules: engines.py (vLLM, HF generate), rollout.py
 (pushing the policy, sending the re-ask), packing.py (how a micro-batch is packed and scored), model.py
 (loading and sharding), lora.py, common.py (process group, flags, metrics), checkpoint.py (saving and
-resuming). Every default is EMO-R3's
-released recipe (examples/config.yaml + qwen2_5_vl_3b_emor3.sh); `--demo` switches to the tiny model
-and the demo data on CPU.
+resuming). Every default is EMO-R3's released recipe (examples/config.yaml + qwen2_5_vl_3b_emor3.sh);
+`--demo` switches to the tiny model and the demo data on CPU.
 
 Launch (README, "Training on GPUs", has the one-GPU and two-node commands; bench/memory.py sizes them):
   torchrun --nproc_per_node 2 train_grpo.py --demo                     # CPU demo, a few minutes
@@ -51,10 +50,10 @@ from checkpoint import check_run_length, find_checkpoint, load_checkpoint, load_
 from common import (Tracker, exit_process, mean, parse_flags, print0, require_cuda, seed_for, setup_distributed,
                     sum_over_ranks, timed)
 from data import get_batch_on_every_rank, skipped_on_any_rank
+from engines import Request, check_tensor_parallel, start_engine
 from model import adamw, compute_dtype, load_model
 from packing import Sample, batched_logprobs, collate, encode_prompts, micro_batches, pad_stack, response_logprobs
 from plots import draw_curves
-from engines import Request, check_tensor_parallel, start_engine
 from rollout import SyncGuard, ask_reflections, push_policy, visuals
 
 
@@ -166,7 +165,6 @@ class Config:
     demo: bool = False  # tiny model + demo data + small sizes: the CPU demo
 
 
-
 # --demo changes defaults only: anything given on the command line still wins.
 # Tuned on the demo data (4 classes, a cold start from sft.py --demo): lr 1e-3 learns the colour ->
 # emotion mapping in ~100 steps; 2e-3 and 3e-3 broke the SET format within a few steps. KL 0.05
@@ -227,7 +225,6 @@ RESUME_MAY_CHANGE = {"max_steps", "epochs", "val_freq", "save_freq", "save_limit
                      "lora_sync", "resume", "allow_cpu", "max_bad_updates", "logp_gap_limit", "logp_gap_patience",
                      "logp_check_prompts", "gpu_memory_utilization", "cpu_kv_cache_gb", "sleep_level", "skip_bad_rows",
                      "dist_timeout_minutes", "output_dir"}
-
 
 
 # --- GRPO math (EasyR1's; METHOD.md, "GRPO") --------------------------------------------------
