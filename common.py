@@ -20,6 +20,7 @@ import os
 import random
 import sys
 import time
+import typing
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,13 +32,15 @@ import torch.distributed as dist
 
 def config_parser(config_class, description):
     """An argparse parser with one flag per dataclass field (--rollout-batch-size, --no-reflect-image,
-    ...); each flag's help is the field's comment, continued on the comment lines indented under it.
+    ...); each flag's help is the field's comment (in the class or the base class that declares it),
+    continued on the comment lines indented under it, and a Literal field's values are its choices.
     Shared by the stage scripts."""
     import inspect
     import re
     comments, field = {}, None  # a field's comment, with the more-indented comment lines under it
-    for line in inspect.getsource(config_class).splitlines():
-        if match := re.match(r"^ {4}(\w+): \w+ = .*?#\s*(.*)$", line):
+    sources = [inspect.getsource(c) for c in reversed(config_class.__mro__) if dataclasses.is_dataclass(c)]
+    for line in "\n".join(sources).splitlines():
+        if match := re.match(r"^ {4}(\w+): [^=#]+= .*?#\s*(.*)$", line):
             field, comments[match[1]] = match[1], match[2]
         elif field and (match := re.match(r"^ {5,}#\s*(.*)$", line)):
             comments[field] += " " + match[1]
@@ -49,6 +52,9 @@ def config_parser(config_class, description):
         help_text = comments.get(f.name, "").replace("%", "%%") + " (default: %(default)s)"
         if f.type is bool or f.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+        elif typing.get_origin(f.type) is typing.Literal:  # the values the flag may take, listed by --help
+            choices = typing.get_args(f.type)
+            parser.add_argument(flag, type=type(choices[0]), choices=choices, default=f.default, help=help_text)
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
             parser.add_argument(flag, type=kind, default=f.default, help=help_text)

@@ -44,8 +44,9 @@ def vllm_video(video):
 def check_tensor_parallel(tp):
     """Refuse a vLLM tensor-parallel size that would put one engine on two nodes. A TP group is tp
     consecutive global ranks, and torchrun numbers a node's processes consecutively, so tp must divide
-    the processes per node (and with them the world size)."""
-    world_size = dist.get_world_size()
+    the processes per node (and with them the world size). Before the process group starts (train_grpo's
+    config check), torchrun's environment says both."""
+    world_size = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     if tp < 1 or world_size % tp or per_node % tp:
         raise SystemExit(f"--tensor-parallel-size {tp} must divide the processes per node ({per_node}, torchrun's "

@@ -369,6 +369,11 @@ REASKS = {
 }
 
 
+def reasks_on(config):
+    """The names of the re-ask questions a run asks: those whose on/off field (`flag`) is set in its config."""
+    return [name for name, question in REASKS.items() if getattr(config, question.flag)]
+
+
 def reflection_prompt(kind, response, labels):
     """The re-ask's question about `response`: kind "text" (coherence, text only) or "image"
     (consistency, beginning with "<image>\n" where the image goes); without extractable steps, the

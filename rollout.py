@@ -1,5 +1,5 @@
 """What the trainer does with a rollout engine (engines.py) besides sampling: push the policy into it, ask it
-the re-ask questions, and stop a run whose engine samples from other weights.
+the re-ask questions, stop a run whose engine samples from other weights, and sum up a step's rollouts.
 
 - `push_policy`: the policy's weights, FSDP2 shards -> full tensors one unit at a time (`full_weights`), or
   for a LoRA policy its merged weights or its adapter folder, loaded in place.
@@ -7,11 +7,14 @@ the re-ask questions, and stop a run whose engine samples from other weights.
   the same engine (for the trainer, evaluate.py and bench/ alike); `reask_requests` builds one question's
   requests.
 - `SyncGuard`: stops a run whose engine keeps sampling from weights other than the trainer's.
+- `rollout_metrics`, `sample_lines`: a step's rollouts (train_grpo.Rollout records) for metrics.jsonl and
+  samples.jsonl.
 
 Everything comes in as explicit arguments; nothing here reads a trainer config. Not here: when to
 sync or sleep (train_grpo.py's loop says it), what the questions say and how answers score (rewards.py).
 """
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -23,7 +26,7 @@ import data
 import lora
 import rewards
 import video
-from common import print0, seed_for
+from common import print0, seed_for, sum_over_ranks
 from engines import Request
 
 
@@ -200,3 +203,24 @@ class SyncGuard:
                 f"parameter names, a tied lm_head), vLLM sleep level 2 corrupting weights (NeMo-RL #2631), or a "
                 f"vLLM / transformers version whose model code differs from the trainer's. Raise --logp-gap-limit "
                 f"only if the gap is expected (e.g. another precision).")
+
+
+def rollout_metrics(rollouts, advantages, labels=None):
+    """The step's reward terms, response length and mean |advantage|, means over every rank; with `labels`
+    (SET responses) also the model-free coherence: steps 1-2 name exactly one label, the boxed one (what
+    the coherence re-ask asks the policy to judge)."""
+    totals = sum_over_ranks({
+        "count": len(rollouts), "response_length": sum(len(r.response_ids) for r in rollouts),
+        **({"coherence/model_free": sum(rewards.reasoning_names_answer(r.text, labels) for r in rollouts)}
+           if labels is not None else {}),
+        **{f"reward/{k}": sum(r.scores.get(k, 0.0) for r in rollouts) for k in rollouts[0].scores}})
+    metrics = {k: v / totals["count"] for k, v in totals.items()
+               if k.startswith(("reward/", "coherence/")) or k == "response_length"}
+    return {**metrics, "advantage/abs_mean": advantages.abs().mean().item()}
+
+
+def sample_lines(step, prompts, rollouts, count):
+    """samples.jsonl lines of the step's first `count` rollouts (prompts: the step's, as Rollout.prompt indexes)."""
+    return [json.dumps({"step": step, "prompt_index": prompts[r.prompt].index, "answer": prompts[r.prompt].answer,
+                        "response": r.text, **{f"reflect_{q}_answer": a for q, a in r.reflections.items()},
+                        **r.scores, "advantage": r.advantage}) + "\n" for r in rollouts[:count]]

@@ -35,24 +35,18 @@ import torch
 import torch.distributed as dist
 
 import data
-import lora
 import rewards
 import tiny
-import video
-from checkpoint import check_run_length, load_checkpoint, open_run, save_checkpoint
-from common import Tracker, exit_process, parse_flags, print0, require_cuda, setup_distributed
+from checkpoint import load_checkpoint, save_checkpoint
+from common import Tracker, exit_process, parse_flags, print0
 from data import get_batch_on_every_rank
-from model import adamw, load_model
 from packing import Sample, collate, encode_prompts, has_visual, response_logprobs
+from startup import RESUME_MAY_CHANGE, RunConfig, config_problems, load_models, prompt_set, run_length, start_run
 
 
 @dataclass
-class Config:
-    model: str = ""  # HF folder or hub name; empty with --demo = the tiny model
-    train_files: str = ""  # data.py layout; rows with a `response` column use it as the target
-    labels: str = ""  # label set: emoset, emotion6 or a file (default: labels.txt beside the data)
-    template: str = "set"  # prompt template: set, think, r1-omni, none (--target should then follow its format)
-    trust_remote_code: bool = False  # let transformers run Python code shipped with the model folder
+class Config(RunConfig):
+    # + startup.RunConfig's flags, shared with train_grpo.py: model, precision, LoRA, data, seed, run folder
     target: str = (  # label-only target (our choice: no public recipe)
         "<step1>The scene carries cues of {label}.</step1>\n"
         "<step2>A viewer would feel {label}.</step2>\n"
@@ -69,40 +63,13 @@ class Config:
         # answered with that row's label (its step 2's emotion)
     shuffle_boxes: float = 0.0  # this share of the targets takes its box from a random row: the reasoning stays one
         # chain, the answer is a guess
-    min_pixels: int = 512 * 512  # as train_grpo.py (EMO-R3)
-    max_pixels: int = 2048 * 2048
-    video_fps: float = video.VIDEO_FPS  # video rows: frames per second sampled (as train_grpo.py)
-    video_max_frames: int = video.VIDEO_MAX_FRAMES
-    video_min_pixels: int = video.VIDEO_MIN_PIXELS
-    video_max_pixels: int = video.VIDEO_MAX_PIXELS
-    max_prompt_length: int = 2048
     batch_size: int = 64  # examples per optimizer step, all ranks together
     micro_batch_size: int = 8  # examples per forward/backward per rank
     lr: float = 1e-5  # AdamW, constant after warm-up
     weight_decay: float = 0.0
     warmup_steps: int = 0
-    grad_clip: float = 1.0
     epochs: int = 1
-    max_steps: int = 0  # stop after this many optimizer steps (0: epochs decide)
-    seed: int = 1
-    gradient_checkpointing: bool = True
-    freeze_vision: bool = False
-    lora_rank: int = 0  # 0: full-parameter training; R: LoRA of rank R (train_grpo.py's flags, README "LoRA")
-    lora_alpha: float = 0.0  # the update is scaled by alpha / rank; 0: twice the rank
-    lora_targets: str = ",".join(lora.DEFAULT_TARGETS)  # layers wrapped, comma separated (the language model's)
-    lora_vision: bool = False  # let targets reach the vision tower (vLLM's experimental tower LoRA)
-    skip_bad_rows: bool = False  # leave out bad rows (counted: at load in the log, mid-run in metrics.jsonl)
-        # instead of stopping
     save_freq: int = 50  # checkpoint every k steps (ours); 0 = only at the end
-    save_limit: int = 0  # keep the newest k checkpoints, deleting older ones once the new one is complete (0 = all)
-    max_bad_updates: int = 3  # stop after this many consecutive steps with a non-finite loss or grad norm
-        # (as train_grpo.py)
-    output_dir: str = ""  # metrics.jsonl, config.json, checkpoints/ (default: runs/sft-DATE-TIME)
-    resume: bool = False  # continue from the newest complete checkpoint in output_dir
-    dist_timeout_minutes: float = 30.0  # the process-group timeout: a rank that dies on another node ends the run
-        # after this instead of hanging
-    demo: bool = False  # tiny model + demo data + CPU sizes
-    allow_cpu: bool = False  # train a real model (not --demo) on the CPU when CUDA is unusable, instead of stopping
 
 
 DEMO_DEFAULTS = dict(min_pixels=56 * 56, max_pixels=112 * 112, video_min_pixels=56 * 56, video_max_pixels=112 * 112,
@@ -113,23 +80,18 @@ DEMO_DEFAULTS = dict(min_pixels=56 * 56, max_pixels=112 * 112, video_min_pixels=
 
 
 def parse_config(argv=None):
-    cfg = parse_flags(Config, __doc__, argv, DEMO_DEFAULTS)
-    if not cfg.demo and not (cfg.model and cfg.train_files):
-        raise SystemExit("config error: --model and --train-files are required (or --demo)")
+    return parse_flags(Config, __doc__, argv, DEMO_DEFAULTS, check=check_config)
+
+
+def check_config(cfg, printing=False):
+    """Fail at start-up, with the flag's name (printing: --print-config, which needs no model or data)."""
+    problems = config_problems(cfg, printing, split_evenly=("batch_size",))
     if "{label}" not in cfg.target:
-        raise SystemExit("config error: --target must contain {label}")
-    for name in ("judge_swap", "shuffle_boxes"):
-        if not 0.0 <= getattr(cfg, name) <= 1.0:
-            raise SystemExit(f"config error: --{name.replace('_', '-')} is a share of the examples, from 0 to 1")
-    if cfg.resume and not cfg.output_dir:
-        raise SystemExit("config error: --resume needs --output-dir: the run folder to continue")
-    return cfg
-
-
-# Flags a resumed run may change: how far it goes, how often it saves, its guards, where it runs. Any
-# other change (lr, batch size, seed, targets, data) alters what the run trains, and --resume refuses it.
-RESUME_MAY_CHANGE = {"max_steps", "epochs", "save_freq", "save_limit", "max_bad_updates", "resume", "allow_cpu",
-                     "skip_bad_rows", "dist_timeout_minutes", "output_dir"}
+        problems.append("--target must contain {label}")
+    problems += [f"--{name.replace('_', '-')} is a share of the examples, from 0 to 1"
+                 for name in ("judge_swap", "shuffle_boxes") if not 0.0 <= getattr(cfg, name) <= 1.0]
+    if problems:
+        raise SystemExit("config error:\n  " + "\n  ".join(problems))
 
 
 @dataclass
@@ -236,17 +198,11 @@ def encode_step(processor, dataset, examples):
 
 def main(argv=None):
     cfg = parse_config(argv)
-    require_cuda(cfg.allow_cpu, cfg.demo)
-    rank, world_size, device = setup_distributed(timeout_minutes=cfg.dist_timeout_minutes)
-    torch.manual_seed(cfg.seed)
+    # the process group, seeds, the run folder (a resume: metrics.jsonl lines after its checkpoint are
+    # dropped, those steps are redone), the demo's files
+    rank, world_size, device, out, resume_from, start_step = start_run(cfg, "sft", RESUME_MAY_CHANGE,
+                                                                       [cfg.train_files])
     rng = random.Random(cfg.seed)
-    # without --resume a folder holding a run (also one that crashed before its first save) is refused; with
-    # it, the newest complete checkpoint, refused (before any file is touched) if the flags now would train
-    # something else; metrics.jsonl lines after it are dropped, those steps are redone
-    out, resume_from, start_step = open_run(cfg.output_dir, "runs/sft-%Y%m%d-%H%M%S", cfg.resume,
-                                            dataclasses.asdict(cfg), RESUME_MAY_CHANGE)
-    if cfg.demo:  # the tiny model and the demo data (the --demo defaults of --model and --train-files)
-        tiny.demo_paths(cfg.model, [cfg.train_files])
 
     from PIL import Image
     from tqdm import tqdm
@@ -254,10 +210,7 @@ def main(argv=None):
     processor = AutoProcessor.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
     pad_id = processor.tokenizer.pad_token_id
     # rows are read and checked here, image sizes from the headers (for --max-prompt-length); no pixel is decoded
-    dataset = data.PromptDataset(cfg.train_files, processor, template=cfg.template, labels=cfg.labels or None,
-                                 min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
-                                 max_prompt_length=cfg.max_prompt_length, skip_bad=cfg.skip_bad_rows,
-                                 response_key=cfg.response_key, **video.video_kwargs(cfg))
+    dataset = prompt_set(cfg.train_files, processor, cfg, response_key=cfg.response_key)
     # built from --seed alone, the same on every rank and in a resumed run: step N gets the same examples
     examples = build_examples(dataset.rows, dataset.labels, cfg, rng)
     rng.shuffle(examples)
@@ -267,18 +220,10 @@ def main(argv=None):
     blank = data.resize_image(Image.new("RGB", (28, 28)), *dataset.processor_pixels, dataset.processor_pixels)
     dummy = encode_prompts(processor, [SimpleNamespace(text=data.render_prompt(processor, "<image>", "none"),
                                                        images=[blank])])[0]
-    steps_per_epoch = len(examples) // cfg.batch_size
-    total = cfg.max_steps or steps_per_epoch * cfg.epochs
-    if steps_per_epoch == 0 or cfg.batch_size % world_size:
-        raise SystemExit(f"{len(examples)} examples, --batch-size {cfg.batch_size}, world size {world_size}: the batch "
-                         f"must fit the data and split evenly over the ranks")
-    check_run_length(resume_from, start_step, total, cfg.epochs)
+    total = run_length(len(examples), "batch_size", cfg, resume_from, start_step, unit="examples")
 
-    settings = lora.from_flags(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_vision)
-    policy = load_model(cfg.model, device, trainable=True, gradient_checkpointing=cfg.gradient_checkpointing,
-                        freeze_vision=cfg.freeze_vision, trust_remote_code=cfg.trust_remote_code, lora=settings)
-    optimizer = adamw(policy, cfg.lr, (0.9, 0.999), cfg.weight_decay)  # torch's default betas
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    # the policy (LoRA layers with --lora-rank), AdamW with torch's default betas, a linear warm-up
+    policy, _, optimizer, scheduler = load_models(cfg, device, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     if resume_from:  # weights, AdamW state, LR schedule and this rank's RNG states
         load_checkpoint(policy, optimizer, resume_from, rank, scheduler)
         print0(f"resumed from {resume_from} (step {start_step})")

@@ -20,10 +20,11 @@ Steps 1-4 are collect_rollouts, which returns one Rollout record per response; m
 What it deliberately is not: no critic, no Ulysses, no pipeline parallelism. This file holds what a
 reader needs to see (the config, the GRPO maths, the rollout, the update, the loop with the engine's
 wake / sync / sleep order); the mechanics live in modules: engines.py (vLLM, HF generate), rollout.py
-(pushing the policy, sending the re-ask), packing.py (how a micro-batch is packed and scored), model.py
-(loading and sharding), lora.py, common.py (process group, flags, metrics), checkpoint.py (saving and
-resuming). Every default is EMO-R3's released recipe (examples/config.yaml + qwen2_5_vl_3b_emor3.sh);
-`--demo` switches to the tiny model and the demo data on CPU.
+(pushing the policy, the re-ask, the step's rollout figures), packing.py (how a micro-batch is packed and
+scored), model.py and lora.py (loading, sharding, LoRA), startup.py (the flags and start-up both stages
+share), common.py (process group, flags, metrics), checkpoint.py (saving and resuming). Every default is
+EMO-R3's released recipe (examples/config.yaml + qwen2_5_vl_3b_emor3.sh); `--demo` switches to the tiny
+model and the demo data on CPU.
 
 Launch (README, "Training on GPUs", has the one-GPU and two-node commands; bench/memory.py sizes them):
   torchrun --nproc_per_node 2 train_grpo.py --demo                     # CPU demo, a few minutes
@@ -34,9 +35,10 @@ Launch (README, "Training on GPUs", has the one-GPU and two-node commands; bench
 import dataclasses
 import json
 import math
-import random
+import os
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -44,48 +46,33 @@ import torch.distributed as dist
 import data
 import lora
 import rewards
+import startup
 import tiny
-import video
-from checkpoint import check_run_length, find_checkpoint, load_checkpoint, load_weights, open_run, save_checkpoint
-from common import (Tracker, exit_process, mean, parse_flags, print0, require_cuda, seed_for, setup_distributed,
-                    sum_over_ranks, timed)
+from checkpoint import load_checkpoint, save_checkpoint
+from common import Tracker, exit_process, mean, parse_flags, print0, seed_for, sum_over_ranks, timed
 from data import get_batch_on_every_rank, skipped_on_any_rank
 from engines import Request, check_tensor_parallel, start_engine
-from model import adamw, compute_dtype, load_model
+from model import compute_dtype
 from packing import Sample, batched_logprobs, collate, encode_prompts, micro_batches, pad_stack, response_logprobs
 from plots import draw_curves
-from rollout import SyncGuard, ask_reflections, push_policy, visuals
+from rollout import SyncGuard, ask_reflections, push_policy, rollout_metrics, sample_lines, visuals
+from startup import RunConfig, config_problems, load_models, prompt_set, run_length, start_run
 
 
 # --- config -------------------------------------------------------------------------------------
-# A field's comment is its --help (continued on the comment lines indented under it).
+# A field's comment is its --help (continued on the comment lines indented under it). The flags both
+# stages share (model, precision, LoRA, data, seed, run folder and guards) are startup.RunConfig's.
 
 @dataclass
-class Config:
-    # recipe: the model, the prompt, the reward
-    model: str = ""  # HF folder or hub name; empty with --demo = the tiny model (tiny.py)
+class Config(RunConfig):
+    # recipe: the starting point, the reward
     init_from: str = ""  # start from this checkpoint's weights (sft.py's cold start); --model: the architecture
-    trust_remote_code: bool = False  # let transformers/vLLM run Python code shipped with the model folder
-    template: str = "set"  # prompt template: set (EMO-R3), think (plain GRPO baseline), r1-omni (R1-Omni), none
-    reward: str = "code"  # code (released EMO-R3), paper, set, coherence, multiplicative, think, r1-omni (rewards.py)
+    reward: Literal[rewards.VARIANTS] = "code"  # code: the released EMO-R3 reward; the others: rewards.py
     reward_fn: str = ""  # path.py:function replacing rewards.emor3_reward (this RUNS that file's code)
     reflect_text: bool = True  # ask the coherence question (EMO-R3 is_rethink=true)
     reflect_image: bool = True  # ask the consistency question
     recipe: str = ""  # flag values of recipes/NAME.flags (emo-r3, r1-omni) or a file; command-line flags win
-    # data
-    train_files: str = ""  # data.py layout; DIR@split selects files of one split
     val_files: str = ""  # validation set (empty: no validation)
-    labels: str = ""  # label set: emoset, emotion6 or a file; empty: labels.txt beside the data, else the answers
-    image_dir: str = ""  # base folder for relative image paths (default: the data file's folder)
-    skip_bad_rows: bool = False  # skip and count broken rows instead of stopping (data.py)
-    min_pixels: int = 512 * 512  # EMO-R3 data.min_pixels (262144)
-    max_pixels: int = 2048 * 2048  # EMO-R3 data.max_pixels (4194304)
-    max_prompt_length: int = 2048  # EMO-R3 data.max_prompt_length (tokens, image and video tokens included)
-    video_fps: float = video.VIDEO_FPS  # frames sampled per second of a video file (EasyR1 data.video_fps);
-        # a frame list is taken as sampled at this rate
-    video_max_frames: int = video.VIDEO_MAX_FRAMES  # most frames per video (qwen-vl-utils FPS_MAX_FRAMES)
-    video_min_pixels: int = video.VIDEO_MIN_PIXELS  # per-frame pixel range (EasyR1: its data.min_pixels)
-    video_max_pixels: int = video.VIDEO_MAX_PIXELS  # (qwen-vl-utils VIDEO_MAX_PIXELS; a clip's total is capped too)
     # rollout and the re-ask
     rollout_batch_size: int = 512  # prompts per step, all ranks together (EMO-R3)
     group_size: int = 8  # responses per prompt, GRPO's n (EMO-R3 script: ROLLOUT_NUMBER=8)
@@ -102,10 +89,10 @@ class Config:
     filter_low: float = 0.01  # keep a group when filter_low < its mean < filter_high (EMO-R3's DAPO config)
     filter_high: float = 0.99
     max_try_make_batch: int = 20  # draws of prompts per step before the filter stops the run; -1: no limit (EasyR1)
-    engine: str = "vllm"  # vllm, or hf (transformers generate; slow, for machines without vLLM)
+    engine: Literal["vllm", "hf"] = "vllm"  # hf: transformers generate (slow, for machines without vLLM)
     tensor_parallel_size: int = 1  # vLLM TP; 1 = one engine per rank (EMO-R3 script)
     gpu_memory_utilization: float = 0.6  # vLLM's share of GPU memory (EMO-R3); on CPU see cpu_kv_cache_gb
-    sleep_level: int = 1  # vLLM sleep (GPU): 1 keeps weights in pinned host RAM, 2 drops them (README, "Memory")
+    sleep_level: Literal[1, 2] = 1  # vLLM sleep (GPU): 1 keeps weights in pinned host RAM, 2 drops them
     cpu_kv_cache_gb: float = 1.0  # vLLM KV cache size on CPU (GiB per rank)
     # update
     mini_batch_size: int = 256  # prompts per optimizer step, all ranks (EMO-R3 actor.global_batch_size)
@@ -118,58 +105,38 @@ class Config:
     beta1: float = 0.9
     beta2: float = 0.999
     lr_warmup_ratio: float = 0.0  # linear warm-up share of all steps (EMO-R3: 0)
-    lr_schedule: str = "constant"  # after warm-up: constant (EMO-R3) or linear decay to 0 (HF Trainer's, R1-Omni)
-    grad_clip: float = 1.0  # max grad norm (EMO-R3)
+    lr_schedule: Literal["constant", "linear"] = "constant"  # after warm-up (EMO-R3: constant); linear: decay
+        # to 0 (HF Trainer's, R1-Omni)
     clip_low: float = 0.2  # PPO clip: ratio >= 1 - clip_low (EasyR1 default)
     clip_high: float = 0.3  # ratio <= 1 + clip_high (EasyR1 default; DAPO uses 0.28)
     clip_dual: float = 3.0  # dual-clip constant for negative advantages (EasyR1 default)
-    loss_agg: str = "token"  # token (global token mean, EasyR1 since PR #417), micro (the released fork: token
-        # mean per micro-batch of --micro-batch-size, averaged), seq (mean of sequence means), drgrpo (token
-        # sum / (seqs * max_response_length))
+    loss_agg: Literal["token", "micro", "seq", "drgrpo"] = "token"  # token: global token mean (EasyR1 since
+        # PR #417); micro: the released fork's token mean per micro-batch of --micro-batch-size, averaged;
+        # seq: mean of sequence means; drgrpo: token sum / (seqs * max_response_length)
     adv_std: bool = True  # divide advantages by the group std (False = Dr.GRPO)
     adv_eps: float = 1e-6  # (R - mean) / (std + adv_eps) (EasyR1 1e-6; TRL 0.14, R1-Omni's trainer: 1e-4)
-    kl_coef: float = 1e-2  # KL loss coefficient (EMO-R3); 0 removes the reference model
-    kl_kind: str = "low_var_kl"  # kl (k1), abs, mse (k2), low_var_kl (k3) (EMO-R3)
-    freeze_vision: bool = False  # EMO-R3 trains the vision tower
-    gradient_checkpointing: bool = True  # (EMO-R3)
-    precision: str = "auto"  # bf16: bf16 compute, fp32 master weights and gradient reduction (EMO-R3 on GPU);
-        # fp32; auto: bf16 on GPU, fp32 on CPU
-    # LoRA (README, "LoRA"): the base frozen, A and B trained; the reference is the base (the adapter off)
-    lora_rank: int = 0  # 0: full-parameter training (EMO-R3); R: LoRA of rank R (EasyR1 and verl ship 64)
-    lora_alpha: float = 0.0  # the update is scaled by alpha / rank; 0: twice the rank (alpha 128 at rank 64)
-    lora_targets: str = ",".join(lora.DEFAULT_TARGETS)  # layers wrapped, comma separated (the language model's)
-    lora_vision: bool = False  # let targets reach the vision tower (vLLM's experimental tower LoRA)
-    lora_sync: str = "adapter"  # adapter: the adapter folder loaded in place; merged: W + (alpha/R) B A pushed
+    kl_coef: float = 1e-2  # KL loss coefficient (EMO-R3); 0 removes the reference model (with LoRA: the base)
+    kl_kind: Literal["kl", "abs", "mse", "low_var_kl"] = "low_var_kl"  # k1, abs, k2 (mse), k3 (EMO-R3)
+    lora_sync: Literal["adapter", "merged"] = "adapter"  # with --lora-rank: the adapter folder loaded in
+        # place, or W + (alpha/R) B A pushed
     # safety knobs
     logp_check_prompts: int = 1  # prompts per rank whose rollouts also return the engine's log-probs, for
         # rollout/logp_gap (0: none, -1: all; each costs rollout time)
     logp_gap_limit: float = -1.0  # stop when rollout/logp_gap_mean stays above this (stale or corrupted engine
         # weights); -1: by precision (fp32 1e-3, bf16 0.1); 0: never
     logp_gap_patience: int = 3  # steps in a row above --logp-gap-limit before stopping (each one warns)
-    max_bad_updates: int = 3  # stop after this many consecutive updates with a non-finite loss or grad norm
-    dist_timeout_minutes: float = 30.0  # longest wait in a collective: a dead or hung rank elsewhere ends the run
-    allow_cpu: bool = False  # run a real model (not --demo) on the CPU when CUDA is unusable, instead of stopping
-    # run: how long, what is written, where
+    # run: how long, what is written
     epochs: int = 20  # passes over the training prompts (EMO-R3 script)
-    max_steps: int = 0  # stop after this many steps (0: epochs decide)
-    seed: int = 1  # data order, sampling seeds (EMO-R3 data.seed)
     val_freq: int = 1  # validate every k steps (EMO-R3: every step); 0 = never
     val_temperature: float = 0.6  # (EMO-R3 val_override_config)
     val_top_p: float = 0.95
     save_freq: int = 5  # checkpoint every k steps (EMO-R3); 0 = only at the end
-    save_limit: int = 0  # keep the newest k checkpoints, deleting older ones once the new one is whole (0: all)
-    output_dir: str = ""  # config.json, metrics.jsonl, samples.jsonl, checkpoints/ (default: runs/emo-r3-DATE-TIME)
-    resume: bool = False  # continue from the newest complete checkpoint in output_dir
     samples_per_step: int = 4  # rollouts written to samples.jsonl per step (rank 0)
     logger: str = ""  # extra trackers, comma separated: wandb, tensorboard (when installed)
-    demo: bool = False  # tiny model + demo data + small sizes: the CPU demo
 
 
-# --demo changes defaults only: anything given on the command line still wins.
-# Tuned on the demo data (4 classes, a cold start from sft.py --demo): lr 1e-3 learns the colour ->
-# emotion mapping in ~100 steps; 2e-3 and 3e-3 broke the SET format within a few steps. KL 0.05
-# (not EMO-R3's 0.01) keeps the policy exploring: at 0.01 it collapsed onto "anger" for green images
-# and stalled at 0.75 held-out accuracy; at 0.05 it reached 0.97 by step 90.
+# --demo changes defaults only: anything given on the command line still wins. Why these values (lr
+# 1e-3, KL 0.05): docs/demo.md, "The --demo defaults".
 DEMO_DEFAULTS = dict(
     rollout_batch_size=16, group_size=8, mini_batch_size=16, micro_batch_size=64, logprob_micro_batch_size=64,
     max_prompt_length=512, max_response_length=64, min_pixels=56 * 56, max_pixels=112 * 112,
@@ -186,28 +153,17 @@ def parse_config(argv=None):
     return parse_flags(Config, __doc__, argv, DEMO_DEFAULTS, check=check_config)
 
 
-# the values a flag may take (--reward and --template: those rewards.py knows)
-CHOICES = {"reward": rewards.VARIANTS, "template": rewards.PROMPT_TEMPLATES,
-           "loss_agg": ("token", "micro", "seq", "drgrpo"), "kl_kind": ("kl", "abs", "mse", "low_var_kl"),
-           "engine": ("vllm", "hf"), "precision": ("auto", "bf16", "fp32"), "sleep_level": (1, 2),
-           "lr_schedule": ("constant", "linear"), "lora_sync": ("adapter", "merged")}
-
-
 def check_config(cfg, printing=False):
-    """Fail at start-up, with the flag's name, rather than an hour into a run (printing: --print-config,
-    which needs no model or data)."""
-    problems = [f"--{name.replace('_', '-')} must be one of {', '.join(map(str, allowed))}"
-                for name, allowed in CHOICES.items() if getattr(cfg, name) not in allowed]
-    if not cfg.demo and not (cfg.model and cfg.train_files) and not printing:
-        problems.append("--model and --train-files are required (or --demo)")
+    """Fail at start-up, with the flag's name, rather than an hour into a run; before the process group, so
+    a launch torchrun cannot split fails before anything loads (printing: --print-config, and bench/memory.py
+    planning another world, which need no model, data or launch)."""
+    problems = config_problems(cfg, printing, split_evenly=("rollout_batch_size", "mini_batch_size"))
     if cfg.group_size < 2:
         problems.append("--group-size must be > 1: GRPO normalises rewards within a group of responses")
     if cfg.rollout_batch_size % cfg.mini_batch_size:
         problems.append("--rollout-batch-size must be a multiple of --mini-batch-size")
     if cfg.filter_key not in rewards.REWARD_KEYS and not cfg.reward_fn:
         problems.append(f"--filter-key must be one of {', '.join(rewards.REWARD_KEYS)}")
-    if cfg.resume and not cfg.output_dir:
-        problems.append("--resume needs --output-dir: the run folder to continue")
     if cfg.top_k == 0 or cfg.top_k < -1:
         problems.append("--top-k must be -1 (none) or at least 1")
     if cfg.lora_rank and cfg.lora_sync == "adapter" and cfg.engine == "hf":
@@ -217,14 +173,19 @@ def check_config(cfg, printing=False):
                         "--sleep-level 1 or --lora-sync merged")
     if problems:
         raise SystemExit("config error:\n  " + "\n  ".join(problems))
+    if cfg.engine == "vllm" and not printing:
+        check_tensor_parallel(cfg.tensor_parallel_size)  # a vLLM engine across two nodes, refused before any load
+    if cfg.demo and not cfg.init_from and not printing and os.environ.get("RANK", "0") == "0":
+        print("note: --demo without --init-from trains --model as it is: the tiny model's random weights never "
+              "write the SET format, so the reward stays flat. demo.sh starts from sft.py's cold start "
+              "(--init-from RUN/cold-start); see the README's quick start.")
 
 
-# Flags a resumed run may change: how often things happen, how far the run goes, where output goes
+# Flags a resumed run may change beyond RunConfig's (startup.RESUME_MAY_CHANGE): how often things happen
 # and how the engine is sized. Any other change alters what the run means, and --resume refuses it.
-RESUME_MAY_CHANGE = {"max_steps", "epochs", "val_freq", "save_freq", "save_limit", "samples_per_step", "logger",
-                     "lora_sync", "resume", "allow_cpu", "max_bad_updates", "logp_gap_limit", "logp_gap_patience",
-                     "logp_check_prompts", "gpu_memory_utilization", "cpu_kv_cache_gb", "sleep_level", "skip_bad_rows",
-                     "dist_timeout_minutes", "output_dir"}
+RESUME_MAY_CHANGE = startup.RESUME_MAY_CHANGE | {
+    "val_freq", "samples_per_step", "logger", "lora_sync", "logp_gap_limit", "logp_gap_patience", "logp_check_prompts",
+    "gpu_memory_utilization", "cpu_kv_cache_gb", "sleep_level"}
 
 
 # --- GRPO math (EasyR1's; METHOD.md, "GRPO") --------------------------------------------------
@@ -327,11 +288,6 @@ def reask_prompt_limit(cfg):
     return cfg.max_prompt_length + max(cfg.max_response_length, cfg.reflect_max_tokens) - cfg.reflect_max_tokens
 
 
-def reask_names(cfg):
-    """The re-ask questions this run asks: those of rewards.REASKS whose on/off field is set."""
-    return [name for name, question in rewards.REASKS.items() if getattr(cfg, question.flag)]
-
-
 def collect_rollouts(engine, processor, train_set, step, cfg, score, timings):
     """Steps 1-4 on this rank, on an awake engine: prompts, n responses each, the re-ask, the reward.
     With the DAPO filter, again on further draws of prompts until every rank holds its share of groups
@@ -359,7 +315,7 @@ def collect_rollouts(engine, processor, train_set, step, cfg, score, timings):
                for i, group in enumerate(outputs) for ids, logp in group]
         # 3. reflect: the same engine and weights judge each response (shown the image or clip it saw)
         with timed(timings, "reflect"):
-            answers = ask_reflections(engine, processor, reask_names(cfg), [r.text for r in new],
+            answers = ask_reflections(engine, processor, rewards.reasks_on(cfg), [r.text for r in new],
                                       [visuals(batch[r.prompt]) for r in new], train_set.labels,
                                       temperature=cfg.reflect_temperature, top_p=cfg.reflect_top_p,
                                       max_tokens=cfg.reflect_max_tokens, limit=reask_prompt_limit(cfg), seed=seed)
@@ -520,104 +476,23 @@ def update_policy(policy, optimizer, samples, encoded, old_logp, ref_logp, cfg, 
 
 # --- the training loop --------------------------------------------------------------------------
 
-def load_datasets(cfg, processor):
-    """The training and validation sets (validation: None without --val-files or with --val-freq 0), and
-    how many rows of each were over --max-prompt-length. As the reference's filter_overlong_prompts, such
-    rows (image tokens included) are dropped at load, and steps count the rows that remain."""
-    kwargs = dict(template=cfg.template, labels=cfg.labels or None, min_pixels=cfg.min_pixels,
-                  max_pixels=cfg.max_pixels, max_prompt_length=cfg.max_prompt_length,
-                  image_dir=cfg.image_dir or None, skip_bad=cfg.skip_bad_rows, **video.video_kwargs(cfg))
-    train_set = data.PromptDataset(cfg.train_files, processor, **kwargs)
-    val_set = data.PromptDataset(cfg.val_files, processor, **kwargs) if cfg.val_files and cfg.val_freq else None
-    dropped = {name: len(ds.dropped_long) for name, ds in (("train", train_set), ("val", val_set)) if ds is not None}
-    print0(f"rows over --max-prompt-length {cfg.max_prompt_length}, dropped at load: {dropped}")
-    return train_set, val_set, dropped
-
-
-def load_models(cfg, device, total_steps):
-    """The policy, the reference (None without KL, and with LoRA, where the reference is the policy with
-    its adapter off), AdamW and the lr schedule. With --init-from both models start from that checkpoint:
-    the reference is the starting policy."""
-    kwargs = dict(precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing,
-                  freeze_vision=cfg.freeze_vision, trust_remote_code=cfg.trust_remote_code)
-    settings = lora.from_flags(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_vision)
-    policy = load_model(cfg.model, device, trainable=True, lora=settings, **kwargs)
-    reference = load_model(cfg.model, device, trainable=False, **kwargs) if cfg.kl_coef > 0 and not cfg.lora_rank \
-        else None
-    if cfg.init_from:
-        start = find_checkpoint(cfg.init_from)
-        for model in filter(None, (policy, reference)):
-            load_weights(model, start)
-        print0(f"initialised from {start}")
-    optimizer = adamw(policy, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))
-    return policy, reference, optimizer, scheduler
-
-
-def rollout_metrics(rollouts, advantages, labels, cfg):
-    """The step's reward terms, response length and model-free coherence, means over every rank."""
-    totals = sum_over_ranks({
-        "count": len(rollouts), "response_length": sum(len(r.response_ids) for r in rollouts),
-        # model-free: step 1-2 names exactly one label, the boxed one (what the judge is asked)
-        **({"coherence/model_free": sum(rewards.reasoning_names_answer(r.text, labels) for r in rollouts)}
-           if cfg.template == "set" else {}),
-        **{f"reward/{k}": sum(r.scores.get(k, 0.0) for r in rollouts) for k in rollouts[0].scores}})
-    metrics = {k: v / totals["count"] for k, v in totals.items()
-               if k.startswith(("reward/", "coherence/")) or k == "response_length"}
-    return {**metrics, "advantage/abs_mean": advantages.abs().mean().item()}
-
-
-def sample_lines(step, prompts, rollouts, count):
-    """samples.jsonl lines of the step's first `count` rollouts."""
-    return [json.dumps({"step": step, "prompt_index": prompts[r.prompt].index, "answer": prompts[r.prompt].answer,
-                        "response": r.text, **{f"reflect_{q}_answer": a for q, a in r.reflections.items()},
-                        **r.scores, "advantage": r.advantage}) + "\n" for r in rollouts[:count]]
-
-
-def start_run(cfg):
-    """The process group, this rank's seeds, the run folder (locked; on several nodes one that every node
-    sees) and where the run starts: (rank, world_size, device, out, resume_from, start_step). Without
-    --resume a folder holding a run is refused; with it, the newest complete checkpoint (a half-written
-    step_N.tmp never counts) of the same run, or stop before touching its files: a changed lr, batch size
-    or seed would silently change what it trains."""
-    require_cuda(cfg.allow_cpu, cfg.demo)
-    rank, world_size, device = setup_distributed(cfg.dist_timeout_minutes)
-    torch.manual_seed(cfg.seed + rank)
-    random.seed(cfg.seed + rank)
-    out, resume_from, start_step = open_run(cfg.output_dir, "runs/emo-r3-%Y%m%d-%H%M%S", cfg.resume,
-                                            dataclasses.asdict(cfg), RESUME_MAY_CHANGE)
-    if cfg.demo:  # the tiny model and the demo data, where --model, --train-files, --val-files point at them
-        tiny.demo_paths(cfg.model, [cfg.train_files, cfg.val_files])
-        if not cfg.init_from:  # a flat reward would otherwise be the first thing the user sees
-            print0("note: --demo without --init-from trains --model as it is: the tiny model's random weights never "
-                   "write the SET format, so the reward stays flat. demo.sh starts from sft.py's cold start "
-                   "(--init-from RUN/cold-start); see the README's quick start.")
-    if cfg.rollout_batch_size % world_size or cfg.mini_batch_size % world_size:
-        raise SystemExit(f"--rollout-batch-size and --mini-batch-size must be multiples of the world size "
-                         f"({world_size})")
-    if cfg.engine == "vllm":
-        check_tensor_parallel(cfg.tensor_parallel_size)  # before the models load, not after
-    return rank, world_size, device, out, resume_from, start_step
-
-
 def main(argv=None):
     cfg = parse_config(argv)
-    rank, world_size, device, out, resume_from, start_step = start_run(cfg)
+    rank, world_size, device, out, resume_from, start_step = start_run(cfg, "emo-r3", RESUME_MAY_CHANGE,
+                                                                       [cfg.train_files, cfg.val_files])
 
     # --- data, models, engine
     from transformers import AutoProcessor
     processor = AutoProcessor.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
     tokenizer = processor.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train_set, val_set, dropped = load_datasets(cfg, processor)
+    train_set = prompt_set(cfg.train_files, processor, cfg)
+    val_set = prompt_set(cfg.val_files if cfg.val_freq else "", processor, cfg)  # None: no validation
+    dropped = {name: len(ds.dropped_long) for name, ds in (("train", train_set), ("val", val_set)) if ds is not None}
+    print0(f"rows over --max-prompt-length {cfg.max_prompt_length}, dropped at load: {dropped}")
     score = rewards.load_reward(cfg.reward, cfg.reward_fn)  # --reward-fn RUNS that file's code
-    steps_per_epoch = len(train_set) // cfg.rollout_batch_size
-    if steps_per_epoch == 0:
-        raise SystemExit(f"{cfg.train_files}: {len(train_set)} usable prompts, fewer than --rollout-batch-size "
-                         f"{cfg.rollout_batch_size}")
-    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
-    check_run_length(resume_from, start_step, total_steps, cfg.epochs)
-    policy, reference, optimizer, scheduler = load_models(cfg, device, total_steps)
+    total_steps = run_length(len(train_set), "rollout_batch_size", cfg, resume_from, start_step)
+    policy, reference, optimizer, scheduler = load_models(cfg, device, lambda s: lr_factor(s, total_steps, cfg))
     engine = start_engine(cfg.engine, cfg.model, processor, device, dtype=compute_dtype(cfg.precision, device),
                           seed=cfg.seed, max_model_len=cfg.max_prompt_length + max(cfg.max_response_length,
                                                                                    cfg.reflect_max_tokens),
@@ -691,7 +566,7 @@ def main(argv=None):
             gap = torch.cat(gaps + update_gaps)
             metrics["rollout/logp_gap_mean"], metrics["rollout/logp_gap_max"] = gap.mean().item(), gap.max().item()
         sync_guard.check(metrics.get("rollout/logp_gap_mean"), step + 1)  # every rank, gap or not (a collective)
-        metrics.update(rollout_metrics(rollouts, advantages, train_set.labels, cfg))
+        metrics.update(rollout_metrics(rollouts, advantages, train_set.labels if cfg.template == "set" else None))
         if cfg.skip_bad_rows and (skipped := skipped_on_any_rank(train_set)):  # distinct rows left out so far
             metrics["data/skipped_rows"] = skipped
         metrics.update({f"data/dropped_long_{name}": count for name, count in dropped.items() if count})

@@ -33,7 +33,7 @@ still live at the next rollout, +4P/N; every rank reading the full model, 4P of 
   5. vLLM sleep level 1 copies the engine's weights (compute dtype, divided by
      --tensor-parallel-size) into pinned host memory while asleep; level 2 discards them (--sleep-level).
 
-LoRA (--lora-rank R; lora.py, model.load_model's `lora=`, train_grpo.load_models, push_policy): the base is
+LoRA (--lora-rank R; lora.py, model.load_model's `lora=`, startup.load_models, push_policy): the base is
 frozen in the compute dtype (2 bytes per parameter, not 4), with no gradients or AdamW moments; A (R x in) and
 B (out x R) on each target layer are fp32 and trained (4 + 4 + 8 bytes per adapter parameter, sharded), R x the
 sum of (in + out) over a decoder layer's targets x the layers (adapter_counts). No reference model (the policy
@@ -230,13 +230,13 @@ def adapter_counts(arch, rank, targets=None, vision=False):
 # --- the trainer's flags ---------------------------------------------------------------------------
 
 def trainer_config(argv):
-    """train_grpo.py's Config from its own flags, by its own parser (defaults, --demo, spellings), and
-    its own start-up checks (check_config; --model and --train-files are the planner's business)."""
+    """train_grpo.py's Config from its own flags, by its own parser (defaults, --demo, spellings, choices),
+    and its own start-up checks as --print-config runs them (check_config's printing=True: the model, the
+    data and this process's world are the planner's business; the world it plans is checked in plan())."""
     import train_grpo
     from common import parse_flags
-    cfg = parse_flags(train_grpo.Config, train_grpo.__doc__, list(argv), train_grpo.DEMO_DEFAULTS)
-    train_grpo.check_config(dataclasses.replace(cfg, model=cfg.model or "-", train_files=cfg.train_files or "-"))
-    return cfg
+    return parse_flags(train_grpo.Config, train_grpo.__doc__, list(argv), train_grpo.DEMO_DEFAULTS,
+                       check=lambda cfg, printing: train_grpo.check_config(cfg, printing=True))
 
 
 # --- the plan --------------------------------------------------------------------------------------
@@ -471,7 +471,7 @@ def plan(arch, cfg, gpus, gpu_gb, nodes=1, host_gb=0.0, margin_gib=MARGIN_GIB):
     problems = []
     if cfg.rollout_batch_size % world or cfg.mini_batch_size % world:
         problems.append(f"--rollout-batch-size {cfg.rollout_batch_size} and --mini-batch-size "
-                        f"{cfg.mini_batch_size} must be multiples of the world size {world} (train_grpo.main)")
+                        f"{cfg.mini_batch_size} must be multiples of the world size {world} (train_grpo.check_config)")
     if world % tp:
         problems.append(f"--tensor-parallel-size {tp} does not divide the world size {world} (engines.VLLMEngine)")
     if vllm_min > vllm_awake:

@@ -51,8 +51,8 @@ def test_a_third_question_is_asked_and_scored(world_of_one, monkeypatch, tiny_mo
 
     cfg = WithValence(rollout_batch_size=2, group_size=2, max_response_length=12, reflect_max_tokens=4,
                       max_prompt_length=512, min_pixels=3136, max_pixels=12544)
-    assert train_grpo.reask_names(cfg) == ["text", "image", "valence"]
-    assert train_grpo.reask_names(dataclasses.replace(cfg, reflect_valence=False)) == ["text", "image"]
+    assert rewards.reasks_on(cfg) == ["text", "image", "valence"]
+    assert rewards.reasks_on(dataclasses.replace(cfg, reflect_valence=False)) == ["text", "image"]
 
     engine = engines.HFEngine(str(tiny_model_dir), processor, torch.device("cpu"),
                               processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"))

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 import checkpoint
 import rewards
-import sft
+import startup
 import train_grpo
 from rollout import SyncGuard
 from test_sft import run_sft, small
@@ -57,12 +57,12 @@ class ModelLoaded(Exception):
 
 @pytest.fixture
 def no_model_loads(monkeypatch):
-    """A tripwire in place of model loading in train_grpo.main and sft.main, so that a start-up check that
-    is missing fails the test at once (ModelLoaded) instead of starting the run it should have refused."""
+    """A tripwire in place of model loading in train_grpo.main and sft.main (both load through
+    startup.load_models), so that a start-up check that is missing fails the test at once (ModelLoaded)
+    instead of starting the run it should have refused."""
     def load_model(*args, **kwargs):
         raise ModelLoaded("a model was being loaded: the run got past the check under test")
-    monkeypatch.setattr(train_grpo, "load_model", load_model)
-    monkeypatch.setattr(sft, "load_model", load_model)
+    monkeypatch.setattr(startup, "load_model", load_model)
 
 
 def grpo_flags(tiny_model_dir, demo_dir, out):

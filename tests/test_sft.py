@@ -19,6 +19,7 @@ import common
 import model as modeling
 import data
 import sft
+import startup
 from checkpoint import load_checkpoint
 from test_train import REPO, read_jsonl
 
@@ -337,7 +338,7 @@ def test_refuses_a_crashed_run_folder_and_passes_the_timeout(tiny_model_dir, dem
     def setup_distributed(**kwargs):
         seen.append(kwargs)
         raise SystemExit("stop here")
-    monkeypatch.setattr(sft, "setup_distributed", setup_distributed)
+    monkeypatch.setattr(startup, "setup_distributed", setup_distributed)  # sft.main's start-up (startup.start_run)
     with pytest.raises(SystemExit, match="stop here"):
         sft.main(["--demo", "--dist-timeout-minutes", "7.5"])
     assert seen == [{"timeout_minutes": 7.5}]
