@@ -47,7 +47,7 @@ from startup import RESUME_MAY_CHANGE, RunConfig, config_problems, load_models, 
 @dataclass
 class Config(RunConfig):
     # + startup.RunConfig's flags, shared with train_grpo.py: model, precision, LoRA, data, seed, run folder
-    target: str = (  # label-only target (our choice: no public recipe)
+    target: str = (  # label-only target, in --template's format (our choice: no public recipe)
         "<step1>The scene carries cues of {label}.</step1>\n"
         "<step2>A viewer would feel {label}.</step2>\n"
         "<step3>The emotion is {label}.</step3>\n"
