@@ -379,8 +379,8 @@ def validate(engine, policy, val_set, cfg, tokenizer, step, score):
                               seed=seed_for(cfg.seed, step, rank), logprobs_for=0)
     scores = [score(tokenizer.decode(o[0][0], skip_special_tokens=True), p.answer, {})
               for p, o in zip(prompts[:counted], outputs)]
-    totals = sum_over_ranks({"count": counted, **{k: sum(s[k] for s in scores) for k in ("overall", "accuracy",
-                                                                                          "format")}})
+    totals = sum_over_ranks({"count": counted,
+                             **{k: sum(s[k] for s in scores) for k in ("overall", "accuracy", "format")}})
     engine.sleep()
     count = max(totals["count"], 1)
     skipped = {"val/skipped_rows": skipped_on_any_rank(val_set)} if cfg.skip_bad_rows else {}
