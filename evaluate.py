@@ -41,6 +41,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import data
 import report
@@ -66,8 +67,9 @@ class Config:
     overwrite: bool = False  # replace an --out's earlier evaluation, all of it (never a file evaluate.py did not write)
     method: str = ""  # method name for --table (default: the model's folder name, with the template unless set)
     train_domain: str = ""  # the dataset the model was trained on (emoset, emotion6), for --table
-    template: str = "set"  # prompt template: set, think, r1-omni (answer in <answer> tags), none (zero-shot baselines)
-    parse: str = "boxed"  # boxed: the last \\boxed{} (as the reward); lenient: else a bare label in the response
+    template: Literal[rewards.PROMPT_TEMPLATES] = "set"  # r1-omni: <answer> tags; none: zero-shot baselines
+    parse: Literal["boxed", "lenient"] = "boxed"  # boxed: the last \\boxed{} (as the reward); lenient: else a
+        # bare label in the response
     greedy: bool = False  # greedy decoding instead of the paper's evaluation sampling
     temperature: float = 0.6  # EMO-R3 val_override_config
     top_p: float = 0.95
@@ -85,7 +87,7 @@ class Config:
     reflect_top_p: float = 0.95
     max_samples: int = 0  # evaluate the first k rows of each benchmark (0 = all)
     batch_size: int = 256  # prompts per generate call (progress granularity)
-    engine: str = "vllm"  # vllm or hf
+    engine: Literal["vllm", "hf"] = "vllm"  # hf: transformers generate (slow)
     trust_remote_code: bool = False  # let transformers/vLLM run Python code shipped with the model folder
     tensor_parallel_size: int = 1  # vLLM TP
     gpu_memory_utilization: float = 0.8
@@ -326,9 +328,7 @@ def evaluate(cfg):
 
 def main(argv=None):
     from common import parse_flags
-    cfg = parse_flags(Config, __doc__, argv)
-    if cfg.parse not in ("boxed", "lenient") or cfg.template not in rewards.PROMPT_TEMPLATES:
-        raise SystemExit(f"--parse must be boxed or lenient; --template one of {', '.join(rewards.PROMPT_TEMPLATES)}")
+    cfg = parse_flags(Config, __doc__, argv)  # --parse, --template, --engine: their choices, by the parser
     if cfg.predictions:
         rows, metrics = report.rescore(cfg.predictions, cfg.labels or None, cfg.parse, cfg.template)
         print(json.dumps({k: v for k, v in metrics.items() if k != "confusion_matrix"}, indent=1))

@@ -10,6 +10,7 @@ import pytest
 import torch.distributed as dist
 
 import common
+import evaluate
 import sft
 import train_grpo
 from test_sft import run_sft, small
@@ -17,12 +18,13 @@ from test_sft import run_sft, small
 
 @pytest.mark.parametrize("stage, flag, bad", [(train_grpo, "--loss-agg", "tokens"), (train_grpo, "--sleep-level", "3"),
                                               (train_grpo, "--reward", "codes"), (sft, "--template", "sets"),
-                                              (sft, "--precision", "fp16")])
+                                              (sft, "--precision", "fp16"), (evaluate, "--parse", "loose"),
+                                              (evaluate, "--engine", "vlm")])
 def test_a_value_outside_a_flags_choices_is_refused_naming_them(stage, flag, bad, capsys):
     """Broken: a misspelt choice reaching the run (a --loss-agg the update does not know fails an hour in,
     at the first update); the choices are the Config field's Literal, said by --help and by the refusal."""
     with pytest.raises(SystemExit) as refused:
-        stage.main(["--demo", flag, bad, "--print-config"])
+        stage.main([*(["--demo"] if stage is not evaluate else []), flag, bad, "--print-config"])
     assert refused.value.code == 2
     said = capsys.readouterr().err
     assert f"argument {flag}: invalid choice:" in said and bad in said and "(choose from" in said
